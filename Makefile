@@ -1,0 +1,121 @@
+# busfs — build, run, test, bench, install.
+#
+# `make run` and `make test` install the Debian packages they need when run as
+# root (apt-get), and print the exact command otherwise.
+
+CC       ?= cc
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BUILD    ?= build
+VERSION  := 0.1.0
+
+PKGS      := fuse3 jansson
+DEB_PKGS  := libfuse3-dev fuse3 libjansson-dev libcriterion-dev pkg-config jq
+WARN      := -Wall -Wextra -Wshadow -Wformat=2 -Wvla -Wno-unused-parameter
+CFLAGS    ?= -O2 -g
+CPPFLAGS  += -Iinclude -D_GNU_SOURCE -DBUSFS_VERSION='"$(VERSION)"'
+ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SAN) -pthread \
+             $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS_CORE = $(shell pkg-config --libs jansson 2>/dev/null) -pthread
+LDLIBS_FS   = $(shell pkg-config --libs fuse3 jansson 2>/dev/null) -pthread
+LDLIBS_TEST = $(shell pkg-config --libs criterion 2>/dev/null)
+
+CORE_SRC := $(wildcard core/*.c)
+FS_SRC   := $(wildcard fs/*.c)
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
+FS_OBJ   := $(FS_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(wildcard tests/unit/*.c)
+FST_SRC  := $(wildcard tests/fs/*.c)
+
+MNT ?= bus
+
+.PHONY: all run test unit fstest asan bench clean install uninstall deps reap format lint
+
+all: busfs
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "busfs: installing$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || \
+	      { echo "busfs: apt-get install$$missing failed"; exit 1; }; \
+	  else \
+	    echo "busfs: missing packages; run: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(BUILD)/%.o: %.c $(wildcard include/busfs/*.h) | $(BUILD)/core $(BUILD)/fs $(BUILD)/tests/unit $(BUILD)/tests/fs
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/core $(BUILD)/fs $(BUILD)/tests/unit $(BUILD)/tests/fs:
+	@mkdir -p $@
+
+$(BUILD)/libbusfs.a: $(CORE_OBJ)
+	ar rcs $@ $^
+
+busfs: $(FS_OBJ) $(BUILD)/libbusfs.a
+	$(CC) $(ALL_CFLAGS) -o $@ $(FS_OBJ) $(BUILD)/libbusfs.a $(LDLIBS_FS)
+
+$(BUILD)/unit-tests: $(UNIT_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libbusfs.a
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS_CORE) $(LDLIBS_TEST)
+
+$(BUILD)/fs-tests: $(FST_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libbusfs.a
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS_CORE) $(LDLIBS_TEST)
+
+run: deps
+	@$(MAKE) --no-print-directory busfs
+	@mkdir -p $(MNT)
+	@echo "busfs: mounting the bus at ./$(MNT) (store /dev/shm/busfs-$$(id -u)); Ctrl-C unmounts."
+	@echo "  in another shell:  mkdir $(MNT)/agents/alice $(MNT)/agents/bob"
+	@echo "                     echo 'build finished' > $(MNT)/agents/alice/outbox/bob"
+	@echo "                     cat $(MNT)/agents/bob/next"
+	@echo "                     cat $(MNT)/README"
+	./busfs -f $(MNT)
+
+# Leftover mounts and servers of an interrupted test run are reaped before and after.
+reap:
+	@grep -o ' [^ ]*busfs-test[^ ]* fuse' /proc/self/mountinfo 2>/dev/null | awk '{print $$1}' | \
+	  while read -r m; do fusermount3 -uz "$$m" 2>/dev/null || umount -l "$$m" 2>/dev/null; done; true
+
+unit: $(BUILD)/unit-tests
+	$(BUILD)/unit-tests
+
+fstest: busfs $(BUILD)/fs-tests
+	BUSFS_BIN=$(CURDIR)/busfs $(BUILD)/fs-tests
+
+test: deps
+	@$(MAKE) --no-print-directory reap
+	@$(MAKE) --no-print-directory busfs $(BUILD)/unit-tests $(BUILD)/fs-tests
+	@rc=0; $(BUILD)/unit-tests || rc=1; \
+	  BUSFS_BIN=$(CURDIR)/busfs $(BUILD)/fs-tests || rc=1; \
+	  $(MAKE) --no-print-directory reap; exit $$rc
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build in its own directory.
+asan:
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" test
+
+bench: deps
+	@$(MAKE) --no-print-directory busfs
+	@$(MAKE) --no-print-directory -C tests/bench BUSFS=$(CURDIR)/busfs
+
+format:
+	clang-format -i core/*.c fs/*.c include/busfs/*.h tests/*/*.c
+
+lint:
+	cppcheck --quiet --enable=warning,performance,portability --std=c11 -Iinclude core fs
+
+install: busfs
+	install -D -m 0755 busfs $(DESTDIR)$(PREFIX)/bin/busfs
+	install -d $(DESTDIR)$(PREFIX)/share/doc/busfs/examples
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/busfs/
+	cp -r examples/. $(DESTDIR)$(PREFIX)/share/doc/busfs/examples/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/busfs
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/busfs
+
+clean:
+	rm -rf build build-asan busfs

@@ -1,0 +1,1022 @@
+/* bus.c — the bus state: agents, inboxes, outboxes, the apply function, compaction.
+ *
+ * apply_record() is the only code that changes the state. Live operations build a
+ * record, append it to the journal (bus_commit) and then apply it; recovery applies
+ * the snapshot's and the journal's records with the same function. A record that
+ * does not apply during recovery means a damaged store, and loading stops.
+ *
+ * Ownership: the bus owns its agents; an agent owns its inbox and outbox arrays and
+ * holds one message reference per entry in each. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bus_impl.h"
+#include "busfs/clock.h"
+#include "busfs/json.h"
+
+/* ---------- small helpers ---------- */
+
+void bus_lock(struct bus *bus) { pthread_mutex_lock(&bus->lock); }
+
+void bus_unlock_and_wake(struct bus *bus)
+{
+	uint64_t small[16];
+	uint64_t *ids = small;
+	size_t n = bus->wake_n;
+	if (n > 16) {
+		ids = bus->wake_ids;
+		bus->wake_ids = NULL;
+		bus->wake_cap = 0;
+	} else if (n) {
+		memcpy(small, bus->wake_ids, n * sizeof *ids);
+	}
+	bus->wake_n = 0;
+	bus_wake_fn fn = bus->wake;
+	void *ctx = bus->wake_ctx;
+	pthread_mutex_unlock(&bus->lock);
+	for (size_t i = 0; i < n && fn; i++)
+		fn(ctx, ids[i]);
+	if (ids != small)
+		free(ids);
+}
+
+static void want_wake(struct bus *bus, uint64_t id)
+{
+	for (size_t i = 0; i < bus->wake_n; i++)
+		if (bus->wake_ids[i] == id)
+			return;
+	if (bus->wake_n == bus->wake_cap) {
+		size_t cap = bus->wake_cap ? bus->wake_cap * 2 : 16;
+		uint64_t *p = realloc(bus->wake_ids, cap * sizeof *p);
+		if (!p)
+			return;
+		bus->wake_ids = p;
+		bus->wake_cap = cap;
+	}
+	bus->wake_ids[bus->wake_n++] = id;
+}
+
+bool bus_name_valid(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0 || n > BUS_NAME_MAX || strcmp(name, "all") == 0)
+		return false;
+	if (!((name[0] >= 'A' && name[0] <= 'Z') || (name[0] >= 'a' && name[0] <= 'z')))
+		return false;
+	for (size_t i = 1; i < n; i++) {
+		char c = name[i];
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+bool bus_may_act_as(const struct agent *a, uid_t uid) { return uid == 0 || uid == a->uid; }
+
+static size_t name_index(struct bus *bus, const char *name, bool *found)
+{
+	size_t lo = 0, hi = bus->nagents;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(bus->by_name[mid]->name, name);
+		if (c == 0) {
+			*found = true;
+			return mid;
+		}
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = false;
+	return lo;
+}
+
+struct agent *bus_find(struct bus *bus, const char *name)
+{
+	bool found;
+	size_t i = name_index(bus, name, &found);
+	return found ? bus->by_name[i] : NULL;
+}
+
+struct agent *bus_find_id(struct bus *bus, uint64_t id)
+{
+	return id < bus->by_id_cap ? bus->by_id[id] : NULL;
+}
+
+static void pair_key(char *key, const char *from, const char *to)
+{
+	snprintf(key, 2 * BUS_NAME_MAX + 2, "%s\x01%s", from, to);
+}
+
+uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to)
+{
+	char key[2 * BUS_NAME_MAX + 2];
+	pair_key(key, from, to);
+	return strmap_get(&bus->seqs, key);
+}
+
+/* ---------- inbox and outbox ---------- */
+
+int inbox_depth(const struct agent *a) { return (int)a->inbox.live; }
+
+static size_t inbox_search(const struct inbox *in, uint64_t number)
+{
+	size_t lo = in->head, hi = in->tail;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (in->nums[mid] < number)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+struct bus_message *inbox_find(const struct inbox *in, uint64_t number)
+{
+	size_t i = inbox_search(in, number);
+	return i < in->tail && in->nums[i] == number ? in->msgs[i] : NULL;
+}
+
+/* Moves the live entries to the front when holes dominate. */
+static void inbox_compact(struct inbox *in)
+{
+	size_t o = 0;
+	for (size_t i = in->head; i < in->tail; i++) {
+		if (!in->msgs[i])
+			continue;
+		in->nums[o] = in->nums[i];
+		in->msgs[o] = in->msgs[i];
+		o++;
+	}
+	in->head = 0;
+	in->tail = o;
+}
+
+static int inbox_add(struct inbox *in, struct bus_message *m)
+{
+	if (in->tail - in->head > 2 * in->live + 32 || (in->tail == in->cap && in->head > 0))
+		inbox_compact(in);
+	if (in->tail == in->cap) {
+		size_t cap = in->cap ? in->cap * 2 : 16;
+		uint64_t *nums = realloc(in->nums, cap * sizeof *nums);
+		if (!nums)
+			return -ENOMEM;
+		in->nums = nums;
+		struct bus_message **msgs = realloc(in->msgs, cap * sizeof *msgs);
+		if (!msgs)
+			return -ENOMEM;
+		in->msgs = msgs;
+		in->cap = cap;
+	}
+	/* Numbers arrive in increasing order; keep the array sorted if one does not. */
+	size_t at = in->tail;
+	if (at > in->head && in->nums[at - 1] >= m->number) {
+		at = inbox_search(in, m->number);
+		if (at < in->tail && in->nums[at] == m->number)
+			return -EEXIST;
+		memmove(in->nums + at + 1, in->nums + at, (in->tail - at) * sizeof *in->nums);
+		memmove(in->msgs + at + 1, in->msgs + at, (in->tail - at) * sizeof *in->msgs);
+	}
+	in->nums[at] = m->number;
+	in->msgs[at] = m;
+	in->tail++;
+	in->live++;
+	return 0;
+}
+
+/* Removes and returns the message (the caller owns the inbox's reference). */
+static struct bus_message *inbox_take(struct inbox *in, uint64_t number)
+{
+	size_t i = inbox_search(in, number);
+	if (i >= in->tail || in->nums[i] != number || !in->msgs[i])
+		return NULL;
+	struct bus_message *m = in->msgs[i];
+	in->msgs[i] = NULL;
+	in->live--;
+	while (in->head < in->tail && !in->msgs[in->head])
+		in->head++;
+	if (in->head == in->tail)
+		in->head = in->tail = 0;
+	return m;
+}
+
+static struct bus_message *inbox_oldest(const struct inbox *in)
+{
+	for (size_t i = in->head; i < in->tail; i++)
+		if (in->msgs[i])
+			return in->msgs[i];
+	return NULL;
+}
+
+static void inbox_free(struct inbox *in)
+{
+	for (size_t i = in->head; i < in->tail; i++)
+		message_unref(in->msgs[i]);
+	free(in->nums);
+	free(in->msgs);
+	memset(in, 0, sizeof *in);
+}
+
+static struct bus_message *outbox_at(const struct outbox *o, size_t i)
+{
+	return o->ring[(o->start + i) % BUS_OUTBOX_KEEP];
+}
+
+static int outbox_add(struct outbox *o, struct bus_message *m)
+{
+	if (!o->ring) {
+		o->ring = calloc(BUS_OUTBOX_KEEP, sizeof *o->ring);
+		if (!o->ring)
+			return -ENOMEM;
+	}
+	message_ref(m);
+	if (o->count == BUS_OUTBOX_KEEP) {
+		message_unref(o->ring[o->start]);
+		o->ring[o->start] = m;
+		o->start = (o->start + 1) % BUS_OUTBOX_KEEP;
+	} else {
+		o->ring[(o->start + o->count) % BUS_OUTBOX_KEEP] = m;
+		o->count++;
+	}
+	return 0;
+}
+
+/* First index whose number is > after. */
+static size_t outbox_search(const struct outbox *o, uint64_t after)
+{
+	size_t lo = 0, hi = o->count;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (outbox_at(o, mid)->number <= after)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static void outbox_free(struct outbox *o)
+{
+	for (size_t i = 0; i < o->count; i++)
+		message_unref(outbox_at(o, i));
+	free(o->ring);
+	memset(o, 0, sizeof *o);
+}
+
+/* ---------- agents ---------- */
+
+static struct agent *agent_insert(struct bus *bus, const char *name)
+{
+	bool found;
+	size_t at = name_index(bus, name, &found);
+	if (found)
+		return NULL;
+	if (bus->next_id >= bus->by_id_cap) {
+		size_t cap = bus->by_id_cap ? bus->by_id_cap * 2 : 64;
+		struct agent **p = realloc(bus->by_id, cap * sizeof *p);
+		if (!p)
+			return NULL;
+		memset(p + bus->by_id_cap, 0, (cap - bus->by_id_cap) * sizeof *p);
+		bus->by_id = p;
+		bus->by_id_cap = cap;
+	}
+	if (bus->nagents == bus->by_name_cap) {
+		size_t cap = bus->by_name_cap ? bus->by_name_cap * 2 : 64;
+		struct agent **p = realloc(bus->by_name, cap * sizeof *p);
+		if (!p)
+			return NULL;
+		bus->by_name = p;
+		bus->by_name_cap = cap;
+	}
+	struct agent *a = calloc(1, sizeof *a);
+	if (!a)
+		return NULL;
+	snprintf(a->name, sizeof a->name, "%s", name);
+	a->id = bus->next_id++;
+	errlog_init(&a->errors, BUS_AGENT_ERRORS_KEEP);
+	bus->by_id[a->id] = a;
+	memmove(bus->by_name + at + 1, bus->by_name + at, (bus->nagents - at) * sizeof *bus->by_name);
+	bus->by_name[at] = a;
+	bus->nagents++;
+	return a;
+}
+
+static void agent_free(struct agent *a)
+{
+	inbox_free(&a->inbox);
+	outbox_free(&a->outbox);
+	errlog_free(&a->errors);
+	free(a);
+}
+
+static void agent_delete(struct bus *bus, struct agent *a)
+{
+	bool found;
+	size_t at = name_index(bus, a->name, &found);
+	memmove(bus->by_name + at, bus->by_name + at + 1,
+		(bus->nagents - at - 1) * sizeof *bus->by_name);
+	bus->nagents--;
+	bus->by_id[a->id] = NULL;
+	bus->pending -= a->inbox.live;
+	agent_free(a);
+}
+
+static void agent_info(const struct agent *a, struct bus_agent_info *out)
+{
+	memset(out, 0, sizeof *out);
+	out->id = a->id;
+	memcpy(out->name, a->name, sizeof out->name);
+	out->uid = a->uid;
+	out->gid = a->gid;
+	out->created_us = a->created_us;
+	out->draining = a->draining;
+	out->depth = (uint32_t)a->inbox.live;
+	out->reserved = a->reserved;
+	out->delivered_total = a->delivered_total;
+	out->acked_total = a->acked_total;
+	out->outbox_count = (uint32_t)a->outbox.count;
+	out->errors_bytes = a->errors.text.len;
+}
+
+/* ---------- applying records ---------- */
+
+static int set_sequence(struct bus *bus, const char *from, const char *to, uint64_t seq)
+{
+	char key[2 * BUS_NAME_MAX + 2];
+	pair_key(key, from, to);
+	if (strmap_get(&bus->seqs, key) >= seq)
+		return 0;
+	return strmap_set(&bus->seqs, key, seq);
+}
+
+/* Puts a decoded message into its recipient's inbox and its sender's outbox. */
+static int deliver(struct bus *bus, struct bus_message *m, bool count)
+{
+	struct agent *to = bus_find(bus, m->to);
+	if (!to || inbox_add(&to->inbox, m) < 0) {
+		message_unref(m);
+		return -EINVAL;
+	}
+	struct agent *from = bus_find(bus, m->from);
+	if (from)
+		outbox_add(&from->outbox, m);
+	if (m->number > bus->counter)
+		bus->counter = m->number;
+	bus->pending++;
+	if (count) {
+		to->delivered_total++;
+		bus->delivered_total++;
+	}
+	want_wake(bus, to->id);
+	return set_sequence(bus, m->from, m->to, m->sequence);
+}
+
+static int apply_record(void *ctx, const uint8_t *rec, size_t len)
+{
+	struct bus *bus = ctx;
+	struct reader r = {rec, len, 1, false};
+	char name[BUS_NAME_MAX + 1];
+	struct agent *a;
+
+	switch (rec[0]) {
+	case REC_AGENT_ADD: {
+		rd_str(&r, name, sizeof name);
+		uint32_t uid = rd_u32(&r), gid = rd_u32(&r);
+		uint64_t created = rd_u64(&r);
+		uint8_t draining = rd_u8(&r);
+		uint64_t delivered = rd_u64(&r), acked = rd_u64(&r);
+		if (r.bad || !bus_name_valid(name) || !(a = agent_insert(bus, name)))
+			return -EINVAL;
+		a->uid = uid;
+		a->gid = gid;
+		a->created_us = (int64_t)created;
+		a->draining = draining;
+		a->delivered_total = delivered;
+		a->acked_total = acked;
+		return 0;
+	}
+	case REC_AGENT_DEL:
+		rd_str(&r, name, sizeof name);
+		if (r.bad || !(a = bus_find(bus, name)))
+			return -EINVAL;
+		want_wake(bus, a->id);
+		agent_delete(bus, a);
+		return 0;
+	case REC_DELIVER: {
+		uint32_t n = rd_u32(&r);
+		for (uint32_t i = 0; i < n; i++) {
+			struct bus_message *m = message_decode(&r);
+			if (!m || deliver(bus, m, true) < 0)
+				return -EINVAL;
+		}
+		return r.bad ? -EINVAL : 0;
+	}
+	case REC_ACK: {
+		rd_str(&r, name, sizeof name);
+		uint64_t number = rd_u64(&r);
+		uint8_t has_ack = rd_u8(&r);
+		if (r.bad || !(a = bus_find(bus, name)))
+			return -EINVAL;
+		struct bus_message *m = inbox_take(&a->inbox, number);
+		if (!m)
+			return -EINVAL;
+		message_unref(m);
+		a->acked_total++;
+		bus->pending--;
+		if (has_ack) {
+			struct bus_message *ack = message_decode(&r);
+			if (!ack || deliver(bus, ack, true) < 0)
+				return -EINVAL;
+		}
+		return 0;
+	}
+	case REC_STATE: {
+		rd_str(&r, name, sizeof name);
+		uint8_t draining = rd_u8(&r);
+		if (r.bad || !(a = bus_find(bus, name)))
+			return -EINVAL;
+		a->draining = draining;
+		want_wake(bus, a->id);
+		return 0;
+	}
+	case REC_SNAP_HEAD:
+		bus->counter = rd_u64(&r);
+		bus->delivered_total = rd_u64(&r);
+		bus->rejected_total = rd_u64(&r);
+		return r.bad ? -EINVAL : 0;
+	case REC_SNAP_SEQ: {
+		char key[2 * BUS_NAME_MAX + 2];
+		rd_str(&r, key, sizeof key);
+		uint64_t seq = rd_u64(&r);
+		if (r.bad)
+			return -EINVAL;
+		return strmap_set(&bus->seqs, key, seq);
+	}
+	case REC_SNAP_MSG: {
+		uint8_t where = rd_u8(&r);
+		struct bus_message *m = message_decode(&r);
+		if (!m)
+			return -EINVAL;
+		if (m->number > bus->counter)
+			bus->counter = m->number;
+		int rc = 0;
+		if (where & 2) {
+			struct agent *from = bus_find(bus, m->from);
+			if (from)
+				outbox_add(&from->outbox, m);
+		}
+		if (where & 1) {
+			a = bus_find(bus, m->to);
+			if (a && inbox_add(&a->inbox, m) == 0) {
+				bus->pending++;
+				return 0;
+			}
+			rc = -EINVAL;
+		}
+		message_unref(m);
+		return rc;
+	}
+	}
+	return -EINVAL;
+}
+
+/* ---------- commit, space, compaction ---------- */
+
+static int compact_locked(struct bus *bus);
+
+bool bus_space_for(struct bus *bus, uint64_t need)
+{
+	uint64_t max = bus->cfg.store_max_bytes;
+	if (store_bytes(bus->store) + need <= max)
+		return true;
+	/* Acked messages still take journal space; a snapshot may give it back. */
+	if (store_journal_bytes(bus->store) > bus->compacted_at + 4096) {
+		compact_locked(bus);
+		bus->compacted_at = store_journal_bytes(bus->store);
+	}
+	return store_bytes(bus->store) + need <= max;
+}
+
+int bus_commit(struct bus *bus, struct bus_error *err)
+{
+	if (!buf_ok(&bus->rec))
+		return bus_fail(err, ENOMEM, "out of memory building a store record");
+	int rc = store_append(bus->store, bus->rec.data, bus->rec.len);
+	if (rc < 0)
+		return bus_fail(err, EIO, "the store could not record the change: %s", strerror(-rc));
+	rc = apply_record(bus, (const uint8_t *)bus->rec.data, bus->rec.len);
+	if (rc < 0)
+		return bus_fail(err, EIO, "internal error applying a committed record");
+	uint64_t journal = store_journal_bytes(bus->store);
+	uint64_t snap = store_snapshot_bytes(bus->store);
+	if (journal > (64u << 20) && journal > 2 * snap)
+		compact_locked(bus);
+	return 0;
+}
+
+static int cmp_msg_number(const void *a, const void *b)
+{
+	const struct bus_message *x = *(struct bus_message *const *)a;
+	const struct bus_message *y = *(struct bus_message *const *)b;
+	return x->number < y->number ? -1 : x->number > y->number;
+}
+
+static int snap_add(struct bus *bus, struct buf *b)
+{
+	int rc = buf_ok(b) ? store_snapshot_add(bus->store, b->data, b->len) : -ENOMEM;
+	buf_reset(b);
+	return rc;
+}
+
+static void encode_message(struct buf *b, const struct bus_message *m)
+{
+	char id[BUS_MSG_ID_LEN + 1];
+	memcpy(id, m->msg_id, sizeof id);
+	buf_put_u64(b, m->number);
+	buf_put_u64(b, m->sequence);
+	buf_put_u8(b, m->requires_ack ? 1 : 0);
+	buf_put_str(b, m->to);
+	buf_put_str(b, m->from);
+	buf_put_str(b, id);
+	buf_put_u32(b, m->corr_off);
+	buf_put_u32(b, m->corr_len);
+	buf_put_bytes(b, m->envelope, m->len);
+}
+
+/* Writes the live state as a snapshot; the journal then restarts empty. */
+static int compact_locked(struct bus *bus)
+{
+	struct buf b;
+	buf_init(&b);
+	struct bus_message **msgs = NULL;
+	size_t nmsgs = 0, cap = 0;
+	int rc = store_snapshot_begin(bus->store);
+	if (rc < 0)
+		return rc;
+
+	buf_put_u8(&b, REC_SNAP_HEAD);
+	buf_put_u64(&b, bus->counter);
+	buf_put_u64(&b, bus->delivered_total);
+	buf_put_u64(&b, bus->rejected_total);
+	rc = snap_add(bus, &b);
+	strmap_foreach(&bus->seqs, s) {
+		if (rc < 0)
+			break;
+		buf_put_u8(&b, REC_SNAP_SEQ);
+		buf_put_str(&b, s->key);
+		buf_put_u64(&b, s->value);
+		rc = snap_add(bus, &b);
+	}
+	for (uint64_t id = 0; id < bus->next_id && rc == 0; id++) {
+		struct agent *a = bus_find_id(bus, id);
+		if (!a)
+			continue;
+		buf_put_u8(&b, REC_AGENT_ADD);
+		buf_put_str(&b, a->name);
+		buf_put_u32(&b, (uint32_t)a->uid);
+		buf_put_u32(&b, (uint32_t)a->gid);
+		buf_put_u64(&b, (uint64_t)a->created_us);
+		buf_put_u8(&b, a->draining);
+		buf_put_u64(&b, a->delivered_total);
+		buf_put_u64(&b, a->acked_total);
+		rc = snap_add(bus, &b);
+		size_t need = nmsgs + a->inbox.live + a->outbox.count;
+		if (need > cap) {
+			cap = need * 2;
+			struct bus_message **p = realloc(msgs, cap * sizeof *p);
+			if (!p) {
+				rc = -ENOMEM;
+				break;
+			}
+			msgs = p;
+		}
+		for (size_t i = a->inbox.head; i < a->inbox.tail; i++)
+			if (a->inbox.msgs[i])
+				msgs[nmsgs++] = a->inbox.msgs[i];
+		for (size_t i = 0; i < a->outbox.count; i++)
+			msgs[nmsgs++] = outbox_at(&a->outbox, i);
+	}
+	if (rc == 0 && nmsgs)
+		qsort(msgs, nmsgs, sizeof *msgs, cmp_msg_number);
+	for (size_t i = 0; i < nmsgs && rc == 0; i++) {
+		if (i > 0 && msgs[i] == msgs[i - 1])
+			continue;
+		struct bus_message *m = msgs[i];
+		struct agent *to = bus_find(bus, m->to);
+		struct agent *from = bus_find(bus, m->from);
+		uint8_t where = 0;
+		if (to && inbox_find(&to->inbox, m->number) == m)
+			where |= 1;
+		if (from && from->outbox.count) {
+			size_t k = outbox_search(&from->outbox, m->number - 1);
+			if (k < from->outbox.count && outbox_at(&from->outbox, k) == m)
+				where |= 2;
+		}
+		buf_put_u8(&b, REC_SNAP_MSG);
+		buf_put_u8(&b, where);
+		encode_message(&b, m);
+		rc = snap_add(bus, &b);
+	}
+	free(msgs);
+	buf_free(&b);
+	if (rc < 0) {
+		store_snapshot_abort(bus->store);
+		return rc;
+	}
+	return store_snapshot_commit(bus->store);
+}
+
+int bus_compact(struct bus *bus)
+{
+	bus_lock(bus);
+	int rc = compact_locked(bus);
+	bus_unlock_and_wake(bus);
+	return rc;
+}
+
+/* ---------- life cycle ---------- */
+
+static struct bus *bus_alloc(const struct bus_config *cfg)
+{
+	struct bus *bus = calloc(1, sizeof *bus);
+	if (!bus)
+		return NULL;
+	pthread_mutex_init(&bus->lock, NULL);
+	bus->cfg = *cfg;
+	if (!bus->cfg.inbox_capacity)
+		bus->cfg.inbox_capacity = 1000;
+	if (!bus->cfg.max_message_size)
+		bus->cfg.max_message_size = 1u << 20;
+	bus->next_id = 1;
+	bus->started = bus_clock_monotonic();
+	strmap_init(&bus->seqs);
+	errlog_init(&bus->errors, BUS_ERRORS_KEEP);
+	buf_init(&bus->rec);
+	return bus;
+}
+
+static void bus_free(struct bus *bus)
+{
+	for (uint64_t id = 0; id < bus->next_id; id++)
+		if (bus_find_id(bus, id))
+			agent_free(bus->by_id[id]);
+	free(bus->by_id);
+	free(bus->by_name);
+	strmap_free(&bus->seqs);
+	errlog_free(&bus->errors);
+	buf_free(&bus->rec);
+	free(bus->wake_ids);
+	store_close(bus->store);
+	pthread_mutex_destroy(&bus->lock);
+	free(bus);
+}
+
+int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *err)
+{
+	struct bus *bus = bus_alloc(cfg);
+	if (!bus)
+		return bus_fail(err, ENOMEM, "out of memory");
+	int rc = store_open(cfg->store_dir, false, &bus->store, err);
+	if (rc == 0)
+		rc = store_load(bus->store, apply_record, bus, NULL, err);
+	if (rc < 0) {
+		bus_free(bus);
+		return rc;
+	}
+	bus->wake_n = 0;
+	if (!bus->cfg.store_max_bytes)
+		bus->cfg.store_max_bytes = store_fs_free(bus->store) / 2;
+	bus->compacted_at = store_journal_bytes(bus->store);
+	*out = bus;
+	return 0;
+}
+
+void bus_close(struct bus *bus)
+{
+	if (!bus)
+		return;
+	bus_lock(bus);
+	compact_locked(bus);
+	pthread_mutex_unlock(&bus->lock);
+	bus_free(bus);
+}
+
+void bus_set_wake(struct bus *bus, bus_wake_fn fn, void *ctx)
+{
+	bus_lock(bus);
+	bus->wake = fn;
+	bus->wake_ctx = ctx;
+	pthread_mutex_unlock(&bus->lock);
+}
+
+void bus_write_pid(struct bus *bus) { store_write_pid(bus->store); }
+
+const struct bus_config *bus_config(const struct bus *bus) { return &bus->cfg; }
+
+void bus_stats(struct bus *bus, struct bus_stats *out)
+{
+	bus_lock(bus);
+	out->uptime_s = bus_clock_monotonic() - bus->started;
+	out->agents = (uint32_t)bus->nagents;
+	out->pending = bus->pending;
+	out->delivered_total = bus->delivered_total;
+	out->rejected_total = bus->rejected_total;
+	out->store_bytes = store_bytes(bus->store);
+	out->store_max_bytes = bus->cfg.store_max_bytes;
+	out->errors_bytes = bus->errors.text.len;
+	pthread_mutex_unlock(&bus->lock);
+}
+
+/* ---------- agents: public ---------- */
+
+int bus_agent_create(struct bus *bus, const char *name, uid_t uid, gid_t gid,
+		     struct bus_agent_info *out, struct bus_error *err)
+{
+	if (!bus_name_valid(name)) {
+		if (strcmp(name, "all") == 0)
+			return bus_fail(err, EINVAL, "'all' is reserved for broadcast");
+		return bus_fail(err, EINVAL,
+				"bad agent name '%.80s': it must match [A-Za-z][A-Za-z0-9._-]{0,63}",
+				name);
+	}
+	bus_lock(bus);
+	int rc = 0;
+	if (bus_find(bus, name)) {
+		rc = bus_fail(err, EEXIST, "agent %s already exists", name);
+	} else if (!bus_space_for(bus, 256)) {
+		rc = bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
+			      bus->cfg.store_max_bytes);
+	} else {
+		struct buf *b = &bus->rec;
+		buf_reset(b);
+		buf_put_u8(b, REC_AGENT_ADD);
+		buf_put_str(b, name);
+		buf_put_u32(b, (uint32_t)uid);
+		buf_put_u32(b, (uint32_t)gid);
+		buf_put_u64(b, (uint64_t)bus_clock_now_us());
+		buf_put_u8(b, 0);
+		buf_put_u64(b, 0);
+		buf_put_u64(b, 0);
+		rc = bus_commit(bus, err);
+		if (rc == 0 && out)
+			agent_info(bus_find(bus, name), out);
+	}
+	bus_unlock_and_wake(bus);
+	return rc;
+}
+
+int bus_agent_remove(struct bus *bus, const char *name, uid_t uid, struct bus_error *err)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find(bus, name);
+	int rc = 0;
+	if (!a)
+		rc = bus_fail(err, ENOENT, "no agent named %.80s", name);
+	else if (!bus_may_act_as(a, uid))
+		rc = bus_fail(err, EACCES, "agent %s belongs to uid %u", name, (unsigned)a->uid);
+	else if (a->inbox.live)
+		rc = bus_fail(err, ENOTEMPTY, "the inbox of %s holds %zu message(s)", name,
+			      a->inbox.live);
+	else if (a->reserved)
+		rc = bus_fail(err, EBUSY, "%u message(s) to %s are being written", a->reserved, name);
+	else {
+		buf_reset(&bus->rec);
+		buf_put_u8(&bus->rec, REC_AGENT_DEL);
+		buf_put_str(&bus->rec, name);
+		rc = bus_commit(bus, err);
+	}
+	bus_unlock_and_wake(bus);
+	return rc;
+}
+
+int bus_agent_by_name(struct bus *bus, const char *name, struct bus_agent_info *out)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find(bus, name);
+	if (a)
+		agent_info(a, out);
+	pthread_mutex_unlock(&bus->lock);
+	return a ? 0 : -ENOENT;
+}
+
+int bus_agent_by_id(struct bus *bus, uint64_t id, struct bus_agent_info *out)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, id);
+	if (a)
+		agent_info(a, out);
+	pthread_mutex_unlock(&bus->lock);
+	return a ? 0 : -ENOENT;
+}
+
+void bus_agent_list(struct bus *bus, uint64_t after_id,
+		    int (*fn)(void *ctx, const struct bus_agent_info *a), void *ctx)
+{
+	struct bus_agent_info info;
+	bus_lock(bus);
+	for (uint64_t id = after_id + 1; id < bus->next_id; id++) {
+		struct agent *a = bus_find_id(bus, id);
+		if (!a)
+			continue;
+		agent_info(a, &info);
+		if (fn(ctx, &info))
+			break;
+	}
+	pthread_mutex_unlock(&bus->lock);
+}
+
+/* ---------- views ---------- */
+
+struct bus_message *bus_inbox_get(struct bus *bus, uint64_t agent_id, uint64_t number)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	struct bus_message *m = a ? inbox_find(&a->inbox, number) : NULL;
+	if (m)
+		message_ref(m);
+	pthread_mutex_unlock(&bus->lock);
+	return m;
+}
+
+struct bus_message *bus_outbox_get(struct bus *bus, uint64_t agent_id, uint64_t number)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	struct bus_message *m = NULL;
+	if (a && a->outbox.count && number) {
+		size_t k = outbox_search(&a->outbox, number - 1);
+		if (k < a->outbox.count && outbox_at(&a->outbox, k)->number == number) {
+			m = outbox_at(&a->outbox, k);
+			message_ref(m);
+		}
+	}
+	pthread_mutex_unlock(&bus->lock);
+	return m;
+}
+
+void bus_inbox_list(struct bus *bus, uint64_t agent_id, uint64_t after_number,
+		    int (*fn)(void *ctx, const struct bus_message *m), void *ctx)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	if (a) {
+		for (size_t i = inbox_search(&a->inbox, after_number + 1); i < a->inbox.tail; i++)
+			if (a->inbox.msgs[i] && fn(ctx, a->inbox.msgs[i]))
+				break;
+	}
+	pthread_mutex_unlock(&bus->lock);
+}
+
+void bus_outbox_list(struct bus *bus, uint64_t agent_id, uint64_t after_number,
+		     int (*fn)(void *ctx, const struct bus_message *m), void *ctx)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	if (a) {
+		for (size_t i = outbox_search(&a->outbox, after_number); i < a->outbox.count; i++)
+			if (fn(ctx, outbox_at(&a->outbox, i)))
+				break;
+	}
+	pthread_mutex_unlock(&bus->lock);
+}
+
+int bus_next_peek(struct bus *bus, uint64_t agent_id, struct bus_message **out, bool *draining)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	int rc = -ENOENT;
+	*out = NULL;
+	if (a) {
+		struct bus_message *m = inbox_oldest(&a->inbox);
+		*draining = a->draining;
+		if (m) {
+			message_ref(m);
+			*out = m;
+			rc = 0;
+		} else {
+			rc = -EAGAIN;
+		}
+	}
+	pthread_mutex_unlock(&bus->lock);
+	return rc;
+}
+
+/* ---------- errors ---------- */
+
+void bus_log_error(struct bus *bus, const char *agent, const char *op, const char *path,
+		   uid_t uid, const struct bus_error *err)
+{
+	char ts[BUS_TIME_LEN + 1];
+	struct buf line;
+	buf_init(&line);
+	bus_time_format(bus_clock_now_us(), ts);
+	buf_printf(&line, "{\"timestamp\":\"%s\",\"op\":\"%s\",\"path\":", ts, op);
+	json_append_string(&line, path, strlen(path));
+	if (agent)
+		buf_printf(&line, ",\"agent\":\"%s\"", agent);
+	buf_printf(&line, ",\"uid\":%u,\"errno\":\"%s\",\"reason\":", (unsigned)uid,
+		   bus_errno_name(err->code));
+	json_append_string(&line, err->reason, strlen(err->reason));
+	buf_puts(&line, "}\n");
+	if (buf_ok(&line)) {
+		bus_lock(bus);
+		bus->rejected_total++;
+		errlog_add(&bus->errors, line.data, line.len);
+		struct agent *a = agent ? bus_find(bus, agent) : NULL;
+		if (a)
+			errlog_add(&a->errors, line.data, line.len);
+		pthread_mutex_unlock(&bus->lock);
+	}
+	buf_free(&line);
+}
+
+size_t bus_errors_read(struct bus *bus, uint64_t agent_id, size_t off, size_t size,
+		       struct buf *out)
+{
+	bus_lock(bus);
+	struct agent *a = agent_id ? bus_find_id(bus, agent_id) : NULL;
+	size_t n = 0;
+	if (!agent_id)
+		n = errlog_read(&bus->errors, off, size, out);
+	else if (a)
+		n = errlog_read(&a->errors, off, size, out);
+	pthread_mutex_unlock(&bus->lock);
+	return n;
+}
+
+size_t bus_errors_size(struct bus *bus, uint64_t agent_id)
+{
+	bus_lock(bus);
+	struct agent *a = agent_id ? bus_find_id(bus, agent_id) : NULL;
+	size_t n = agent_id ? (a ? a->errors.text.len : 0) : bus->errors.text.len;
+	pthread_mutex_unlock(&bus->lock);
+	return n;
+}
+
+/* ---------- offline check ---------- */
+
+int bus_check_store(const char *dir, struct buf *report)
+{
+	struct bus_config cfg = {.store_dir = dir};
+	struct bus *bus = bus_alloc(&cfg);
+	struct bus_error err = {0};
+	struct store_load_report rep;
+	if (!bus)
+		return -ENOMEM;
+	int rc = store_open(dir, true, &bus->store, &err);
+	if (rc == 0)
+		rc = store_load(bus->store, apply_record, bus, &rep, &err);
+	if (rc < 0) {
+		buf_printf(report, "FAIL: %s\n", err.reason);
+		bus_free(bus);
+		return rc;
+	}
+	int problems = 0;
+	buf_printf(report, "store %s (id %08x): %" PRIu64 " snapshot record(s), %" PRIu64
+		   " journal record(s)%s\n", dir, store_id(bus->store), rep.snapshot_records,
+		   rep.journal_records, rep.journal_ignored ? " (journal covered by snapshot)" : "");
+	if (rep.torn_bytes)
+		buf_printf(report, "note: %" PRIu64 " byte(s) of a torn final record will be cut at "
+			   "the next start\n", rep.torn_bytes);
+	/* Every pending message: number within the counter, sequence within its pair. */
+	for (uint64_t id = 1; id < bus->next_id; id++) {
+		struct agent *a = bus_find_id(bus, id);
+		if (!a)
+			continue;
+		uint64_t last = 0;
+		for (size_t i = a->inbox.head; i < a->inbox.tail; i++) {
+			struct bus_message *m = a->inbox.msgs[i];
+			if (!m)
+				continue;
+			if (m->number > bus->counter || m->number <= last) {
+				buf_printf(report, "FAIL: %s: message %" PRIu64 " out of order or beyond "
+					   "the counter %" PRIu64 "\n", a->name, m->number, bus->counter);
+				problems++;
+			}
+			if (m->sequence == 0 || m->sequence > bus_pair_sequence(bus, m->from, m->to)) {
+				buf_printf(report, "FAIL: %s: message %" PRIu64 " has sequence %" PRIu64
+					   " beyond its pair's\n", a->name, m->number, m->sequence);
+				problems++;
+			}
+			if (message_id_number(m->msg_id) != m->number || m->len == 0 ||
+			    m->envelope[m->len - 1] != '\n') {
+				buf_printf(report, "FAIL: %s: message %" PRIu64 " is malformed\n",
+					   a->name, m->number);
+				problems++;
+			}
+			last = m->number;
+		}
+	}
+	buf_printf(report, "%zu agent(s), %" PRIu64 " pending message(s), counter %" PRIu64
+		   ", %zu sender/recipient pair(s)\n", bus->nagents, bus->pending, bus->counter,
+		   bus->seqs.count);
+	buf_printf(report, problems ? "FAIL: %d problem(s)\n" : "OK\n", problems);
+	bus_free(bus);
+	return problems ? -EIO : 0;
+}

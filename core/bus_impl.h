@@ -1,0 +1,102 @@
+/* bus_impl.h — the bus's internal state, shared by the core files that change it.
+ *
+ * Lock: bus->lock protects everything below. It is never held across a call into
+ * the FUSE layer: wake-ups gathered during a change are delivered after unlocking
+ * (bus_unlock_and_wake). There is no other lock in the core. */
+#ifndef BUSFS_BUS_IMPL_H
+#define BUSFS_BUS_IMPL_H
+
+#include <pthread.h>
+
+#include "busfs/bus.h"
+#include "busfs/errlog.h"
+#include "busfs/store.h"
+#include "busfs/strmap.h"
+
+enum record_type {
+	REC_AGENT_ADD = 1,  /* str name, u32 uid, u32 gid, u64 created_us, u8 draining,
+			       u64 delivered_total, u64 acked_total */
+	REC_AGENT_DEL = 2,  /* str name */
+	REC_DELIVER = 3,    /* u32 n, n x message */
+	REC_ACK = 4,        /* str agent, u64 number, u8 has_ack, [message] */
+	REC_STATE = 5,      /* str agent, u8 draining */
+	REC_SNAP_HEAD = 10, /* u64 counter, u64 delivered_total, u64 rejected_total */
+	REC_SNAP_SEQ = 11,  /* str pair key, u64 sequence */
+	REC_SNAP_MSG = 12,  /* u8 where (1 inbox, 2 outbox), message */
+};
+
+/* Pending messages in delivery order. Removal leaves a hole (NULL) that compaction
+ * of the array reclaims; nums[] stays sorted, so lookups are a binary search. */
+struct inbox {
+	uint64_t *nums;
+	struct bus_message **msgs;
+	size_t head, tail, cap, live;
+};
+
+/* The newest BUS_OUTBOX_KEEP sent messages, oldest first. */
+struct outbox {
+	struct bus_message **ring;
+	size_t start, count;
+};
+
+struct agent {
+	uint64_t id;
+	char name[BUS_NAME_MAX + 1];
+	uid_t uid;
+	gid_t gid;
+	int64_t created_us;
+	bool draining;
+	struct inbox inbox;
+	uint32_t reserved;
+	uint64_t delivered_total;
+	uint64_t acked_total;
+	struct outbox outbox;
+	struct errlog errors;
+	/* Scratch for one `send` write, valid only under the lock within it. */
+	uint32_t batch_count;
+	uint64_t batch_seq;
+	bool batch_touched;
+};
+
+struct bus {
+	pthread_mutex_t lock;
+	struct bus_config cfg;
+	struct store *store;
+	double started;
+
+	struct agent **by_id;        /* index = id; holes for removed agents */
+	size_t by_id_cap;
+	uint64_t next_id;
+	struct agent **by_name;      /* sorted by name */
+	size_t nagents, by_name_cap;
+
+	struct strmap seqs;          /* "from\x01to" -> last sequence */
+	uint64_t counter;            /* last delivery number = msg_id counter */
+	uint64_t pending;
+	uint64_t delivered_total;
+	uint64_t rejected_total;
+	uint64_t compacted_at;       /* journal bytes after the last compaction attempt */
+
+	struct errlog errors;
+	struct buf rec;              /* scratch record */
+
+	bus_wake_fn wake;
+	void *wake_ctx;
+	uint64_t *wake_ids;
+	size_t wake_n, wake_cap;
+};
+
+struct agent *bus_find(struct bus *bus, const char *name);
+struct agent *bus_find_id(struct bus *bus, uint64_t id);
+void bus_lock(struct bus *bus);
+void bus_unlock_and_wake(struct bus *bus);
+/* Appends the record in bus->rec to the journal, then applies it. */
+int bus_commit(struct bus *bus, struct bus_error *err);
+/* Whether `need` more bytes fit under --store-max-bytes (compacting first if useful). */
+bool bus_space_for(struct bus *bus, uint64_t need);
+uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to);
+int inbox_depth(const struct agent *a);
+struct bus_message *inbox_find(const struct inbox *in, uint64_t number);
+bool bus_may_act_as(const struct agent *a, uid_t uid);
+
+#endif

@@ -1,0 +1,44 @@
+/* clock.c — real and injectable clocks, RFC 3339 formatting. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "busfs/clock.h"
+
+static int64_t (*fake_now)(void);
+
+void bus_clock_set(int64_t (*now_us)(void)) { fake_now = now_us; }
+
+int64_t bus_clock_now_us(void)
+{
+	if (fake_now)
+		return fake_now();
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+double bus_clock_monotonic(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void bus_time_format(int64_t us, char *out)
+{
+	time_t secs = (time_t)(us / 1000000);
+	long frac = (long)(us % 1000000);
+	if (frac < 0) {
+		frac += 1000000;
+		secs--;
+	}
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	char tmp[96];
+	snprintf(tmp, sizeof tmp, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ",
+		 (tm.tm_year + 1900) % 10000, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+		 tm.tm_sec, frac);
+	memcpy(out, tmp, BUS_TIME_LEN);
+	out[BUS_TIME_LEN] = '\0';
+}

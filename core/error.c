@@ -1,0 +1,44 @@
+/* error.c — bus_error helpers and errno names used in logs and metrics. */
+#include <errno.h>
+#include <stdio.h>
+
+#include "busfs/error.h"
+
+int bus_fail(struct bus_error *err, int code, const char *fmt, ...)
+{
+	if (err) {
+		va_list ap;
+		err->code = code;
+		va_start(ap, fmt);
+		vsnprintf(err->reason, sizeof err->reason, fmt, ap);
+		va_end(ap);
+	}
+	return -code;
+}
+
+const char *bus_errno_name(int code)
+{
+	static __thread char other[16];
+
+	switch (code) {
+	case EINVAL: return "EINVAL";
+	case ENOENT: return "ENOENT";
+	case EFBIG: return "EFBIG";
+	case EAGAIN: return "EAGAIN";
+	case ENOSPC: return "ENOSPC";
+	case ESHUTDOWN: return "ESHUTDOWN";
+	case EACCES: return "EACCES";
+	case EEXIST: return "EEXIST";
+	case ENOTEMPTY: return "ENOTEMPTY";
+	case EBUSY: return "EBUSY";
+	case EIO: return "EIO";
+	case ENOMEM: return "ENOMEM";
+	case EPERM: return "EPERM";
+	case ENOTDIR: return "ENOTDIR";
+	case EISDIR: return "EISDIR";
+	case ENAMETOOLONG: return "ENAMETOOLONG";
+	case EINTR: return "EINTR";
+	}
+	snprintf(other, sizeof other, "E%d", code);
+	return other;
+}

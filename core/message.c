@@ -1,0 +1,188 @@
+/* message.c — envelopes, msg_ids, inbox file names and the message record codec.
+ *
+ * The envelope is written once, as text, when a message is committed; the journal
+ * stores that very text, so recovery rebuilds byte-identical files. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "busfs/clock.h"
+#include "busfs/json.h"
+#include "busfs/message.h"
+
+void message_ref(struct bus_message *m) { atomic_fetch_add(&m->refs, 1); }
+
+void message_unref(struct bus_message *m)
+{
+	if (m && atomic_fetch_sub(&m->refs, 1) == 1)
+		free(m);
+}
+
+void message_file_name(const struct bus_message *m, char *out)
+{
+	char tmp[128];
+	snprintf(tmp, sizeof tmp, "%020" PRIu64 "-%s.json", m->number, m->msg_id);
+	memcpy(out, tmp, BUS_FILE_NAME_LEN);
+	out[BUS_FILE_NAME_LEN] = '\0';
+}
+
+static uint64_t parse_digits(const char *p, size_t n)
+{
+	uint64_t v = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] < '0' || p[i] > '9')
+			return 0;
+		if (v > (UINT64_MAX - 9) / 10)
+			return 0;
+		v = v * 10 + (uint64_t)(p[i] - '0');
+	}
+	return v;
+}
+
+uint64_t message_id_number(const char *id)
+{
+	/* MSG-YYYYMMDD-HHMMSS-xxxxxxxx-NNNNNNNNNNNNNNNNNNNN */
+	if (strlen(id) != BUS_MSG_ID_LEN || strncmp(id, "MSG-", 4) != 0 || id[12] != '-' ||
+	    id[19] != '-' || id[28] != '-')
+		return 0;
+	return parse_digits(id + 29, 20);
+}
+
+uint64_t message_parse_file_name(const char *name, char *msg_id)
+{
+	size_t n = strlen(name);
+	if (n != BUS_FILE_NAME_LEN || name[20] != '-' || strcmp(name + n - 5, ".json") != 0)
+		return 0;
+	uint64_t number = parse_digits(name, 20);
+	char id[BUS_MSG_ID_LEN + 1];
+	memcpy(id, name + 21, BUS_MSG_ID_LEN);
+	id[BUS_MSG_ID_LEN] = '\0';
+	if (number == 0 || message_id_number(id) != number)
+		return 0;
+	if (msg_id)
+		memcpy(msg_id, id, BUS_MSG_ID_LEN + 1);
+	return number;
+}
+
+void message_id_format(char *out, uint32_t store_id, int64_t time_us, uint64_t number)
+{
+	time_t secs = (time_t)(time_us / 1000000);
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	char tmp[128];
+	snprintf(tmp, sizeof tmp, "MSG-%04d%02d%02d-%02d%02d%02d-%08x-%020" PRIu64,
+		 (tm.tm_year + 1900) % 10000, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+		 tm.tm_sec, store_id, number);
+	memcpy(out, tmp, BUS_MSG_ID_LEN);
+	out[BUS_MSG_ID_LEN] = '\0';
+}
+
+/* Record layout: u64 number, u64 sequence, u8 flags, str to, str from, str msg_id,
+ * u32 corr_off, u32 corr_len, bytes envelope. */
+void message_encode(struct buf *rec, const struct envelope *env)
+{
+	char id[BUS_MSG_ID_LEN + 1];
+	char ts[BUS_TIME_LEN + 1];
+	message_id_format(id, env->store_id, env->time_us, env->number);
+	bus_time_format(env->time_us, ts);
+
+	buf_put_u64(rec, env->number);
+	buf_put_u64(rec, env->sequence);
+	buf_put_u8(rec, env->requires_ack ? 1 : 0);
+	buf_put_str(rec, env->to);
+	buf_put_str(rec, env->from);
+	buf_put_str(rec, id);
+	size_t corr_at = rec->len;
+	buf_put_u32(rec, 0);
+	buf_put_u32(rec, 0);
+	size_t len_at = rec->len;
+	buf_put_u32(rec, 0);
+	size_t start = rec->len;
+
+	buf_printf(rec,
+		   "{\"version\":1,\"msg_id\":\"%s\",\"from\":\"%s\",\"to\":\"%s\","
+		   "\"timestamp\":\"%s\",\"sequence\":%" PRIu64 ",\"type\":",
+		   id, env->from, env->to, ts, env->sequence);
+	buf_append(rec, env->type_token, env->type_len);
+	buf_puts(rec, ",\"payload\":");
+	buf_append(rec, env->payload, env->payload_len);
+	buf_printf(rec, ",\"requires_ack\":%s,\"priority\":\"%s\"",
+		   env->requires_ack ? "true" : "false", env->urgent ? "urgent" : "normal");
+	if (env->corr_token) {
+		buf_puts(rec, ",\"correlation_id\":");
+		uint32_t off = (uint32_t)(rec->len - start);
+		buf_append(rec, env->corr_token, env->corr_len);
+		if (buf_ok(rec)) {
+			uint8_t *p = (uint8_t *)rec->data + corr_at;
+			uint32_t len = (uint32_t)env->corr_len;
+			for (int i = 0; i < 4; i++) {
+				p[i] = (uint8_t)(off >> (8 * i));
+				p[4 + i] = (uint8_t)(len >> (8 * i));
+			}
+		}
+	}
+	if (env->base64)
+		buf_puts(rec, ",\"encoding\":\"base64\"");
+	buf_puts(rec, "}\n");
+	if (buf_ok(rec)) {
+		uint32_t len = (uint32_t)(rec->len - start);
+		uint8_t *p = (uint8_t *)rec->data + len_at;
+		for (int i = 0; i < 4; i++)
+			p[i] = (uint8_t)(len >> (8 * i));
+	}
+}
+
+struct bus_message *message_decode(struct reader *r)
+{
+	uint64_t number = rd_u64(r);
+	uint64_t sequence = rd_u64(r);
+	uint8_t flags = rd_u8(r);
+	char to[BUS_NAME_MAX + 1], from[BUS_NAME_MAX + 1], id[BUS_MSG_ID_LEN + 1];
+	rd_str(r, to, sizeof to);
+	rd_str(r, from, sizeof from);
+	rd_str(r, id, sizeof id);
+	uint32_t corr_off = rd_u32(r);
+	uint32_t corr_len = rd_u32(r);
+	size_t len;
+	const char *env = rd_bytes(r, &len);
+	if (r->bad || !env || len == 0 || number == 0 || (uint64_t)corr_off + corr_len > len)
+		return NULL;
+	struct bus_message *m = malloc(sizeof *m + len + 1);
+	if (!m)
+		return NULL;
+	atomic_init(&m->refs, 1);
+	m->number = number;
+	m->sequence = sequence;
+	m->requires_ack = flags & 1;
+	memcpy(m->to, to, sizeof to);
+	memcpy(m->from, from, sizeof from);
+	memcpy(m->msg_id, id, sizeof id);
+	m->corr_off = corr_off;
+	m->corr_len = corr_len;
+	m->len = len;
+	memcpy(m->envelope, env, len);
+	m->envelope[len] = '\0';
+	return m;
+}
+
+void payload_from_body(struct buf *out, const char *body, size_t len, bool *base64)
+{
+	*base64 = false;
+	if (json_is_value(body, len)) {
+		json_append_compact(out, body, len);
+		return;
+	}
+	if (utf8_text_valid(body, len)) {
+		size_t n = len;
+		if (n && body[n - 1] == '\n')
+			n--;
+		json_append_string(out, body, n);
+		return;
+	}
+	*base64 = true;
+	buf_putc(out, '"');
+	base64_append(out, (const unsigned char *)body, len);
+	buf_putc(out, '"');
+}

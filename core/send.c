@@ -1,0 +1,670 @@
+/* send.c — how messages enter the bus: outbox drafts, `send` records, acks and ctl.
+ *
+ * Everything that can refuse a message is checked before its last byte is accepted:
+ * recipient, drain and capacity at open (a reserved slot per recipient), size and
+ * store space at write. The commit itself — one journal record for a whole message,
+ * broadcast or `send` write — can then fail only on a store I/O error. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "bus_impl.h"
+#include "busfs/clock.h"
+#include "busfs/json.h"
+
+/* Envelope text beyond the payload: field names, ids, names, timestamp. */
+#define ENVELOPE_OVERHEAD 512
+
+struct bus_draft {
+	uint64_t sender_id;
+	char sender[BUS_NAME_MAX + 1];
+	uid_t uid;
+	bool broadcast;
+	size_t nrcpt;
+	char (*rcpt)[BUS_NAME_MAX + 1];   /* recipients in name order */
+	bool reserved;
+	int poison;                       /* errno of a rejected write; nothing is sent */
+	struct buf body;
+};
+
+const char *bus_draft_sender(const struct bus_draft *d) { return d->sender; }
+
+/* Checks every recipient and reserves one slot in each, all or nothing. */
+static int draft_reserve(struct bus *bus, struct bus_draft *d, struct bus_error *err)
+{
+	uint32_t cap = bus->cfg.inbox_capacity;
+	for (size_t i = 0; i < d->nrcpt; i++) {
+		struct agent *r = bus_find(bus, d->rcpt[i]);
+		if (!r)
+			return bus_fail(err, ENOENT, "recipient %s is not registered", d->rcpt[i]);
+		if (r->draining)
+			return bus_fail(err, ESHUTDOWN, "recipient %s is draining", r->name);
+		if (r->inbox.live + r->reserved >= cap)
+			return bus_fail(err, EAGAIN,
+					"the inbox of %s is full (%zu pending + %u being written, "
+					"capacity %u)", r->name, r->inbox.live, r->reserved, cap);
+	}
+	for (size_t i = 0; i < d->nrcpt; i++)
+		bus_find(bus, d->rcpt[i])->reserved++;
+	d->reserved = true;
+	return 0;
+}
+
+static void draft_unreserve(struct bus *bus, struct bus_draft *d)
+{
+	if (!d->reserved)
+		return;
+	for (size_t i = 0; i < d->nrcpt; i++) {
+		struct agent *r = bus_find(bus, d->rcpt[i]);
+		if (r && r->reserved)
+			r->reserved--;
+	}
+	d->reserved = false;
+}
+
+int bus_draft_open(struct bus *bus, uint64_t sender_id, const char *target, uid_t uid,
+		   struct bus_draft **out, struct bus_error *err)
+{
+	struct bus_draft *d = calloc(1, sizeof *d);
+	if (!d)
+		return bus_fail(err, ENOMEM, "out of memory");
+	buf_init(&d->body);
+	d->uid = uid;
+	d->sender_id = sender_id;
+	bus_lock(bus);
+	int rc = 0;
+	struct agent *s = bus_find_id(bus, sender_id);
+	if (!s) {
+		rc = bus_fail(err, ENOENT, "the sending agent is gone");
+		goto out;
+	}
+	memcpy(d->sender, s->name, sizeof d->sender);
+	if (!bus_may_act_as(s, uid)) {
+		rc = bus_fail(err, EACCES, "uid %u may not send as %s (owned by uid %u)",
+			      (unsigned)uid, s->name, (unsigned)s->uid);
+		goto out;
+	}
+	if (strcmp(target, "all") == 0) {
+		d->broadcast = true;
+		d->rcpt = calloc(bus->nagents ? bus->nagents : 1, sizeof *d->rcpt);
+		if (!d->rcpt) {
+			rc = bus_fail(err, ENOMEM, "out of memory");
+			goto out;
+		}
+		for (size_t i = 0; i < bus->nagents; i++) {
+			struct agent *r = bus->by_name[i];
+			if (r != s && !r->draining)
+				memcpy(d->rcpt[d->nrcpt++], r->name, sizeof *d->rcpt);
+		}
+		if (!d->nrcpt) {
+			rc = bus_fail(err, ENOENT, "no agent to broadcast to: %s is alone or the "
+				      "others are draining", s->name);
+			goto out;
+		}
+	} else {
+		if (!bus_find(bus, target)) {
+			rc = bus_fail(err, ENOENT, "recipient %.80s is not registered", target);
+			goto out;
+		}
+		d->rcpt = calloc(1, sizeof *d->rcpt);
+		if (!d->rcpt) {
+			rc = bus_fail(err, ENOMEM, "out of memory");
+			goto out;
+		}
+		snprintf(d->rcpt[0], sizeof d->rcpt[0], "%s", target);
+		d->nrcpt = 1;
+	}
+	rc = draft_reserve(bus, d, err);
+out:
+	bus_unlock_and_wake(bus);
+	if (rc < 0) {
+		free(d->rcpt);
+		free(d);
+		return rc;
+	}
+	*out = d;
+	return 0;
+}
+
+int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size_t len,
+		    struct bus_error *err)
+{
+	if (d->poison)
+		return bus_fail(err, d->poison, "an earlier write to this file was rejected; it "
+				"sends nothing");
+	bus_lock(bus);
+	int rc = 0;
+	uint64_t max = bus->cfg.max_message_size;
+	if (d->body.len + len > max) {
+		rc = bus_fail(err, EFBIG, "message of %zu bytes or more exceeds "
+			      "--max-message-size %" PRIu64, d->body.len + len, max);
+	} else if (!d->reserved && (rc = draft_reserve(bus, d, err)) < 0) {
+		/* reason filled in */
+	} else if (!bus_space_for(bus, ((d->body.len + len) * 2 + ENVELOPE_OVERHEAD) * d->nrcpt)) {
+		rc = bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
+			      bus->cfg.store_max_bytes);
+	} else {
+		buf_append(&d->body, data, len);
+		if (!buf_ok(&d->body))
+			rc = bus_fail(err, ENOMEM, "out of memory");
+	}
+	if (rc < 0) {
+		d->poison = -rc;
+		draft_unreserve(bus, d);
+		buf_free(&d->body);
+	}
+	bus_unlock_and_wake(bus);
+	return rc;
+}
+
+static const char TYPE_MESSAGE[] = "\"message\"";
+
+int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
+{
+	if (d->poison)
+		return bus_fail(err, d->poison, "an earlier write to this file was rejected");
+	bus_lock(bus);
+	int rc = 0;
+	if (d->body.len == 0) {
+		/* bash opens, dup2()s and closes before writing: nothing to send yet. */
+		draft_unreserve(bus, d);
+		bus_unlock_and_wake(bus);
+		return 0;
+	}
+	struct buf payload;
+	buf_init(&payload);
+	bool base64;
+	payload_from_body(&payload, d->body.data, d->body.len, &base64);
+	int64_t now = bus_clock_now_us();
+	struct buf *rec = &bus->rec;
+	buf_reset(rec);
+	buf_put_u8(rec, REC_DELIVER);
+	buf_put_u32(rec, (uint32_t)d->nrcpt);
+	for (size_t i = 0; i < d->nrcpt; i++) {
+		struct envelope env = {
+			.from = d->sender, .to = d->rcpt[i],
+			.number = bus->counter + 1 + i,
+			.sequence = bus_pair_sequence(bus, d->sender, d->rcpt[i]) + 1,
+			.time_us = now, .store_id = store_id(bus->store),
+			.type_token = TYPE_MESSAGE, .type_len = sizeof TYPE_MESSAGE - 1,
+			.payload = payload.data, .payload_len = payload.len, .base64 = base64,
+		};
+		message_encode(rec, &env);
+	}
+	buf_free(&payload);
+	draft_unreserve(bus, d);
+	rc = bus_commit(bus, err);
+	buf_reset(&d->body);
+	if (rc < 0)
+		d->poison = -rc;
+	bus_unlock_and_wake(bus);
+	return rc;
+}
+
+void bus_draft_close(struct bus *bus, struct bus_draft *d)
+{
+	if (!d)
+		return;
+	bus_lock(bus);
+	draft_unreserve(bus, d);
+	bus_unlock_and_wake(bus);
+	buf_free(&d->body);
+	free(d->rcpt);
+	free(d);
+}
+
+/* ---------- send records ---------- */
+
+struct send_record {
+	char to[BUS_NAME_MAX + 1];
+	bool broadcast;
+	const char *payload;
+	size_t payload_len;
+	const char *type;
+	size_t type_len;
+	const char *corr;
+	size_t corr_len;
+	bool requires_ack;
+	bool urgent;
+};
+
+/* Decodes a JSON scalar token with jansson (tokens are small: names, flags, ids). */
+static json_t *decode_token(const char *p, size_t len)
+{
+	return json_loadb(p, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+}
+
+static int parse_record(struct bus *bus, const struct agent *sender, const char *p, size_t len,
+			unsigned index, struct send_record *r, struct bus_error *err)
+{
+	struct json_member m[16];
+	char *keys = malloc(len + 1);
+	if (!keys)
+		return bus_fail(err, ENOMEM, "out of memory");
+	int n = json_object_members(p, len, m, 16, keys);
+	int rc = 0;
+	bool have_to = false, have_payload = false;
+	memset(r, 0, sizeof *r);
+	r->type = TYPE_MESSAGE;
+	r->type_len = sizeof TYPE_MESSAGE - 1;
+	if (n < 0)
+		rc = bus_fail(err, EINVAL, "record %u: not a JSON object with distinct keys", index);
+	for (int i = 0; i < n && rc == 0; i++) {
+		const char *k = m[i].key;
+		json_t *v = NULL;
+		if (strcmp(k, "payload") == 0) {
+			r->payload = m[i].value;
+			r->payload_len = m[i].value_len;
+			have_payload = true;
+			continue;
+		}
+		v = decode_token(m[i].value, m[i].value_len);
+		if (strcmp(k, "to") == 0) {
+			const char *to = json_is_string(v) ? json_string_value(v) : NULL;
+			if (!to || (strcmp(to, "all") != 0 && !bus_name_valid(to)))
+				rc = bus_fail(err, EINVAL, "record %u: \"to\" must be an agent name or "
+					      "\"all\"", index);
+			else {
+				snprintf(r->to, sizeof r->to, "%s", to);
+				r->broadcast = strcmp(to, "all") == 0;
+				have_to = true;
+			}
+		} else if (strcmp(k, "type") == 0) {
+			if (!json_is_string(v) || json_string_length(v) == 0 ||
+			    json_string_length(v) > 128)
+				rc = bus_fail(err, EINVAL, "record %u: \"type\" must be a string of 1 to "
+					      "128 bytes", index);
+			r->type = m[i].value;
+			r->type_len = m[i].value_len;
+		} else if (strcmp(k, "requires_ack") == 0) {
+			if (!json_is_boolean(v))
+				rc = bus_fail(err, EINVAL, "record %u: \"requires_ack\" must be true or "
+					      "false", index);
+			r->requires_ack = json_is_true(v);
+		} else if (strcmp(k, "priority") == 0) {
+			const char *pr = json_is_string(v) ? json_string_value(v) : "";
+			if (strcmp(pr, "normal") != 0 && strcmp(pr, "urgent") != 0)
+				rc = bus_fail(err, EINVAL, "record %u: \"priority\" must be \"normal\" or "
+					      "\"urgent\"", index);
+			r->urgent = strcmp(pr, "urgent") == 0;
+		} else if (strcmp(k, "correlation_id") == 0) {
+			if (!json_is_string(v) || json_string_length(v) > 256)
+				rc = bus_fail(err, EINVAL, "record %u: \"correlation_id\" must be a string "
+					      "of at most 256 bytes", index);
+			r->corr = m[i].value;
+			r->corr_len = m[i].value_len;
+		} else if (strcmp(k, "from") == 0) {
+			if (!json_is_string(v))
+				rc = bus_fail(err, EINVAL, "record %u: \"from\" must be a string", index);
+			else if (strcmp(json_string_value(v), sender->name) != 0)
+				rc = bus_fail(err, EACCES, "record %u: \"from\" must be %s, the owner of "
+					      "this send file", index, sender->name);
+		} else {
+			rc = bus_fail(err, EINVAL, "record %u: unknown field \"%.40s\"", index, k);
+		}
+		json_decref(v);
+	}
+	free(keys);
+	if (rc == 0 && !have_to)
+		rc = bus_fail(err, EINVAL, "record %u: \"to\" is required", index);
+	if (rc == 0 && !have_payload)
+		rc = bus_fail(err, EINVAL, "record %u: \"payload\" is required", index);
+	if (rc == 0 && r->payload_len > bus->cfg.max_message_size)
+		rc = bus_fail(err, EFBIG, "record %u: payload of %zu bytes exceeds "
+			      "--max-message-size %" PRIu64, index, r->payload_len,
+			      bus->cfg.max_message_size);
+	return rc;
+}
+
+/* Calls fn for each recipient of a record (every other active agent for `all`). */
+static int record_recipients(struct bus *bus, const struct agent *sender,
+			     const struct send_record *r, unsigned index,
+			     int (*fn)(struct bus *, struct agent *, void *), void *ctx,
+			     struct bus_error *err)
+{
+	if (!r->broadcast) {
+		struct agent *to = bus_find(bus, r->to);
+		if (!to)
+			return bus_fail(err, ENOENT, "record %u: recipient %s is not registered", index,
+					r->to);
+		return fn(bus, to, ctx);
+	}
+	int count = 0;
+	for (size_t i = 0; i < bus->nagents; i++) {
+		struct agent *a = bus->by_name[i];
+		if (a == sender || a->draining)
+			continue;
+		int rc = fn(bus, a, ctx);
+		if (rc < 0)
+			return rc;
+		count++;
+	}
+	if (!count)
+		return bus_fail(err, ENOENT, "record %u: no agent to broadcast to", index);
+	return 0;
+}
+
+struct batch {
+	struct agent **touched;
+	size_t ntouched, cap;
+	struct bus_error *err;
+	const struct agent *sender;
+	/* for encoding */
+	const struct send_record *rec;
+	int64_t now;
+	uint32_t count;
+};
+
+static int count_recipient(struct bus *bus, struct agent *a, void *ctx)
+{
+	struct batch *b = ctx;
+	if (a->draining)
+		return bus_fail(b->err, ESHUTDOWN, "recipient %s is draining", a->name);
+	if (!a->batch_touched) {
+		if (b->ntouched == b->cap) {
+			size_t cap = b->cap ? b->cap * 2 : 16;
+			struct agent **p = realloc(b->touched, cap * sizeof *p);
+			if (!p)
+				return bus_fail(b->err, ENOMEM, "out of memory");
+			b->touched = p;
+			b->cap = cap;
+		}
+		b->touched[b->ntouched++] = a;
+		a->batch_touched = true;
+		a->batch_count = 0;
+		a->batch_seq = bus_pair_sequence(bus, b->sender->name, a->name);
+	}
+	a->batch_count++;
+	if (a->inbox.live + a->reserved + a->batch_count > bus->cfg.inbox_capacity)
+		return bus_fail(b->err, EAGAIN, "the inbox of %s is full (%zu pending + %u being "
+				"written, capacity %u)", a->name, a->inbox.live, a->reserved,
+				bus->cfg.inbox_capacity);
+	return 0;
+}
+
+static int encode_for_recipient(struct bus *bus, struct agent *a, void *ctx)
+{
+	struct batch *b = ctx;
+	struct buf payload;
+	buf_init(&payload);
+	json_append_compact(&payload, b->rec->payload, b->rec->payload_len);
+	struct envelope env = {
+		.from = b->sender->name, .to = a->name,
+		.number = bus->counter + 1 + b->count,
+		.sequence = ++a->batch_seq,
+		.time_us = b->now, .store_id = store_id(bus->store),
+		.type_token = b->rec->type, .type_len = b->rec->type_len,
+		.payload = payload.data ? payload.data : "null", .payload_len = payload.len,
+		.requires_ack = b->rec->requires_ack, .urgent = b->rec->urgent,
+		.corr_token = b->rec->corr, .corr_len = b->rec->corr_len,
+	};
+	message_encode(&bus->rec, &env);
+	buf_free(&payload);
+	b->count++;
+	return 0;
+}
+
+int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pending,
+		   const char *data, size_t len, unsigned *delivered, struct bus_error *err)
+{
+	struct send_record *recs = NULL;
+	size_t nrecs = 0, cap = 0, consumed = 0;
+	struct batch batch = {.err = err};
+	int rc = 0;
+	*delivered = 0;
+
+	bus_lock(bus);
+	struct agent *sender = bus_find_id(bus, agent_id);
+	if (!sender) {
+		rc = bus_fail(err, ENOENT, "the sending agent is gone");
+		goto out;
+	}
+	batch.sender = sender;
+	if (!bus_may_act_as(sender, uid)) {
+		rc = bus_fail(err, EACCES, "uid %u may not send as %s (owned by uid %u)",
+			      (unsigned)uid, sender->name, (unsigned)sender->uid);
+		goto out;
+	}
+	buf_append(pending, data, len);
+	if (!buf_ok(pending)) {
+		rc = bus_fail(err, ENOMEM, "out of memory");
+		goto out;
+	}
+	/* Split what this write completes into records; an unfinished one waits. */
+	size_t pos = 0;
+	for (;;) {
+		while (pos < pending->len && strchr(" \t\r\n", pending->data[pos]))
+			pos++;
+		if (pos >= pending->len) {
+			consumed = pos;
+			break;
+		}
+		if (pending->data[pos] != '{') {
+			rc = bus_fail(err, EINVAL, "record %zu: a send record is one JSON object",
+				      nrecs + 1);
+			goto out;
+		}
+		size_t start = pos;
+		int s = json_scan_value(pending->data, pending->len, &pos);
+		if (s == -EAGAIN) {
+			consumed = start;
+			break;
+		}
+		if (s < 0) {
+			rc = bus_fail(err, EINVAL, "record %zu: invalid JSON", nrecs + 1);
+			goto out;
+		}
+		if (nrecs == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct send_record *p = realloc(recs, cap * sizeof *p);
+			if (!p) {
+				rc = bus_fail(err, ENOMEM, "out of memory");
+				goto out;
+			}
+			recs = p;
+		}
+		rc = parse_record(bus, sender, pending->data + start, pos - start,
+				  (unsigned)nrecs + 1, &recs[nrecs], err);
+		if (rc < 0)
+			goto out;
+		nrecs++;
+	}
+	if (pending->len - consumed > bus->cfg.max_message_size + 65536) {
+		rc = bus_fail(err, EFBIG, "an unfinished record exceeds --max-message-size %" PRIu64,
+			      bus->cfg.max_message_size);
+		goto out;
+	}
+	if (nrecs == 0)
+		goto out;
+
+	/* Every recipient: registered, not draining, room for all this write sends it. */
+	uint64_t need = 0;
+	for (size_t i = 0; i < nrecs && rc == 0; i++) {
+		size_t before = batch.ntouched;
+		rc = record_recipients(bus, sender, &recs[i], (unsigned)i + 1, count_recipient,
+				       &batch, err);
+		need += (recs[i].payload_len + ENVELOPE_OVERHEAD) *
+			(recs[i].broadcast ? bus->nagents : 1);
+		(void)before;
+	}
+	if (rc < 0)
+		goto out;
+	if (!bus_space_for(bus, need)) {
+		rc = bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
+			      bus->cfg.store_max_bytes);
+		goto out;
+	}
+
+	/* Sequences restart from the pair counters as encoding assigns them. */
+	for (size_t i = 0; i < batch.ntouched; i++)
+		batch.touched[i]->batch_seq =
+			bus_pair_sequence(bus, sender->name, batch.touched[i]->name);
+	struct buf *rec = &bus->rec;
+	buf_reset(rec);
+	buf_put_u8(rec, REC_DELIVER);
+	size_t count_at = rec->len;
+	buf_put_u32(rec, 0);
+	batch.now = bus_clock_now_us();
+	for (size_t i = 0; i < nrecs; i++) {
+		batch.rec = &recs[i];
+		record_recipients(bus, sender, &recs[i], (unsigned)i + 1, encode_for_recipient,
+				  &batch, err);
+	}
+	if (buf_ok(rec)) {
+		uint8_t *p = (uint8_t *)rec->data + count_at;
+		for (int k = 0; k < 4; k++)
+			p[k] = (uint8_t)(batch.count >> (8 * k));
+	}
+	rc = bus_commit(bus, err);
+	if (rc == 0)
+		*delivered = batch.count;
+out:
+	for (size_t i = 0; i < batch.ntouched; i++)
+		batch.touched[i]->batch_touched = false;
+	free(batch.touched);
+	free(recs);
+	if (rc < 0)
+		buf_reset(pending); /* nothing of a rejected write, nor what it completed, stays */
+	else
+		buf_consume(pending, consumed);
+	bus_unlock_and_wake(bus);
+	return rc;
+}
+
+/* ---------- acks and ctl ---------- */
+
+static int ack_locked(struct bus *bus, struct agent *a, uint64_t number, const char *msg_id,
+		      uid_t uid, struct bus_error *err, bool *dropped)
+{
+	if (!bus_may_act_as(a, uid))
+		return bus_fail(err, EACCES, "uid %u may not consume messages of %s (owned by uid %u)",
+				(unsigned)uid, a->name, (unsigned)a->uid);
+	struct bus_message *m = inbox_find(&a->inbox, number);
+	if (!m || (msg_id && strcmp(m->msg_id, msg_id) != 0))
+		return bus_fail(err, ENOENT, "no message %s in the inbox of %s",
+				msg_id ? msg_id : "with that number", a->name);
+	struct agent *sender = m->requires_ack ? bus_find(bus, m->from) : NULL;
+	*dropped = m->requires_ack && !sender;
+	struct buf *rec = &bus->rec;
+	buf_reset(rec);
+	buf_put_u8(rec, REC_ACK);
+	buf_put_str(rec, a->name);
+	buf_put_u64(rec, number);
+	buf_put_u8(rec, sender ? 1 : 0);
+	if (sender) {
+		struct buf payload;
+		buf_init(&payload);
+		buf_printf(&payload, "{\"ack\":\"%s\"}", m->msg_id);
+		static const char TYPE_ACK[] = "\"ack\"";
+		struct envelope env = {
+			.from = a->name, .to = sender->name,
+			.number = bus->counter + 1,
+			.sequence = bus_pair_sequence(bus, a->name, sender->name) + 1,
+			.time_us = bus_clock_now_us(), .store_id = store_id(bus->store),
+			.type_token = TYPE_ACK, .type_len = sizeof TYPE_ACK - 1,
+			.payload = payload.data, .payload_len = payload.len,
+			.corr_token = m->corr_len ? m->envelope + m->corr_off : NULL,
+			.corr_len = m->corr_len,
+		};
+		message_encode(rec, &env);
+		buf_free(&payload);
+	}
+	return bus_commit(bus, err);
+}
+
+static void log_dropped_ack(struct bus *bus, const char *agent, const char *from, const char *id)
+{
+	struct bus_error note;
+	bus_fail(&note, ENOENT, "ack of %s dropped: its sender %s is no longer registered", id,
+		 from);
+	bus_log_error(bus, agent, "ack", "ack", 0, &note);
+}
+
+int bus_ack(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id, uid_t uid,
+	    struct bus_error *err)
+{
+	bool dropped = false;
+	char from[BUS_NAME_MAX + 1] = "", id[BUS_MSG_ID_LEN + 1] = "", name[BUS_NAME_MAX + 1] = "";
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	int rc;
+	if (!a) {
+		rc = bus_fail(err, ENOENT, "no such agent");
+	} else {
+		struct bus_message *m = inbox_find(&a->inbox, number);
+		if (m) {
+			memcpy(from, m->from, sizeof from);
+			memcpy(id, m->msg_id, sizeof id);
+		}
+		memcpy(name, a->name, sizeof name);
+		rc = ack_locked(bus, a, number, msg_id, uid, err, &dropped);
+	}
+	bus_unlock_and_wake(bus);
+	if (rc == 0 && dropped)
+		log_dropped_ack(bus, name, from, id);
+	return rc;
+}
+
+int bus_ctl(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data, size_t len,
+	    struct bus_error *err)
+{
+	char cmd[128];
+	while (len && strchr(" \t\r\n", data[len - 1]))
+		len--;
+	while (len && strchr(" \t", data[0])) {
+		data++;
+		len--;
+	}
+	if (len == 0 || len >= sizeof cmd || memchr(data, '\0', len) || memchr(data, '\n', len))
+		return bus_fail(err, EINVAL, "ctl takes one command: drain, resume or ack MSG_ID");
+	memcpy(cmd, data, len);
+	cmd[len] = '\0';
+
+	if (strncmp(cmd, "ack ", 4) == 0) {
+		const char *id = cmd + 4;
+		while (*id == ' ')
+			id++;
+		uint64_t number = message_id_number(id);
+		if (!number)
+			return bus_fail(err, EINVAL, "'%.60s' is not a msg_id", id);
+		return bus_ack(bus, agent_id, number, id, uid, err);
+	}
+	bool drain = strcmp(cmd, "drain") == 0;
+	if (!drain && strcmp(cmd, "resume") != 0)
+		return bus_fail(err, EINVAL, "unknown ctl command '%.60s': use drain, resume or "
+				"ack MSG_ID", cmd);
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	int rc = 0;
+	if (!a)
+		rc = bus_fail(err, ENOENT, "no such agent");
+	else if (!bus_may_act_as(a, uid))
+		rc = bus_fail(err, EACCES, "uid %u may not control %s (owned by uid %u)",
+			      (unsigned)uid, a->name, (unsigned)a->uid);
+	else if (a->draining != drain) {
+		buf_reset(&bus->rec);
+		buf_put_u8(&bus->rec, REC_STATE);
+		buf_put_str(&bus->rec, a->name);
+		buf_put_u8(&bus->rec, drain);
+		rc = bus_commit(bus, err);
+	}
+	bus_unlock_and_wake(bus);
+	return rc;
+}
+
+int bus_ctl_render(struct bus *bus, uint64_t agent_id, struct buf *out)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	if (a)
+		buf_printf(out, "{\"agent\":\"%s\",\"state\":\"%s\",\"inbox_depth\":%zu,"
+			   "\"reserved\":%u,\"delivered_total\":%" PRIu64 ",\"acked_total\":%" PRIu64
+			   "}\n", a->name, a->draining ? "draining" : "active", a->inbox.live,
+			   a->reserved, a->delivered_total, a->acked_total);
+	pthread_mutex_unlock(&bus->lock);
+	return a ? 0 : -ENOENT;
+}

@@ -1,0 +1,500 @@
+/* files.c — the requests that open, read, write and change: how file operations
+ * become bus calls, and bus refusals become errno replies plus a line in `errors`.
+ *
+ * Ownership: each open file has one struct handle (fi->fh), made at OPEN or CREATE
+ * and freed at RELEASE. A handle owns its draft, its rendered document, its message
+ * reference and, until a notification takes it, its poll handle. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs.h"
+
+static struct fs *fs_of(fuse_req_t req) { return fuse_req_userdata(req); }
+
+/* Replies with the error and records why, in `errors` and the agent's own log. */
+static void refuse(fuse_req_t req, const char *op, const char *path, uint64_t agent_id,
+		   const struct bus_error *err)
+{
+	struct fs *fs = fs_of(req);
+	struct bus_agent_info a;
+	const char *agent = NULL;
+	if (agent_id && bus_agent_by_id(fs->bus, agent_id, &a) == 0)
+		agent = a.name;
+	bus_log_error(fs->bus, agent, op, path, fuse_req_ctx(req)->uid, err);
+	if (fs->log_level > 0)
+		fprintf(stderr, "busfs: %s %s: %s: %s\n", op, path, bus_errno_name(err->code),
+			err->reason);
+	fuse_reply_err(req, err->code);
+}
+
+static void refuse_at(fuse_req_t req, const char *op, fuse_ino_t ino, const char *name,
+		      int code, const char *reason)
+{
+	struct fs *fs = fs_of(req);
+	struct node_ref r = ref_of(ino);
+	char path[256];
+	struct bus_error err;
+	node_path(fs, &r, name, path, sizeof path);
+	bus_fail(&err, code, "%s", reason);
+	refuse(req, op, path, r.node >= N_AGENT_DIR ? r.agent_id : 0, &err);
+}
+
+static struct handle *handle_new(struct fs *fs, enum node node, uint64_t agent_id)
+{
+	struct handle *h = calloc(1, sizeof *h);
+	if (!h)
+		return NULL;
+	fs->open_files++;
+	h->node = node;
+	h->agent_id = agent_id;
+	buf_init(&h->pending);
+	buf_init(&h->doc);
+	return h;
+}
+
+static void handle_free(struct fs *fs, struct handle *h)
+{
+	if (h->draft)
+		bus_draft_close(fs->bus, h->draft);
+	waiters_forget_handle(fs, h);
+	buf_free(&h->pending);
+	buf_free(&h->doc);
+	message_unref(h->msg);
+	free(h);
+	fs->open_files--;
+}
+
+static bool owner_ok(fuse_req_t req, const struct bus_agent_info *a)
+{
+	uid_t uid = fuse_req_ctx(req)->uid;
+	return uid == 0 || uid == a->uid;
+}
+
+/* ---------- OPEN ---------- */
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct node_ref r = ref_of(ino);
+	int acc = fi->flags & O_ACCMODE;
+	bool writing = acc != O_RDONLY || (fi->flags & O_TRUNC);
+	bool reading = acc != O_WRONLY;
+	struct bus_agent_info a;
+	char why[160];
+
+	if (r.node >= N_AGENT_DIR && bus_agent_by_id(fs->bus, r.agent_id, &a) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct handle *h = handle_new(fs, r.node, r.agent_id);
+	if (!h) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	node_path(fs, &r, NULL, h->path, sizeof h->path);
+	fi->direct_io = 1;
+	why[0] = '\0';
+	switch (r.node) {
+	case N_README:
+		if (writing)
+			snprintf(why, sizeof why, "README is read-only");
+		else
+			readme_render(fs, &h->doc);
+		fi->direct_io = 0;
+		fi->keep_cache = 1;
+		break;
+	case N_ERRORS:
+	case N_AGENT_ERRORS:
+		if (writing)
+			snprintf(why, sizeof why, "errors is read-only");
+		break;
+	case N_SEND:
+		if (reading)
+			snprintf(why, sizeof why, "send is write-only: read the inbox or next");
+		else if (!owner_ok(req, &a))
+			snprintf(why, sizeof why, "uid %u may not send as %s",
+				 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		fi->nonseekable = 1;
+		break;
+	case N_NEXT:
+		if (writing)
+			snprintf(why, sizeof why, "next is read-only");
+		else if (!owner_ok(req, &a))
+			snprintf(why, sizeof why, "uid %u may not read the inbox of %s",
+				 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		fi->nonseekable = 1;
+		break;
+	case N_CTL:
+		if (writing && !owner_ok(req, &a))
+			snprintf(why, sizeof why, "uid %u may not control %s",
+				 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		else if (reading)
+			bus_ctl_render(fs->bus, r.agent_id, &h->doc);
+		break;
+	case N_INBOX_MSG:
+	case N_OUTBOX_MSG:
+		h->msg = r.node == N_INBOX_MSG ? bus_inbox_get(fs->bus, r.agent_id, r.number)
+					       : bus_outbox_get(fs->bus, r.agent_id, r.number);
+		if (!h->msg) {
+			handle_free(fs, h);
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		if (writing)
+			snprintf(why, sizeof why, "message files are read-only; rm consumes one");
+		else if (r.node == N_INBOX_MSG && !owner_ok(req, &a))
+			snprintf(why, sizeof why, "uid %u may not read the inbox of %s",
+				 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		/* A message never changes: let the page cache keep it. */
+		fi->direct_io = 0;
+		fi->keep_cache = 1;
+		break;
+	case N_PAIR:
+		snprintf(why, sizeof why, "a message being written cannot be reopened");
+		break;
+	default:
+		handle_free(fs, h);
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	if (why[0]) {
+		struct bus_error err;
+		bus_fail(&err, EACCES, "%s", why);
+		refuse(req, "open", h->path, r.node >= N_AGENT_DIR ? r.agent_id : 0, &err);
+		handle_free(fs, h);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)h;
+	if (fuse_reply_open(req, fi) != 0)
+		handle_free(fs, h);
+}
+
+/* ---------- CREATE: outbox/B starts a message ---------- */
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct node_ref p = ref_of(parent);
+	if (p.node != N_OUTBOX) {
+		refuse_at(req, "create", parent, name, EACCES,
+			  p.node == N_INBOX ? "inbox files are made by deliveries, not by create"
+					    : "files cannot be created here");
+		return;
+	}
+	struct handle *h = handle_new(fs, N_PAIR, p.agent_id);
+	if (!h) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	node_path(fs, &p, name, h->path, sizeof h->path);
+	struct bus_error err = {0};
+	struct bus_agent_info to = {0};
+	int rc;
+	if (strcmp(name, "all") != 0 && !bus_name_valid(name))
+		rc = bus_fail(&err, EINVAL, "'%.80s' is not an agent name", name);
+	else if (strcmp(name, "all") != 0 && bus_agent_by_name(fs->bus, name, &to) < 0)
+		rc = bus_fail(&err, ENOENT, "recipient %.80s is not registered", name);
+	else
+		rc = bus_draft_open(fs->bus, p.agent_id, name, fuse_req_ctx(req)->uid, &h->draft,
+				    &err);
+	if (rc < 0) {
+		refuse(req, "create", h->path, p.agent_id, &err);
+		handle_free(fs, h);
+		return;
+	}
+	struct fuse_entry_param e;
+	memset(&e, 0, sizeof e);
+	struct node_ref r = {N_PAIR, p.agent_id, to.id};
+	node_attr(fs, &r, &e.attr);
+	e.ino = e.attr.st_ino;
+	e.generation = 1;
+	fi->direct_io = 1;
+	fi->nonseekable = 1;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	if (fuse_reply_create(req, &e, fi) != 0)
+		handle_free(fs, h);
+}
+
+/* ---------- READ ---------- */
+
+static void reply_slice(fuse_req_t req, const char *data, size_t len, size_t size, off_t off)
+{
+	if (off < 0 || (size_t)off >= len)
+		fuse_reply_buf(req, NULL, 0);
+	else
+		fuse_reply_buf(req, data + off, len - (size_t)off < size ? len - (size_t)off : size);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	switch (h->node) {
+	case N_README:
+	case N_CTL:
+		reply_slice(req, h->doc.data, h->doc.len, size, off);
+		return;
+	case N_ERRORS:
+	case N_AGENT_ERRORS: {
+		struct buf b;
+		buf_init(&b);
+		bus_errors_read(fs->bus, h->node == N_ERRORS ? 0 : h->agent_id, (size_t)off, size, &b);
+		fuse_reply_buf(req, b.data, b.len);
+		buf_free(&b);
+		return;
+	}
+	case N_INBOX_MSG:
+	case N_OUTBOX_MSG:
+		reply_slice(req, h->msg->envelope, h->msg->len, size, off);
+		return;
+	case N_NEXT:
+		if (h->msg || h->next_done || off > 0) {
+			next_reply(req, h, size, off);
+			return;
+		}
+		/* fi->flags is the reader's O_NONBLOCK as it is now, fcntl included. */
+		waiters_park(fs, req, h, size, fi->flags & O_NONBLOCK);
+		return;
+	default:
+		fuse_reply_err(req, EBADF);
+	}
+}
+
+/* ---------- WRITE, FLUSH, RELEASE ---------- */
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	struct bus_error err = {0};
+	uid_t uid = fuse_req_ctx(req)->uid;
+	unsigned delivered;
+	int rc;
+	switch (h->node) {
+	case N_PAIR:
+		rc = bus_draft_write(fs->bus, h->draft, data, size, &err);
+		break;
+	case N_SEND:
+		rc = bus_send_write(fs->bus, h->agent_id, uid, &h->pending, data, size, &delivered,
+				    &err);
+		break;
+	case N_CTL:
+		rc = bus_ctl(fs->bus, h->agent_id, uid, data, size, &err);
+		break;
+	default:
+		rc = bus_fail(&err, EACCES, "this file is read-only");
+	}
+	if (rc < 0)
+		refuse(req, "write", h->path, h->agent_id, &err);
+	else
+		fuse_reply_write(req, size);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	struct bus_error err = {0};
+	if (h->node == N_PAIR && bus_draft_flush(fs->bus, h->draft, &err) < 0) {
+		/* The write that was refused already logged its reason; a store failure here
+		 * is new and is logged now. */
+		if (err.code == EIO)
+			refuse(req, "flush", h->path, h->agent_id, &err);
+		else
+			fuse_reply_err(req, err.code);
+		return;
+	}
+	fuse_reply_err(req, 0);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	handle_free(fs_of(req), (struct handle *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+		    struct fuse_pollhandle *ph)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	if (h->node == N_NEXT) {
+		waiters_poll(fs_of(req), req, h, ph);
+		return;
+	}
+	if (ph)
+		fuse_pollhandle_destroy(ph);
+	fuse_reply_poll(req, POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
+}
+
+/* ---------- directories: mkdir, rmdir, unlink ---------- */
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct fs *fs = fs_of(req);
+	struct node_ref p = ref_of(parent);
+	if (p.node != N_AGENTS) {
+		refuse_at(req, "mkdir", parent, name, EACCES,
+			  "directories are made only in agents/ (mkdir agents/NAME registers NAME)");
+		return;
+	}
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct bus_error err = {0};
+	struct bus_agent_info a;
+	if (bus_agent_create(fs->bus, name, ctx->uid, ctx->gid, &a, &err) < 0) {
+		refuse_at(req, "mkdir", parent, name, err.code, err.reason);
+		return;
+	}
+	struct fuse_entry_param e;
+	memset(&e, 0, sizeof e);
+	struct node_ref r = {N_AGENT_DIR, a.id, 0};
+	node_attr(fs, &r, &e.attr);
+	e.ino = e.attr.st_ino;
+	e.generation = 1;
+	e.entry_timeout = 3600.0;
+	fuse_reply_entry(req, &e);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct node_ref p = ref_of(parent);
+	if (p.node != N_AGENTS) {
+		refuse_at(req, "rmdir", parent, name, EACCES,
+			  "only agent directories can be removed (rmdir agents/NAME)");
+		return;
+	}
+	struct bus_error err = {0};
+	struct bus_agent_info a;
+	bool known = bus_agent_by_name(fs->bus, name, &a) == 0;
+	if (bus_agent_remove(fs->bus, name, fuse_req_ctx(req)->uid, &err) < 0) {
+		char path[256];
+		snprintf(path, sizeof path, "agents/%s", name);
+		refuse(req, "rmdir", path, known ? a.id : 0, &err);
+		return;
+	}
+	fuse_reply_err(req, 0);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct node_ref p = ref_of(parent);
+	if (p.node != N_INBOX) {
+		refuse_at(req, "unlink", parent, name, EACCES,
+			  p.node == N_OUTBOX ? "the outbox is a read-only record of sent messages"
+					     : "only inbox messages can be removed");
+		return;
+	}
+	char id[BUS_MSG_ID_LEN + 1];
+	uint64_t number = message_parse_file_name(name, id);
+	struct bus_error err = {0};
+	if (!number) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (bus_ack(fs->bus, p.agent_id, number, id, fuse_req_ctx(req)->uid, &err) < 0) {
+		if (err.code == ENOENT)
+			fuse_reply_err(req, ENOENT);
+		else
+			refuse_at(req, "unlink", parent, name, err.code, err.reason);
+		return;
+	}
+	fuse_reply_err(req, 0);
+}
+
+/* ---------- SETATTR and the operations that mean nothing here ---------- */
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct node_ref r = ref_of(ino);
+	struct stat st;
+	if (node_attr(fs, &r, &st) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		refuse_at(req, "setattr", ino, NULL, EACCES,
+			  "modes and owners are fixed by busfs (chmod and chown mean nothing here)");
+		return;
+	}
+	bool writable = r.node == N_SEND || r.node == N_CTL || r.node == N_PAIR;
+	if ((to_set & FUSE_SET_ATTR_SIZE) && !writable) {
+		refuse_at(req, "truncate", ino, NULL, EACCES, "this file is read-only");
+		return;
+	}
+	/* Truncation of send/ctl/a message being written, and times, mean nothing. */
+	fuse_reply_attr(req, &st, 0.0);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	refuse_at(req, "rename", parent, name, EACCES, "nothing in busfs can be renamed");
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	refuse_at(req, "link", newparent, newname, EACCES, "links cannot be made in busfs");
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	refuse_at(req, "symlink", parent, name, EACCES, "links cannot be made in busfs");
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     dev_t rdev)
+{
+	refuse_at(req, "mknod", parent, name, EACCES, "special files cannot be made in busfs");
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
+{
+	refuse_at(req, "setxattr", ino, NULL, EACCES, "busfs files carry no extended attributes");
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	refuse_at(req, "removexattr", ino, NULL, EACCES,
+		  "busfs files carry no extended attributes");
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	/* Merged writes would turn two messages into one. */
+	conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+}
+
+void files_init_ops(struct fuse_lowlevel_ops *ops);
+void files_init_ops(struct fuse_lowlevel_ops *ops)
+{
+	ops->init = op_init;
+	ops->open = op_open;
+	ops->create = op_create;
+	ops->read = op_read;
+	ops->write = op_write;
+	ops->flush = op_flush;
+	ops->release = op_release;
+	ops->poll = op_poll;
+	ops->mkdir = op_mkdir;
+	ops->rmdir = op_rmdir;
+	ops->unlink = op_unlink;
+	ops->setattr = op_setattr;
+	ops->rename = op_rename;
+	ops->link = op_link;
+	ops->symlink = op_symlink;
+	ops->mknod = op_mknod;
+	ops->setxattr = op_setxattr;
+	ops->removexattr = op_removexattr;
+}

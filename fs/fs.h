@@ -1,0 +1,94 @@
+/* fs.h — the FUSE server's shared state: the node table, open files, parked readers.
+ *
+ * The server runs ONE dispatch thread (fuse_session_loop): on these machines a
+ * thread hand-off costs more than a request, and no handler ever blocks — a `next`
+ * reader that must wait is a parked request, not a sleeping thread. A second thread,
+ * the notifier, sends poll notifications, because fuse_lowlevel_notify_* must never
+ * run inside a request handler. */
+#ifndef BUSFS_FS_H
+#define BUSFS_FS_H
+
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "busfs/bus.h"
+
+/* ---- inode numbers: everything is derived from the number, nothing is allocated ---- */
+#define INO_KIND_SHIFT 60
+enum ino_kind { INO_FIXED = 0, INO_AGENT = 1, INO_PAIR = 2, INO_INBOX = 3, INO_OUTBOX = 4 };
+
+/* What a node is. Fixed nodes and agent nodes come from the tables in tree.c. */
+enum node {
+	N_NONE = 0,
+	N_ROOT, N_README, N_ERRORS, N_AGENTS,              /* fixed */
+	N_AGENT_DIR, N_INBOX, N_OUTBOX, N_SEND, N_NEXT,    /* per agent */
+	N_CTL, N_AGENT_ERRORS,
+	N_PAIR,                                            /* outbox/B being written */
+	N_INBOX_MSG, N_OUTBOX_MSG,                         /* message files */
+};
+
+struct node_ref {
+	enum node node;
+	uint64_t agent_id;     /* agent nodes, messages; sender for N_PAIR */
+	uint64_t number;       /* messages; recipient id for N_PAIR (0 = all) */
+};
+
+fuse_ino_t ino_of(const struct node_ref *r);
+struct node_ref ref_of(fuse_ino_t ino);
+
+/* ---- open files ---- */
+struct handle {
+	enum node node;
+	uint64_t agent_id;
+	char path[160];               /* for the errors log */
+	struct bus_draft *draft;      /* N_PAIR */
+	struct buf pending;           /* N_SEND: a record split across writes */
+	struct buf doc;               /* README, ctl: rendered once at open */
+	struct bus_message *msg;      /* message files; N_NEXT once answered */
+	bool next_done;               /* N_NEXT answered with end-of-file */
+	struct fuse_pollhandle *ph;   /* N_NEXT, owned here until handed to the notifier */
+	struct handle *poll_next, *poll_prev;  /* list of handles holding a poll handle */
+};
+
+struct parked;
+
+struct fs {
+	struct bus *bus;
+	struct fuse_session *se;
+	const char *mountpoint;
+	int log_level;
+	size_t open_files;            /* handles alive; only the dispatch thread changes it */
+	bool stopping;                /* after SIGTERM: `next` answers end-of-file at once */
+
+	pthread_mutex_t park_lock;    /* protects parked, polls, notify queue */
+	struct parked *parked;        /* parked `next` reads, a doubly linked list */
+	size_t nparked;
+	struct handle *polls;         /* handles whose poll handle waits for a message */
+	pthread_cond_t notify_cond;
+	struct fuse_pollhandle **notify_q;
+	size_t notify_n, notify_cap;
+	bool notify_stop;
+	pthread_t notifier;
+	bool notifier_started;
+};
+
+/* tree.c */
+struct fuse_lowlevel_ops busfs_make_ops(void);
+int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st);
+void node_path(struct fs *fs, const struct node_ref *r, const char *name, char *out, size_t n);
+void readme_render(struct fs *fs, struct buf *out);
+
+/* waiters.c */
+void waiters_init(struct fs *fs);
+int waiters_start(struct fs *fs);
+void waiters_wake(void *ctx, uint64_t agent_id);
+void waiters_park(struct fs *fs, fuse_req_t req, struct handle *h, size_t size, bool nonblock);
+void waiters_poll(struct fs *fs, fuse_req_t req, struct handle *h, struct fuse_pollhandle *ph);
+void waiters_forget_handle(struct fs *fs, struct handle *h);
+void waiters_shutdown(struct fs *fs);
+/* Answers a `next` read from a message or with end-of-file. */
+void next_reply(struct fuse_req *req, struct handle *h, size_t size, off_t off);
+
+#endif

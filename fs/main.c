@@ -1,0 +1,255 @@
+/* main.c — the busfs command: options, the store, the mount, signals, the loop.
+ *
+ * Start-up order matters: open the store (its lock refuses a second server), mount,
+ * daemonize (fork) before any thread exists, write the pid, start the notifier with
+ * signals blocked so SIGTERM lands on the dispatch thread, then run the loop. The
+ * clean stop is SIGTERM/SIGINT: parked readers get end-of-file, the mount goes, the
+ * store is compacted, exit 0. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "busfs/clock.h"
+#include "fs.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: busfs [--store DIR] [options] MOUNTPOINT\n"
+		"       busfs --check --store DIR\n"
+		"\n"
+		"A message bus for agents, as files. Agents register with mkdir, send by writing\n"
+		"files, and wait for messages by reading agents/NAME/next.\n"
+		"\n"
+		"Options:\n"
+		"  --store DIR                the store (default /dev/shm/busfs-UID); created if missing\n"
+		"  --inbox-capacity N         messages an inbox holds before senders get EAGAIN (1000)\n"
+		"  --max-message-size BYTES   larger messages get EFBIG (1M)\n"
+		"  --store-max-bytes BYTES    sends get ENOSPC beyond this (half the free space)\n"
+		"                             BYTES may end in K, M or G (powers of 1024)\n"
+		"  --check                    verify the store offline; exit 0 when consistent\n"
+		"  --clear-stale              unmount a stale mount left at MOUNTPOINT by a killed server\n"
+		"  -f, --foreground           stay in the foreground, log to stderr\n"
+		"  -d, --debug                log every FUSE request (implies -f)\n"
+		"  -v, --verbose              log every refused operation to stderr\n"
+		"  -o OPT[,OPT...]            FUSE mount options (allow_other, ...)\n"
+		"  -h, --help                 this help\n"
+		"  -V, --version              the version\n"
+		"\n"
+		"Stop it with SIGTERM or Ctrl-C (parked readers get end-of-file), or with\n"
+		"`fusermount3 -u MOUNTPOINT` when no file is open.\n");
+}
+
+/* After SIGTERM: parked readers have their end-of-file; keep answering for a moment
+ * so their close() (FLUSH, RELEASE) succeeds instead of meeting a dead mount. */
+static void serve_until_closed(struct fs *fs, double grace_s)
+{
+	struct fuse_buf fbuf = {.mem = NULL};
+	double deadline = bus_clock_monotonic() + grace_s;
+	fuse_session_reset(fs->se);
+	while (fs->open_files > 0 && !fuse_session_exited(fs->se) &&
+	       bus_clock_monotonic() < deadline) {
+		struct pollfd p = {.fd = fuse_session_fd(fs->se), .events = POLLIN};
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		int res = fuse_session_receive_buf(fs->se, &fbuf);
+		if (res == -EINTR || res == -EAGAIN)
+			continue;
+		if (res <= 0)
+			break;
+		fuse_session_process_buf(fs->se, &fbuf);
+	}
+	free(fbuf.mem);
+}
+
+static int parse_count(const char *opt, const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	uint64_t mul = 1;
+	if (*end == 'K' || *end == 'k') mul = 1024, end++;
+	else if (*end == 'M' || *end == 'm') mul = 1024 * 1024, end++;
+	else if (*end == 'G' || *end == 'g') mul = 1024ull * 1024 * 1024, end++;
+	if (errno || end == s || *end || s[0] == '-' || v == 0 || v > UINT64_MAX / mul) {
+		fprintf(stderr, "busfs: %s needs a positive number, not '%s'\n", opt, s);
+		return -1;
+	}
+	*out = v * mul;
+	return 0;
+}
+
+/* ENOTCONN on the mountpoint means a server died without unmounting. */
+static int check_mountpoint(const char *mnt, bool clear)
+{
+	struct stat st;
+	if (stat(mnt, &st) == 0) {
+		if (!S_ISDIR(st.st_mode)) {
+			fprintf(stderr, "busfs: %s is not a directory\n", mnt);
+			return -1;
+		}
+		return 0;
+	}
+	if (errno != ENOTCONN) {
+		fprintf(stderr, "busfs: cannot use mountpoint %s: %s\n", mnt, strerror(errno));
+		return -1;
+	}
+	if (!clear) {
+		fprintf(stderr, "busfs: %s is a stale mount left by a server that died "
+			"(Transport endpoint is not connected).\n"
+			"Clear it with:  fusermount3 -u %s   (or start busfs with --clear-stale)\n",
+			mnt, mnt);
+		return -1;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		execlp("fusermount3", "fusermount3", "-u", "-z", mnt, (char *)NULL);
+		_exit(127);
+	}
+	int status = 0;
+	if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status) != 0 || stat(mnt, &st) < 0) {
+		fprintf(stderr, "busfs: could not clear the stale mount at %s; try: "
+			"fusermount3 -u %s\n", mnt, mnt);
+		return -1;
+	}
+	fprintf(stderr, "busfs: cleared a stale mount at %s\n", mnt);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"store", required_argument, NULL, 's'},
+		{"inbox-capacity", required_argument, NULL, 'c'},
+		{"max-message-size", required_argument, NULL, 'm'},
+		{"store-max-bytes", required_argument, NULL, 'b'},
+		{"check", no_argument, NULL, 'k'},
+		{"clear-stale", no_argument, NULL, 'C'},
+		{"foreground", no_argument, NULL, 'f'},
+		{"debug", no_argument, NULL, 'd'},
+		{"verbose", no_argument, NULL, 'v'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
+	};
+	char default_store[64];
+	snprintf(default_store, sizeof default_store, "/dev/shm/busfs-%u", (unsigned)getuid());
+	struct bus_config cfg = {.store_dir = default_store, .inbox_capacity = 1000,
+				 .max_message_size = 1u << 20};
+	bool check = false, clear_stale = false, foreground = false, debug = false;
+	int verbose = 0;
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	uint64_t v;
+	int c;
+
+	fuse_opt_add_arg(&args, argv[0]);
+	while ((c = getopt_long(argc, argv, "fdvhVo:", longopts, NULL)) != -1) {
+		switch (c) {
+		case 's': cfg.store_dir = optarg; break;
+		case 'c':
+			if (parse_count("--inbox-capacity", optarg, &v) < 0 || v > UINT32_MAX)
+				return 1;
+			cfg.inbox_capacity = (uint32_t)v;
+			break;
+		case 'm':
+			if (parse_count("--max-message-size", optarg, &v) < 0)
+				return 1;
+			cfg.max_message_size = v;
+			break;
+		case 'b':
+			if (parse_count("--store-max-bytes", optarg, &v) < 0)
+				return 1;
+			cfg.store_max_bytes = v;
+			break;
+		case 'k': check = true; break;
+		case 'C': clear_stale = true; break;
+		case 'f': foreground = true; break;
+		case 'd': debug = foreground = true; break;
+		case 'v': verbose = 1; break;
+		case 'h': usage(stdout); return 0;
+		case 'V': printf("busfs %s (libfuse %s)\n", BUSFS_VERSION, fuse_pkgversion()); return 0;
+		case 'o':
+			fuse_opt_add_arg(&args, "-o");
+			fuse_opt_add_arg(&args, optarg);
+			break;
+		default:
+			fprintf(stderr, "Try 'busfs --help'.\n");
+			return 1;
+		}
+	}
+
+	if (check) {
+		struct buf report;
+		buf_init(&report);
+		int rc = bus_check_store(cfg.store_dir, &report);
+		fputs(report.data ? report.data : "", rc == 0 ? stdout : stderr);
+		buf_free(&report);
+		return rc == 0 ? 0 : 1;
+	}
+	if (optind != argc - 1) {
+		fprintf(stderr, "busfs: %s\nTry 'busfs --help'.\n",
+			optind >= argc ? "missing MOUNTPOINT" : "too many arguments");
+		return 1;
+	}
+	const char *mountpoint = argv[optind];
+	if (check_mountpoint(mountpoint, clear_stale) < 0)
+		return 1;
+
+	struct fs fs;
+	memset(&fs, 0, sizeof fs);
+	fs.mountpoint = mountpoint;
+	fs.log_level = verbose || debug;
+	waiters_init(&fs);
+	struct bus_error err = {0};
+	if (bus_open(&cfg, &fs.bus, &err) < 0) {
+		fprintf(stderr, "busfs: %s\n", err.reason);
+		return 1;
+	}
+	bus_set_wake(fs.bus, waiters_wake, &fs);
+
+	fuse_opt_add_arg(&args, "-o");
+	fuse_opt_add_arg(&args, "fsname=busfs,subtype=busfs");
+	if (debug)
+		fuse_opt_add_arg(&args, "-d");
+	struct fuse_lowlevel_ops ops = busfs_make_ops();
+	int status = 1;
+	fs.se = fuse_session_new(&args, &ops, sizeof ops, &fs);
+	if (!fs.se)
+		goto out_bus;
+	if (fuse_set_signal_handlers(fs.se) != 0)
+		goto out_session;
+	if (fuse_session_mount(fs.se, mountpoint) != 0) {
+		fprintf(stderr, "busfs: cannot mount at %s\n", mountpoint);
+		goto out_signals;
+	}
+	if (fuse_daemonize(foreground) != 0)
+		goto out_unmount;
+	bus_write_pid(fs.bus);
+	if (waiters_start(&fs) < 0) {
+		fprintf(stderr, "busfs: cannot start the notifier thread\n");
+		goto out_unmount;
+	}
+	if (foreground)
+		fprintf(stderr, "busfs: serving %s from store %s\n", mountpoint, cfg.store_dir);
+	status = fuse_session_loop(fs.se) < 0 ? 1 : 0;
+	waiters_shutdown(&fs);
+	serve_until_closed(&fs, 2.0);
+out_unmount:
+	fuse_session_unmount(fs.se);
+out_signals:
+	fuse_remove_signal_handlers(fs.se);
+out_session:
+	fuse_session_destroy(fs.se);
+out_bus:
+	bus_close(fs.bus);
+	fuse_opt_free_args(&args);
+	return status;
+}

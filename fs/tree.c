@@ -1,0 +1,493 @@
+/* tree.c — the tree of SPEC §2 as tables, and the requests that only look at it:
+ * LOOKUP, GETATTR, READDIR, ACCESS.
+ *
+ * Two tables declare every fixed node, the way procfs declares /proc/PID: the top
+ * level, and the files inside each agent's directory. Inode numbers encode what a
+ * node is (kind in the top 4 bits, then agent id, then entry or message number), so
+ * the server keeps no inode table and FORGET has nothing to free. Agent ids are
+ * never reused within a run, so a stale inode can only ever answer ENOENT. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs.h"
+
+struct entry {
+	const char *name;
+	enum node node;
+	mode_t mode;
+};
+
+static const struct entry top_entries[] = {
+	{"README", N_README, S_IFREG | 0444},
+	{"errors", N_ERRORS, S_IFREG | 0444},
+	{"agents", N_AGENTS, S_IFDIR | 0755},
+};
+
+static const struct entry agent_entries[] = {
+	{"inbox", N_INBOX, S_IFDIR | 0700},
+	{"outbox", N_OUTBOX, S_IFDIR | 0755},
+	{"send", N_SEND, S_IFREG | 0200},
+	{"next", N_NEXT, S_IFREG | 0400},
+	{"ctl", N_CTL, S_IFREG | 0600},
+	{"errors", N_AGENT_ERRORS, S_IFREG | 0444},
+};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Names that only change through busfs's own VFS operations are cached long;
+ * files whose size moves (logs, ctl) and server-made names are not cached. */
+#define LONG_TIMEOUT 3600.0
+
+/* ---------- inode numbers ---------- */
+
+fuse_ino_t ino_of(const struct node_ref *r)
+{
+	uint64_t k;
+	switch (r->node) {
+	case N_ROOT: return FUSE_ROOT_ID;
+	case N_README: case N_ERRORS: case N_AGENTS:
+		return 2 + (fuse_ino_t)(r->node - N_README);
+	case N_PAIR:
+		return (uint64_t)INO_PAIR << INO_KIND_SHIFT | r->agent_id << 30 | r->number;
+	case N_INBOX_MSG: k = INO_INBOX; break;
+	case N_OUTBOX_MSG: k = INO_OUTBOX; break;
+	default:
+		return (uint64_t)INO_AGENT << INO_KIND_SHIFT | r->agent_id << 8 |
+		       (uint64_t)(r->node - N_AGENT_DIR);
+	}
+	return k << INO_KIND_SHIFT | r->agent_id << 40 | r->number;
+}
+
+struct node_ref ref_of(fuse_ino_t ino)
+{
+	struct node_ref r = {N_NONE, 0, 0};
+	uint64_t low = ino & ((1ull << INO_KIND_SHIFT) - 1);
+	switch (ino >> INO_KIND_SHIFT) {
+	case INO_FIXED:
+		if (ino == FUSE_ROOT_ID)
+			r.node = N_ROOT;
+		else if (ino >= 2 && ino < 2 + COUNT(top_entries))
+			r.node = (enum node)(N_README + (ino - 2));
+		break;
+	case INO_AGENT:
+		if ((low & 0xff) <= N_AGENT_ERRORS - N_AGENT_DIR) {
+			r.node = (enum node)(N_AGENT_DIR + (low & 0xff));
+			r.agent_id = low >> 8;
+		}
+		break;
+	case INO_PAIR:
+		r.node = N_PAIR;
+		r.agent_id = low >> 30;
+		r.number = low & ((1u << 30) - 1);
+		break;
+	case INO_INBOX:
+	case INO_OUTBOX:
+		r.node = ino >> INO_KIND_SHIFT == INO_INBOX ? N_INBOX_MSG : N_OUTBOX_MSG;
+		r.agent_id = low >> 40;
+		r.number = low & ((1ull << 40) - 1);
+		break;
+	}
+	return r;
+}
+
+static const struct entry *entry_of(enum node n)
+{
+	for (size_t i = 0; i < COUNT(top_entries); i++)
+		if (top_entries[i].node == n)
+			return &top_entries[i];
+	for (size_t i = 0; i < COUNT(agent_entries); i++)
+		if (agent_entries[i].node == n)
+			return &agent_entries[i];
+	return NULL;
+}
+
+/* ---------- attributes ---------- */
+
+static void fill_time(struct stat *st, int64_t us)
+{
+	st->st_atim.tv_sec = st->st_mtim.tv_sec = st->st_ctim.tv_sec = (time_t)(us / 1000000);
+	st->st_atim.tv_nsec = st->st_mtim.tv_nsec = st->st_ctim.tv_nsec = (long)(us % 1000000) * 1000;
+}
+
+static double attr_timeout(enum node n)
+{
+	switch (n) {
+	case N_ROOT: case N_README: case N_AGENTS: case N_SEND: case N_NEXT:
+		return LONG_TIMEOUT;
+	default:
+		return 0.0;
+	}
+}
+
+/* Fills st for a node; -ENOENT when it no longer exists. */
+int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
+{
+	static int64_t mounted_us;
+	struct bus_agent_info a;
+	struct bus_message *m = NULL;
+
+	memset(st, 0, sizeof *st);
+	st->st_ino = ino_of(r);
+	st->st_nlink = 1;
+	st->st_uid = getuid();
+	st->st_gid = getgid();
+	st->st_blksize = 4096;
+	if (!mounted_us)
+		mounted_us = (int64_t)time(NULL) * 1000000;
+	fill_time(st, mounted_us);
+
+	const struct entry *e = entry_of(r->node);
+	if (e)
+		st->st_mode = e->mode;
+	if (r->node == N_ROOT) {
+		st->st_mode = S_IFDIR | 0755;
+	}
+	if (r->node >= N_AGENT_DIR) {
+		if (bus_agent_by_id(fs->bus, r->agent_id, &a) < 0)
+			return -ENOENT;
+		st->st_uid = a.uid;
+		st->st_gid = a.gid;
+		fill_time(st, a.created_us);
+	}
+	switch (r->node) {
+	case N_NONE:
+		return -ENOENT;
+	case N_ROOT:
+	case N_AGENTS:
+		st->st_nlink = 2;
+		break;
+	case N_README: {
+		struct buf b;
+		buf_init(&b);
+		readme_render(fs, &b);
+		st->st_size = (off_t)b.len;
+		buf_free(&b);
+		break;
+	}
+	case N_ERRORS:
+		st->st_size = (off_t)bus_errors_size(fs->bus, 0);
+		break;
+	case N_AGENT_DIR:
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 4;
+		break;
+	case N_INBOX:
+		st->st_nlink = 2;
+		st->st_size = a.depth;
+		break;
+	case N_OUTBOX:
+		st->st_nlink = 2;
+		st->st_size = a.outbox_count;
+		break;
+	case N_CTL: {
+		struct buf b;
+		buf_init(&b);
+		bus_ctl_render(fs->bus, r->agent_id, &b);
+		st->st_size = (off_t)b.len;
+		buf_free(&b);
+		break;
+	}
+	case N_AGENT_ERRORS:
+		st->st_size = (off_t)bus_errors_size(fs->bus, r->agent_id);
+		break;
+	case N_SEND:
+	case N_NEXT:
+		break;
+	case N_PAIR:
+		st->st_mode = S_IFREG | 0200;
+		break;
+	case N_INBOX_MSG:
+	case N_OUTBOX_MSG:
+		m = r->node == N_INBOX_MSG ? bus_inbox_get(fs->bus, r->agent_id, r->number)
+					   : bus_outbox_get(fs->bus, r->agent_id, r->number);
+		if (!m)
+			return -ENOENT;
+		st->st_mode = r->node == N_INBOX_MSG ? S_IFREG | 0600 : S_IFREG | 0444;
+		st->st_size = (off_t)m->len;
+		message_unref(m);
+		break;
+	}
+	st->st_blocks = (st->st_size + 511) / 512;
+	return 0;
+}
+
+void node_path(struct fs *fs, const struct node_ref *r, const char *name, char *out, size_t n)
+{
+	struct bus_agent_info a = {.name = "?"};
+	const struct entry *e = entry_of(r->node);
+	if (r->node >= N_AGENT_DIR)
+		bus_agent_by_id(fs->bus, r->agent_id, &a);
+	switch (r->node) {
+	case N_ROOT: snprintf(out, n, "%s", name ? name : ""); break;
+	case N_README: case N_ERRORS: case N_AGENTS:
+		snprintf(out, n, "%s%s%s", e->name, name ? "/" : "", name ? name : "");
+		break;
+	case N_AGENT_DIR:
+		snprintf(out, n, "agents/%s%s%s", a.name, name ? "/" : "", name ? name : "");
+		break;
+	case N_PAIR: {
+		struct bus_agent_info to = {.name = "all"};
+		if (r->number)
+			bus_agent_by_id(fs->bus, r->number, &to);
+		snprintf(out, n, "agents/%s/outbox/%s", a.name, to.name);
+		break;
+	}
+	case N_INBOX_MSG: case N_OUTBOX_MSG:
+		snprintf(out, n, "agents/%s/%s/%" PRIu64, a.name,
+			 r->node == N_INBOX_MSG ? "inbox" : "outbox", r->number);
+		break;
+	default:
+		snprintf(out, n, "agents/%s/%s%s%s", a.name, e ? e->name : "?", name ? "/" : "",
+			 name ? name : "");
+	}
+}
+
+static void reply_entry(fuse_req_t req, struct fs *fs, const struct node_ref *r)
+{
+	struct fuse_entry_param e;
+	memset(&e, 0, sizeof e);
+	int rc = node_attr(fs, r, &e.attr);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	e.ino = e.attr.st_ino;
+	e.generation = 1;
+	e.attr_timeout = attr_timeout(r->node);
+	bool server_made = r->node == N_INBOX_MSG || r->node == N_OUTBOX_MSG;
+	e.entry_timeout = server_made ? 0.0 : LONG_TIMEOUT;
+	fuse_reply_entry(req, &e);
+}
+
+/* ---------- LOOKUP ---------- */
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node_ref p = ref_of(parent), r = {N_NONE, p.agent_id, 0};
+	struct bus_agent_info a;
+
+	switch (p.node) {
+	case N_ROOT:
+		for (size_t i = 0; i < COUNT(top_entries); i++)
+			if (strcmp(name, top_entries[i].name) == 0)
+				r.node = top_entries[i].node;
+		break;
+	case N_AGENTS:
+		if (bus_agent_by_name(fs->bus, name, &a) == 0) {
+			r.node = N_AGENT_DIR;
+			r.agent_id = a.id;
+		}
+		break;
+	case N_AGENT_DIR:
+		for (size_t i = 0; i < COUNT(agent_entries); i++)
+			if (strcmp(name, agent_entries[i].name) == 0)
+				r.node = agent_entries[i].node;
+		break;
+	case N_INBOX:
+	case N_OUTBOX: {
+		/* outbox/B never exists as a file: creating it starts a message. */
+		char id[BUS_MSG_ID_LEN + 1];
+		r.number = message_parse_file_name(name, id);
+		if (r.number)
+			r.node = p.node == N_INBOX ? N_INBOX_MSG : N_OUTBOX_MSG;
+		break;
+	}
+	default:
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	if (r.node == N_NONE) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	reply_entry(req, fs, &r);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node_ref r = ref_of(ino);
+	struct stat st;
+	int rc = node_attr(fs, &r, &st);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_attr(req, &st, attr_timeout(r.node));
+}
+
+/* ---------- READDIR ---------- */
+
+/* Offsets are stable: 1 ".", 2 "..", then table index + 3, agent id + 2, or message
+ * number + 2, so an `rm` during `ls` never makes it skip an entry. */
+struct dirfill {
+	fuse_req_t req;
+	struct fs *fs;
+	char *buf;
+	size_t size, used;
+	enum node child;
+	uint64_t agent_id;
+	bool full;
+};
+
+static bool dir_add(struct dirfill *d, const char *name, fuse_ino_t ino, mode_t mode, off_t next)
+{
+	struct stat st = {.st_ino = ino, .st_mode = mode};
+	size_t need = fuse_add_direntry(d->req, NULL, 0, name, NULL, 0);
+	if (d->used + need > d->size) {
+		d->full = true;
+		return false;
+	}
+	fuse_add_direntry(d->req, d->buf + d->used, d->size - d->used, name, &st, next);
+	d->used += need;
+	return true;
+}
+
+static int add_agent(void *ctx, const struct bus_agent_info *a)
+{
+	struct dirfill *d = ctx;
+	struct node_ref r = {N_AGENT_DIR, a->id, 0};
+	return !dir_add(d, a->name, ino_of(&r), S_IFDIR, (off_t)(a->id + 2));
+}
+
+static int add_message(void *ctx, const struct bus_message *m)
+{
+	struct dirfill *d = ctx;
+	char name[BUS_FILE_NAME_LEN + 1];
+	struct node_ref r = {d->child, d->agent_id, m->number};
+	message_file_name(m, name);
+	return !dir_add(d, name, ino_of(&r), S_IFREG, (off_t)(m->number + 2));
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node_ref r = ref_of(ino);
+	char buf[65536];
+	struct dirfill d = {req, fs, buf, size < sizeof buf ? size : sizeof buf, 0, N_NONE,
+			    r.agent_id, false};
+	struct stat st;
+
+	if (node_attr(fs, &r, &st) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	if (off < 1 && !dir_add(&d, ".", ino, S_IFDIR, 1))
+		goto done;
+	if (off < 2 && !dir_add(&d, "..", FUSE_ROOT_ID, S_IFDIR, 2))
+		goto done;
+	const struct entry *table = NULL;
+	size_t n = 0;
+	if (r.node == N_ROOT) {
+		table = top_entries;
+		n = COUNT(top_entries);
+	} else if (r.node == N_AGENT_DIR) {
+		table = agent_entries;
+		n = COUNT(agent_entries);
+	}
+	for (size_t i = 0; i < n; i++) {
+		if ((off_t)i + 3 <= off)
+			continue;
+		struct node_ref c = {table[i].node, r.agent_id, 0};
+		if (!dir_add(&d, table[i].name, ino_of(&c), table[i].mode, (off_t)i + 3))
+			goto done;
+	}
+	uint64_t after = off > 2 ? (uint64_t)off - 2 : 0;
+	if (r.node == N_AGENTS)
+		bus_agent_list(fs->bus, after, add_agent, &d);
+	else if (r.node == N_INBOX || r.node == N_OUTBOX) {
+		d.child = r.node == N_INBOX ? N_INBOX_MSG : N_OUTBOX_MSG;
+		if (r.node == N_INBOX)
+			bus_inbox_list(fs->bus, r.agent_id, after, add_message, &d);
+		else
+			bus_outbox_list(fs->bus, r.agent_id, after, add_message, &d);
+	}
+done:
+	fuse_reply_buf(req, buf, d.used);
+}
+
+/* ---------- ACCESS: the same rules the operations apply ---------- */
+
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node_ref r = ref_of(ino);
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct stat st;
+	int rc = node_attr(fs, &r, &st);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	mode_t bits = st.st_mode & 0777;
+	bool owner = ctx->uid == 0 || ctx->uid == st.st_uid;
+	mode_t allowed = owner ? (bits >> 6) & 7 : bits & 7;
+	if (S_ISDIR(st.st_mode))
+		allowed |= X_OK;
+	/* Root reads and writes what the owner may; the mode bits say what makes sense. */
+	if ((mask & R_OK && !(allowed & 4)) || (mask & W_OK && !(allowed & 2)) ||
+	    (mask & X_OK && !(allowed & 1)))
+		fuse_reply_err(req, EACCES);
+	else
+		fuse_reply_err(req, 0);
+}
+
+/* ---------- README ---------- */
+
+void readme_render(struct fs *fs, struct buf *out)
+{
+	const struct bus_config *c = bus_config(fs->bus);
+	buf_printf(out,
+		"busfs " BUSFS_VERSION " — a message bus for agents, as files\n"
+		"\n"
+		"  mkdir agents/alice                       register agent alice\n"
+		"  echo 'hello' > agents/alice/outbox/bob   send a message to bob ('all' broadcasts)\n"
+		"  echo '{\"to\":\"bob\",\"payload\":{\"x\":1},\"requires_ack\":true}' >> agents/alice/send\n"
+		"  ls agents/bob/inbox                      pending messages, oldest first\n"
+		"  cat agents/bob/next                      waits for the oldest message and prints it\n"
+		"  rm agents/bob/inbox/FILE                 acknowledge (consume) a message\n"
+		"  echo 'ack MSG_ID' > agents/bob/ctl       the same, by msg_id\n"
+		"  echo drain > agents/bob/ctl              refuse new messages (resume undoes it)\n"
+		"  cat agents/bob/ctl                       bob's state as JSON\n"
+		"  cat errors, cat agents/bob/errors        why recent operations were refused\n"
+		"  rmdir agents/alice                       remove an agent (its inbox must be empty)\n"
+		"\n"
+		"Errors: EINVAL bad name or record, ENOENT unknown recipient, EFBIG too large,\n"
+		"EAGAIN inbox full, ENOSPC store full, ESHUTDOWN recipient draining, EACCES not\n"
+		"allowed or read-only, EEXIST agent exists, ENOTEMPTY inbox not empty, EBUSY a\n"
+		"message to the agent is being written.\n"
+		"\n"
+		"This bus: inbox capacity %u, max message size %" PRIu64 " bytes, store %s\n"
+		"(%" PRIu64 " bytes at most). inotify does not fire here: wait with `cat next` or poll().\n",
+		c->inbox_capacity, c->max_message_size, c->store_dir, c->store_max_bytes);
+}
+
+/* Handlers that only refuse or only look are here; the rest are in files.c. */
+void files_init_ops(struct fuse_lowlevel_ops *ops);
+
+static struct fuse_lowlevel_ops make_ops(void)
+{
+	struct fuse_lowlevel_ops ops;
+	memset(&ops, 0, sizeof ops);
+	ops.lookup = op_lookup;
+	ops.getattr = op_getattr;
+	ops.readdir = op_readdir;
+	ops.access = op_access;
+	return ops;
+}
+
+struct fuse_lowlevel_ops busfs_make_ops(void)
+{
+	struct fuse_lowlevel_ops ops = make_ops();
+	files_init_ops(&ops);
+	return ops;
+}

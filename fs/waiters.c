@@ -1,0 +1,300 @@
+/* waiters.c — `next` readers that wait: parked requests, poll handles, the notifier.
+ *
+ * A `cat agents/A/next` on an empty inbox costs no thread: its request is parked
+ * here and answered later, when a delivery, a drain or a removal wakes agent A.
+ * Exactly one side answers a parked request: whoever takes it off the list under
+ * park_lock (the waker, the interrupt callback or shutdown) replies and frees it.
+ * Poll handles are handed to the notifier thread, the only thread that calls
+ * fuse_lowlevel_notify_poll (it must never run inside a request handler).
+ *
+ * Lock order: bus lock, then park_lock. Neither is held across a reply. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs.h"
+
+struct parked {
+	fuse_req_t req;
+	struct handle *h;
+	uint64_t agent_id;
+	size_t size;
+	struct parked *next, *prev;
+};
+
+void waiters_init(struct fs *fs)
+{
+	pthread_mutex_init(&fs->park_lock, NULL);
+	pthread_cond_init(&fs->notify_cond, NULL);
+}
+
+static void park_unlink(struct fs *fs, struct parked *p)
+{
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		fs->parked = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	p->next = p->prev = NULL;
+	fs->nparked--;
+}
+
+static void park_link(struct fs *fs, struct parked *p)
+{
+	p->prev = NULL;
+	p->next = fs->parked;
+	if (fs->parked)
+		fs->parked->prev = p;
+	fs->parked = p;
+	fs->nparked++;
+}
+
+void next_reply(fuse_req_t req, struct handle *h, size_t size, off_t off)
+{
+	if (!h->msg || off < 0 || (size_t)off >= h->msg->len) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	size_t n = h->msg->len - (size_t)off;
+	fuse_reply_buf(req, h->msg->envelope + off, n < size ? n : size);
+}
+
+/* Outcome of looking at an agent's inbox for a `next` reader. */
+enum next_state { NEXT_MESSAGE, NEXT_EOF, NEXT_WAIT };
+
+static enum next_state next_look(struct fs *fs, struct handle *h)
+{
+	bool draining = false;
+	struct bus_message *m = NULL;
+	int rc = bus_next_peek(fs->bus, h->agent_id, &m, &draining);
+	if (rc == 0) {
+		h->msg = m;
+		return NEXT_MESSAGE;
+	}
+	if (rc == -ENOENT || draining || fs->stopping) {
+		h->next_done = true;
+		return NEXT_EOF;
+	}
+	return NEXT_WAIT;
+}
+
+static void on_interrupt(fuse_req_t req, void *data)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct parked *p = data;
+	bool mine = false;
+	pthread_mutex_lock(&fs->park_lock);
+	for (struct parked *q = fs->parked; q; q = q->next) {
+		if (q == p) {
+			park_unlink(fs, p);
+			mine = true;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&fs->park_lock);
+	if (mine) {
+		fuse_reply_err(req, EINTR);
+		free(p);
+	}
+}
+
+void waiters_park(struct fs *fs, fuse_req_t req, struct handle *h, size_t size, bool nonblock)
+{
+	enum next_state s = next_look(fs, h);
+	if (s != NEXT_WAIT) {
+		next_reply(req, h, size, 0);
+		return;
+	}
+	if (nonblock) {
+		fuse_reply_err(req, EAGAIN);
+		return;
+	}
+	struct parked *p = calloc(1, sizeof *p);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->req = req;
+	p->h = h;
+	p->agent_id = h->agent_id;
+	p->size = size;
+	pthread_mutex_lock(&fs->park_lock);
+	park_link(fs, p);
+	pthread_mutex_unlock(&fs->park_lock);
+	/* Registered last: an interrupt that already arrived answers it right here. */
+	fuse_req_interrupt_func(req, on_interrupt, p);
+}
+
+/* Takes every parked request of the agent and answers what can be answered; the
+ * others (a resume woke them, not a message) go back on the list. */
+void waiters_wake(void *ctx, uint64_t agent_id)
+{
+	struct fs *fs = ctx;
+	struct parked *mine = NULL;
+
+	pthread_mutex_lock(&fs->park_lock);
+	for (struct parked *p = fs->parked, *next; p; p = next) {
+		next = p->next;
+		if (p->agent_id != agent_id)
+			continue;
+		park_unlink(fs, p);
+		p->next = mine;
+		mine = p;
+	}
+	for (struct handle *h = fs->polls, *next; h; h = next) {
+		next = h->poll_next;
+		if (h->agent_id != agent_id)
+			continue;
+		if (fs->notify_n == fs->notify_cap) {
+			size_t cap = fs->notify_cap ? fs->notify_cap * 2 : 16;
+			struct fuse_pollhandle **q = realloc(fs->notify_q, cap * sizeof *q);
+			if (!q)
+				continue;
+			fs->notify_q = q;
+			fs->notify_cap = cap;
+		}
+		fs->notify_q[fs->notify_n++] = h->ph;
+		h->ph = NULL;
+		if (h->poll_prev)
+			h->poll_prev->poll_next = h->poll_next;
+		else
+			fs->polls = h->poll_next;
+		if (h->poll_next)
+			h->poll_next->poll_prev = h->poll_prev;
+		h->poll_next = h->poll_prev = NULL;
+	}
+	if (fs->notify_n)
+		pthread_cond_signal(&fs->notify_cond);
+	pthread_mutex_unlock(&fs->park_lock);
+
+	for (struct parked *p = mine, *next; p; p = next) {
+		next = p->next;
+		if (next_look(fs, p->h) == NEXT_WAIT) {
+			pthread_mutex_lock(&fs->park_lock);
+			park_link(fs, p);
+			pthread_mutex_unlock(&fs->park_lock);
+			continue;
+		}
+		next_reply(p->req, p->h, p->size, 0);
+		free(p);
+	}
+}
+
+void waiters_poll(struct fs *fs, fuse_req_t req, struct handle *h, struct fuse_pollhandle *ph)
+{
+	bool ready = h->msg || h->next_done;
+	if (!ready) {
+		bool draining = false;
+		struct bus_message *m = NULL;
+		int rc = bus_next_peek(fs->bus, h->agent_id, &m, &draining);
+		ready = rc != -EAGAIN || draining;
+		message_unref(m);
+	}
+	if (ph) {
+		pthread_mutex_lock(&fs->park_lock);
+		if (ready) {
+			fuse_pollhandle_destroy(ph);
+		} else {
+			if (h->ph)
+				fuse_pollhandle_destroy(h->ph);
+			else {
+				h->poll_prev = NULL;
+				h->poll_next = fs->polls;
+				if (fs->polls)
+					fs->polls->poll_prev = h;
+				fs->polls = h;
+			}
+			h->ph = ph;
+		}
+		pthread_mutex_unlock(&fs->park_lock);
+	}
+	fuse_reply_poll(req, ready ? POLLIN | POLLRDNORM : 0);
+}
+
+void waiters_forget_handle(struct fs *fs, struct handle *h)
+{
+	if (h->node != N_NEXT)
+		return;
+	pthread_mutex_lock(&fs->park_lock);
+	if (h->ph) {
+		fuse_pollhandle_destroy(h->ph);
+		h->ph = NULL;
+		if (h->poll_prev)
+			h->poll_prev->poll_next = h->poll_next;
+		else
+			fs->polls = h->poll_next;
+		if (h->poll_next)
+			h->poll_next->poll_prev = h->poll_prev;
+	}
+	pthread_mutex_unlock(&fs->park_lock);
+}
+
+static void *notifier_main(void *arg)
+{
+	struct fs *fs = arg;
+	pthread_mutex_lock(&fs->park_lock);
+	for (;;) {
+		while (!fs->notify_n && !fs->notify_stop)
+			pthread_cond_wait(&fs->notify_cond, &fs->park_lock);
+		if (fs->notify_stop && !fs->notify_n)
+			break;
+		struct fuse_pollhandle *ph = fs->notify_q[--fs->notify_n];
+		pthread_mutex_unlock(&fs->park_lock);
+		fuse_lowlevel_notify_poll(ph);
+		fuse_pollhandle_destroy(ph);
+		pthread_mutex_lock(&fs->park_lock);
+	}
+	pthread_mutex_unlock(&fs->park_lock);
+	return NULL;
+}
+
+int waiters_start(struct fs *fs)
+{
+	/* Signals must land on the dispatch thread, whose read of /dev/fuse they end. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int rc = pthread_create(&fs->notifier, NULL, notifier_main, fs);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc == 0)
+		fs->notifier_started = true;
+	return -rc;
+}
+
+/* After the session loop ends: every parked reader gets end-of-file, the notifier
+ * sends what it holds and stops, and no poll handle is left behind. */
+void waiters_shutdown(struct fs *fs)
+{
+	fs->stopping = true;
+	pthread_mutex_lock(&fs->park_lock);
+	struct parked *all = fs->parked;
+	fs->parked = NULL;
+	fs->nparked = 0;
+	pthread_mutex_unlock(&fs->park_lock);
+	for (struct parked *p = all, *next; p; p = next) {
+		next = p->next;
+		fuse_reply_buf(p->req, NULL, 0);
+		free(p);
+	}
+	pthread_mutex_lock(&fs->park_lock);
+	fs->notify_stop = true;
+	pthread_cond_signal(&fs->notify_cond);
+	pthread_mutex_unlock(&fs->park_lock);
+	if (fs->notifier_started)
+		pthread_join(fs->notifier, NULL);
+	for (size_t i = 0; i < fs->notify_n; i++)
+		fuse_pollhandle_destroy(fs->notify_q[i]);
+	free(fs->notify_q);
+	fs->notify_q = NULL;
+	fs->notify_n = 0;
+	pthread_mutex_lock(&fs->park_lock);
+	for (struct handle *h = fs->polls; h; h = h->poll_next) {
+		fuse_pollhandle_destroy(h->ph);
+		h->ph = NULL;
+	}
+	fs->polls = NULL;
+	pthread_mutex_unlock(&fs->park_lock);
+}

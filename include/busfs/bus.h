@@ -1,0 +1,134 @@
+/* bus.h — the message bus: agents, inboxes, outboxes, sends, acks, drain, errors.
+ *
+ * The bus is the whole state of busfs, kept in memory and made durable by the store.
+ * Every change is one journal record, appended BEFORE the change is applied, and the
+ * function that applies records is the same for live changes and for recovery: what
+ * a restart rebuilds is exactly what the running server had. All public functions
+ * take the bus lock themselves; none may be called from the wake callback. */
+#ifndef BUSFS_BUS_H
+#define BUSFS_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "busfs/buf.h"
+#include "busfs/error.h"
+#include "busfs/message.h"
+
+#define BUS_OUTBOX_KEEP 1000
+#define BUS_AGENT_ERRORS_KEEP 100
+#define BUS_ERRORS_KEEP 1000
+
+struct bus_config {
+	const char *store_dir;
+	uint32_t inbox_capacity;     /* default 1000 */
+	uint64_t max_message_size;   /* default 1 MiB */
+	uint64_t store_max_bytes;    /* 0: half of the store filesystem's free space */
+};
+
+struct bus_agent_info {
+	uint64_t id;                 /* stable for this server run, never reused */
+	char name[BUS_NAME_MAX + 1];
+	uid_t uid;
+	gid_t gid;
+	int64_t created_us;
+	bool draining;
+	uint32_t depth;              /* pending messages */
+	uint32_t reserved;           /* slots held by open outbox files */
+	uint64_t delivered_total;
+	uint64_t acked_total;
+	uint32_t outbox_count;
+	size_t errors_bytes;
+};
+
+struct bus_stats {
+	double uptime_s;
+	uint32_t agents;
+	uint64_t pending;
+	uint64_t delivered_total;
+	uint64_t rejected_total;
+	uint64_t store_bytes;
+	uint64_t store_max_bytes;
+	size_t errors_bytes;
+};
+
+struct bus;
+
+/* Called after a change that may make an agent's `next` answerable (a delivery, a
+ * drain, a removal), with the bus lock released. */
+typedef void (*bus_wake_fn)(void *ctx, uint64_t agent_id);
+
+int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *err);
+/* Compacts the store into a snapshot and frees everything. */
+void bus_close(struct bus *bus);
+void bus_set_wake(struct bus *bus, bus_wake_fn fn, void *ctx);
+void bus_write_pid(struct bus *bus);
+const struct bus_config *bus_config(const struct bus *bus);
+void bus_stats(struct bus *bus, struct bus_stats *out);
+
+/* Agent names: [A-Za-z][A-Za-z0-9._-]{0,63}; `all` is reserved. */
+bool bus_name_valid(const char *name);
+
+int bus_agent_create(struct bus *bus, const char *name, uid_t uid, gid_t gid,
+		     struct bus_agent_info *out, struct bus_error *err);
+int bus_agent_remove(struct bus *bus, const char *name, uid_t uid, struct bus_error *err);
+int bus_agent_by_name(struct bus *bus, const char *name, struct bus_agent_info *out);
+int bus_agent_by_id(struct bus *bus, uint64_t id, struct bus_agent_info *out);
+/* Calls fn for each agent with id > after_id in id order until fn returns non-zero. */
+void bus_agent_list(struct bus *bus, uint64_t after_id,
+		    int (*fn)(void *ctx, const struct bus_agent_info *a), void *ctx);
+
+/* Inbox and outbox views. _get returns a referenced message or NULL. */
+struct bus_message *bus_inbox_get(struct bus *bus, uint64_t agent_id, uint64_t number);
+struct bus_message *bus_outbox_get(struct bus *bus, uint64_t agent_id, uint64_t number);
+void bus_inbox_list(struct bus *bus, uint64_t agent_id, uint64_t after_number,
+		    int (*fn)(void *ctx, const struct bus_message *m), void *ctx);
+void bus_outbox_list(struct bus *bus, uint64_t agent_id, uint64_t after_number,
+		     int (*fn)(void *ctx, const struct bus_message *m), void *ctx);
+/* The oldest pending message (referenced) -> 0; empty -> -EAGAIN with *draining set;
+ * no such agent -> -ENOENT. */
+int bus_next_peek(struct bus *bus, uint64_t agent_id, struct bus_message **out, bool *draining);
+
+/* A message being written to outbox/B: opened at CREATE, fed by WRITE, committed at a
+ * FLUSH that has bytes. Owned by the open file; bus_draft_close() frees it. */
+struct bus_draft;
+int bus_draft_open(struct bus *bus, uint64_t sender_id, const char *target, uid_t uid,
+		   struct bus_draft **out, struct bus_error *err);
+int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size_t len,
+		    struct bus_error *err);
+int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err);
+void bus_draft_close(struct bus *bus, struct bus_draft *d);
+const char *bus_draft_sender(const struct bus_draft *d);
+
+/* `send` records: `pending` (owned by the open file) carries a record split across
+ * writes. Delivers every record this write completes, all or nothing. */
+int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pending,
+		   const char *data, size_t len, unsigned *delivered, struct bus_error *err);
+
+/* Consumes message `number` of the agent's inbox (msg_id, when given, must match). */
+int bus_ack(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id, uid_t uid,
+	    struct bus_error *err);
+/* `drain`, `resume`, `ack MSG_ID` — one command per write. */
+int bus_ctl(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data, size_t len,
+	    struct bus_error *err);
+int bus_ctl_render(struct bus *bus, uint64_t agent_id, struct buf *out);
+
+/* Records a rejected operation in the top-level log and, when agent is set and known,
+ * in the agent's. */
+void bus_log_error(struct bus *bus, const char *agent, const char *op, const char *path,
+		   uid_t uid, const struct bus_error *err);
+/* Reads a log: agent_id 0 is the top-level `errors`. Returns bytes appended to out. */
+size_t bus_errors_read(struct bus *bus, uint64_t agent_id, size_t off, size_t size,
+		       struct buf *out);
+size_t bus_errors_size(struct bus *bus, uint64_t agent_id);
+
+/* Writes a snapshot now and restarts the journal. */
+int bus_compact(struct bus *bus);
+
+/* Offline check of a store (busfs --check): loads it read-only and verifies that
+ * counters cover every id and sequence. Writes a report; returns 0 when consistent. */
+int bus_check_store(const char *dir, struct buf *report);
+
+#endif

@@ -1,0 +1,23 @@
+/* error.h — how the core reports a refusal: an errno and a sentence for a person.
+ *
+ * Core functions return 0 or a negative errno. Where a person needs to know why,
+ * they also fill a caller-supplied struct bus_error; the FUSE layer turns it into
+ * the reply and a line in the `errors` logs. */
+#ifndef BUSFS_ERROR_H
+#define BUSFS_ERROR_H
+
+#include <stdarg.h>
+
+struct bus_error {
+	int code;          /* positive errno, 0 when nothing failed */
+	char reason[256];  /* one sentence, no trailing newline */
+};
+
+/* Fills err (when not NULL) and returns -code, so callers can `return bus_fail(...)`. */
+int bus_fail(struct bus_error *err, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* The symbolic name of an errno ("EAGAIN"), or "E<number>" for unknown ones. */
+const char *bus_errno_name(int code);
+
+#endif

@@ -1,0 +1,70 @@
+/* store.h — the on-disk store: a lock, a format file, one journal, one snapshot.
+ *
+ *   DIR/lock      flock(LOCK_EX) held for the server's life; holds its pid
+ *   DIR/format    "busfs-store 1" and the store id (8 hex digits, used in msg_id)
+ *   DIR/journal   header (magic, generation) + framed records: u32 length, u32 CRC-32,
+ *                 payload. ONE record per commit unit, written with ONE write(2).
+ *   DIR/snapshot  header (magic, generation it covers) + framed records + an end record
+ *
+ * The one thing to know: a record is either wholly in the journal or not at all.
+ * Loading stops at the first frame that is cut short or fails its checksum and
+ * truncates the journal there, so new appends never land behind a torn tail.
+ * A journal whose generation the snapshot already covers is ignored: that is how a
+ * crash between writing a snapshot and starting the next journal stays harmless. */
+#ifndef BUSFS_STORE_H
+#define BUSFS_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "busfs/buf.h"
+#include "busfs/error.h"
+
+#define STORE_MAX_RECORD (64u << 20)
+
+struct store;
+
+/* Called for every valid record, in order, from the snapshot then the journal. */
+typedef int (*store_apply_fn)(void *ctx, const uint8_t *rec, size_t len);
+
+struct store_load_report {
+	uint64_t snapshot_records;
+	uint64_t journal_records;
+	uint64_t torn_bytes;        /* bytes cut from the journal's tail */
+	bool journal_ignored;       /* the snapshot already covered it */
+};
+
+/* Opens (creating when missing) the store at dir and takes its lock. When another
+ * process holds it: -EBUSY, with its pid in the reason. readonly opens for --check:
+ * no lock is required, nothing is created or truncated. */
+int store_open(const char *dir, bool readonly, struct store **out, struct bus_error *err);
+int store_load(struct store *st, store_apply_fn fn, void *ctx, struct store_load_report *rep,
+	       struct bus_error *err);
+/* Writes the server's pid into the lock file (after daemonizing). */
+void store_write_pid(struct store *st);
+uint32_t store_id(const struct store *st);
+/* Bytes the store uses now: snapshot plus journal. */
+uint64_t store_bytes(const struct store *st);
+uint64_t store_journal_bytes(const struct store *st);
+uint64_t store_snapshot_bytes(const struct store *st);
+/* Bytes free on the filesystem that holds the store. */
+uint64_t store_fs_free(const struct store *st);
+
+/* Appends one record (rec[0] is its type) as one frame with one write(2). On a short
+ * or failed write the journal is cut back to where it was and -EIO/-ENOSPC returned. */
+int store_append(struct store *st, const void *rec, size_t len);
+
+/* Compaction: records written between begin and commit form the new snapshot, which
+ * then replaces the old one and the journal restarts empty. */
+int store_snapshot_begin(struct store *st);
+int store_snapshot_add(struct store *st, const void *rec, size_t len);
+int store_snapshot_commit(struct store *st);
+void store_snapshot_abort(struct store *st);
+
+void store_close(struct store *st);
+
+uint32_t crc32_compute(const void *p, size_t n);
+
+#endif
