@@ -50,6 +50,10 @@ static struct handle *handle_new(struct fs *fs, enum node node, uint64_t agent_i
 	if (!h)
 		return NULL;
 	fs->open_files++;
+	h->open_next = fs->open_list;
+	if (fs->open_list)
+		fs->open_list->open_prev = h;
+	fs->open_list = h;
 	h->node = node;
 	h->agent_id = agent_id;
 	buf_init(&h->pending);
@@ -65,8 +69,21 @@ static void handle_free(struct fs *fs, struct handle *h)
 	buf_free(&h->pending);
 	buf_free(&h->doc);
 	message_unref(h->msg);
+	if (h->open_prev)
+		h->open_prev->open_next = h->open_next;
+	else
+		fs->open_list = h->open_next;
+	if (h->open_next)
+		h->open_next->open_prev = h->open_prev;
 	free(h);
 	fs->open_files--;
+}
+
+/* At exit, files the kernel never released (their RELEASE can come after unmount). */
+void files_close_all(struct fs *fs)
+{
+	while (fs->open_list)
+		handle_free(fs, fs->open_list);
 }
 
 static bool owner_ok(fuse_req_t req, const struct bus_agent_info *a)

@@ -50,6 +50,7 @@ struct handle {
 	bool next_done;               /* N_NEXT answered with end-of-file */
 	struct fuse_pollhandle *ph;   /* N_NEXT, owned here until handed to the notifier */
 	struct handle *poll_next, *poll_prev;  /* list of handles holding a poll handle */
+	struct handle *open_next, *open_prev;  /* list of all open handles (struct fs) */
 };
 
 struct parked;
@@ -60,6 +61,7 @@ struct fs {
 	const char *mountpoint;
 	int log_level;
 	size_t open_files;            /* handles alive; only the dispatch thread changes it */
+	struct handle *open_list;     /* every open handle, freed at RELEASE or at exit */
 	bool stopping;                /* after SIGTERM: `next` answers end-of-file at once */
 
 	pthread_mutex_t park_lock;    /* protects parked, polls, notify queue */
@@ -79,6 +81,9 @@ struct fuse_lowlevel_ops busfs_make_ops(void);
 int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st);
 void node_path(struct fs *fs, const struct node_ref *r, const char *name, char *out, size_t n);
 void readme_render(struct fs *fs, struct buf *out);
+
+/* files.c */
+void files_close_all(struct fs *fs);
 
 /* waiters.c */
 void waiters_init(struct fs *fs);

@@ -13,11 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "busfs/clock.h"
 #include "fs.h"
+
+#define FUSE_SUPER_MAGIC 0x65735546
 
 static void usage(FILE *out)
 {
@@ -86,13 +89,21 @@ static int parse_count(const char *opt, const char *s, uint64_t *out)
 	return 0;
 }
 
-/* ENOTCONN on the mountpoint means a server died without unmounting. */
+/* ENOTCONN on the mountpoint means a server died without unmounting. statfs() is
+ * asked because it always reaches the server, where stat() may be answered from the
+ * kernel's attribute cache. */
 static int check_mountpoint(const char *mnt, bool clear)
 {
+	struct statfs sf;
 	struct stat st;
-	if (stat(mnt, &st) == 0) {
-		if (!S_ISDIR(st.st_mode)) {
+	if (statfs(mnt, &sf) == 0) {
+		if (stat(mnt, &st) < 0 || !S_ISDIR(st.st_mode)) {
 			fprintf(stderr, "busfs: %s is not a directory\n", mnt);
+			return -1;
+		}
+		if (sf.f_type == FUSE_SUPER_MAGIC) {
+			fprintf(stderr, "busfs: %s is already a FUSE mount served by a running server; "
+				"stop that one first (or: fusermount3 -u %s)\n", mnt, mnt);
 			return -1;
 		}
 		return 0;
@@ -115,7 +126,7 @@ static int check_mountpoint(const char *mnt, bool clear)
 	}
 	int status = 0;
 	if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
-	    WEXITSTATUS(status) != 0 || stat(mnt, &st) < 0) {
+	    WEXITSTATUS(status) != 0 || statfs(mnt, &sf) < 0) {
 		fprintf(stderr, "busfs: could not clear the stale mount at %s; try: "
 			"fusermount3 -u %s\n", mnt, mnt);
 		return -1;
@@ -146,11 +157,11 @@ int main(int argc, char **argv)
 				 .max_message_size = 1u << 20};
 	bool check = false, clear_stale = false, foreground = false, debug = false;
 	int verbose = 0;
-	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	const char *mount_opts[64];
+	size_t nopts = 0;
 	uint64_t v;
 	int c;
 
-	fuse_opt_add_arg(&args, argv[0]);
 	while ((c = getopt_long(argc, argv, "fdvhVo:", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's': cfg.store_dir = optarg; break;
@@ -177,8 +188,11 @@ int main(int argc, char **argv)
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("busfs %s (libfuse %s)\n", BUSFS_VERSION, fuse_pkgversion()); return 0;
 		case 'o':
-			fuse_opt_add_arg(&args, "-o");
-			fuse_opt_add_arg(&args, optarg);
+			if (nopts == sizeof mount_opts / sizeof mount_opts[0]) {
+				fprintf(stderr, "busfs: too many -o options\n");
+				return 1;
+			}
+			mount_opts[nopts++] = optarg;
 			break;
 		default:
 			fprintf(stderr, "Try 'busfs --help'.\n");
@@ -215,6 +229,12 @@ int main(int argc, char **argv)
 	}
 	bus_set_wake(fs.bus, waiters_wake, &fs);
 
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	fuse_opt_add_arg(&args, argv[0]);
+	for (size_t i = 0; i < nopts; i++) {
+		fuse_opt_add_arg(&args, "-o");
+		fuse_opt_add_arg(&args, mount_opts[i]);
+	}
 	fuse_opt_add_arg(&args, "-o");
 	fuse_opt_add_arg(&args, "fsname=busfs,subtype=busfs");
 	if (debug)
@@ -248,6 +268,7 @@ out_signals:
 	fuse_remove_signal_handlers(fs.se);
 out_session:
 	fuse_session_destroy(fs.se);
+	files_close_all(&fs);
 out_bus:
 	bus_close(fs.bus);
 	fuse_opt_free_args(&args);
