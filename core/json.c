@@ -334,13 +334,17 @@ static long decode_string(const char *p, size_t len, char *dst)
 			i += 4;
 			if (cp == 0)
 				return -1;
-			/* Keys busfs knows are ASCII; other code points only need to stay distinct. */
+			/* Keys busfs knows are ASCII; others only need to stay distinct, so each
+			 * \\u unit is written as UTF-8 (a surrogate as its own 3 bytes). */
 			if (cp < 0x80) {
 				dst[o++] = (char)cp;
+			} else if (cp < 0x800) {
+				dst[o++] = (char)(0xc0 | cp >> 6);
+				dst[o++] = (char)(0x80 | (cp & 0x3f));
 			} else {
-				dst[o++] = (char)0xff;
-				dst[o++] = (char)(cp >> 8);
-				dst[o++] = (char)(cp & 0xff);
+				dst[o++] = (char)(0xe0 | cp >> 12);
+				dst[o++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+				dst[o++] = (char)(0x80 | (cp & 0x3f));
 			}
 			break;
 		}

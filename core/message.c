@@ -47,6 +47,14 @@ uint64_t message_id_number(const char *id)
 	if (strlen(id) != BUS_MSG_ID_LEN || strncmp(id, "MSG-", 4) != 0 || id[12] != '-' ||
 	    id[19] != '-' || id[28] != '-')
 		return 0;
+	for (int i = 4; i < 28; i++) {
+		bool digit = id[i] >= '0' && id[i] <= '9';
+		bool hex = digit || (id[i] >= 'a' && id[i] <= 'f');
+		if (i == 12 || i == 19)
+			continue;
+		if (i > 19 ? !hex : !digit)
+			return 0;
+	}
 	return parse_digits(id + 29, 20);
 }
 

@@ -169,6 +169,14 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 		return bus_fail(err, d->poison, "an earlier write to this file was rejected");
 	bus_lock(bus);
 	int rc = 0;
+	struct agent *s = bus_find_id(bus, d->sender_id);
+	if (!s) {
+		/* The name may belong to a new agent by now; this draft must not speak for it. */
+		d->poison = ENOENT;
+		draft_unreserve(bus, d);
+		bus_unlock_and_wake(bus);
+		return bus_fail(err, ENOENT, "the sending agent %s was removed", d->sender);
+	}
 	if (d->body.len == 0) {
 		/* bash opens, dup2()s and closes before writing: nothing to send yet. */
 		draft_unreserve(bus, d);
@@ -235,7 +243,7 @@ struct send_record {
 /* Decodes a JSON scalar token with jansson (tokens are small: names, flags, ids). */
 static json_t *decode_token(const char *p, size_t len)
 {
-	return json_loadb(p, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	return json_loadb(p, len, JSON_DECODE_ANY, NULL); /* \u0000 is refused */
 }
 
 static int parse_record(struct bus *bus, const struct agent *sender, const char *p, size_t len,

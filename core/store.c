@@ -188,10 +188,14 @@ int store_open(const char *dir, bool readonly, struct store **out, struct bus_er
 		rc = bus_fail(err, errno, "cannot create store %s: %s", dir, strerror(errno));
 		goto fail;
 	}
+	struct stat lst;
+	if (lstat(dir, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+		rc = bus_fail(err, EINVAL, "cannot open store %s: it is a symbolic link", dir);
+		goto fail;
+	}
 	st->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (st->dirfd < 0) {
-		rc = bus_fail(err, errno == ELOOP ? EINVAL : errno, "cannot open store %s: %s", dir,
-			      errno == ELOOP ? "it is a symbolic link" : strerror(errno));
+		rc = bus_fail(err, errno, "cannot open store %s: %s", dir, strerror(errno));
 		goto fail;
 	}
 	if (!readonly && (rc = take_lock(st, err)) < 0)
@@ -257,8 +261,8 @@ static int map_file(struct store *st, const char *name, const uint8_t **data, si
 
 /* Walks the frames of data[HEADER_SIZE..len). Returns the offset after the last valid
  * frame; *ended is set when a zero-length end frame was met. */
-static int walk_frames(const uint8_t *data, size_t len, store_apply_fn fn, void *ctx,
-		       uint64_t *count, size_t *valid_end, bool *ended)
+static int walk_frames(const uint8_t *data, size_t len, bool snapshot, store_apply_fn fn,
+		       void *ctx, uint64_t *count, size_t *valid_end, bool *ended)
 {
 	size_t off = HEADER_SIZE;
 	*ended = false;
@@ -270,6 +274,9 @@ static int walk_frames(const uint8_t *data, size_t len, store_apply_fn fn, void 
 		if (crc32_compute(data + off + FRAME_SIZE, rlen) != crc)
 			break;
 		if (rlen == 0) {
+			/* Only a snapshot has an end frame; in a journal it is a zero-filled tail. */
+			if (!snapshot)
+				break;
 			off += FRAME_SIZE;
 			*ended = true;
 			break;
@@ -286,21 +293,46 @@ static int walk_frames(const uint8_t *data, size_t len, store_apply_fn fn, void 
 	return 0;
 }
 
-static int new_journal(struct store *st, uint64_t gen)
+/* Writes journal.tmp with its header and returns an append fd on it; the caller
+ * renames it into place. */
+static int prepare_journal(struct store *st, uint64_t gen)
 {
 	uint8_t h[HEADER_SIZE];
 	make_header(h, JOURNAL_MAGIC, gen);
-	int rc = write_file_atomic(st->dirfd, "journal", h, sizeof h);
-	if (rc < 0)
-		return rc;
-	int fd = openat(st->dirfd, "journal", O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+	int fd = openat(st->dirfd, "journal.tmp",
+			O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
+	int rc = write_all(fd, h, sizeof h);
+	if (rc < 0) {
+		close(fd);
+		unlinkat(st->dirfd, "journal.tmp", 0);
+		return rc;
+	}
+	return fd;
+}
+
+static void use_journal(struct store *st, int fd, uint64_t gen)
+{
 	if (st->journalfd >= 0)
 		close(st->journalfd);
 	st->journalfd = fd;
 	st->generation = gen;
 	st->journal_bytes = HEADER_SIZE;
+}
+
+static int new_journal(struct store *st, uint64_t gen)
+{
+	int fd = prepare_journal(st, gen);
+	if (fd < 0)
+		return fd;
+	if (renameat(st->dirfd, "journal.tmp", st->dirfd, "journal") < 0) {
+		int rc = -errno;
+		close(fd);
+		unlinkat(st->dirfd, "journal.tmp", 0);
+		return rc;
+	}
+	use_journal(st, fd, gen);
 	return 0;
 }
 
@@ -324,7 +356,7 @@ int store_load(struct store *st, store_apply_fn fn, void *ctx, struct store_load
 			munmap((void *)data, len);
 			return bus_fail(err, EIO, "%s/snapshot has no valid header", st->dir);
 		}
-		rc = walk_frames(data, len, fn, ctx, &rep->snapshot_records, &end, &ended);
+		rc = walk_frames(data, len, true, fn, ctx, &rep->snapshot_records, &end, &ended);
 		munmap((void *)data, len);
 		if (rc < 0)
 			return bus_fail(err, EIO, "%s/snapshot: record %llu does not apply", st->dir,
@@ -343,7 +375,7 @@ int store_load(struct store *st, store_apply_fn fn, void *ctx, struct store_load
 		return bus_fail(err, EIO, "%s/journal has no valid header", st->dir);
 	}
 	if (data && jgen > snap_gen) {
-		rc = walk_frames(data, len, fn, ctx, &rep->journal_records, &end, &ended);
+		rc = walk_frames(data, len, false, fn, ctx, &rep->journal_records, &end, &ended);
 		munmap((void *)data, len);
 		if (rc < 0)
 			return bus_fail(err, EIO, "%s/journal: record %llu does not apply", st->dir,
@@ -445,6 +477,11 @@ void store_snapshot_abort(struct store *st)
 	buf_free(&st->snapbuf);
 }
 
+/* Order: the snapshot and the next journal are both written under temporary names;
+ * then the snapshot is renamed into place, then the journal. A crash between the two
+ * renames leaves the old journal, which the snapshot covers and the next load ignores.
+ * If the journal cannot be put in place, appends fail from then on (EIO) rather than
+ * land in a journal that the next load would ignore. */
 int store_snapshot_commit(struct store *st)
 {
 	uint8_t frame[FRAME_SIZE];
@@ -455,18 +492,30 @@ int store_snapshot_commit(struct store *st)
 	if (rc == 0 && close(st->snapfd) < 0)
 		rc = -errno;
 	st->snapfd = -1;
+	buf_free(&st->snapbuf);
+	int jfd = rc == 0 ? prepare_journal(st, st->generation + 1) : -1;
+	if (rc == 0 && jfd < 0)
+		rc = jfd;
 	if (rc == 0 && renameat(st->dirfd, "snapshot.tmp", st->dirfd, "snapshot") < 0)
 		rc = -errno;
 	if (rc < 0) {
 		unlinkat(st->dirfd, "snapshot.tmp", 0);
-		buf_free(&st->snapbuf);
+		if (jfd >= 0) {
+			close(jfd);
+			unlinkat(st->dirfd, "journal.tmp", 0);
+		}
 		return rc;
 	}
 	st->snapshot_bytes = st->snap_written;
-	buf_free(&st->snapbuf);
-	/* The snapshot covers this generation; a crash before the next line leaves an old
-	 * journal that the next load ignores. */
-	return new_journal(st, st->generation + 1);
+	if (renameat(st->dirfd, "journal.tmp", st->dirfd, "journal") < 0) {
+		rc = -errno;
+		close(jfd);
+		close(st->journalfd);
+		st->journalfd = -1;
+		return rc;
+	}
+	use_journal(st, jfd, st->generation + 1);
+	return 0;
 }
 
 void store_close(struct store *st)
