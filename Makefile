@@ -47,7 +47,7 @@ deps:
 	  fi; \
 	fi
 
-$(BUILD)/%.o: %.c $(wildcard include/busfs/*.h) | $(BUILD)/core $(BUILD)/fs $(BUILD)/tests/unit $(BUILD)/tests/fs
+$(BUILD)/%.o: %.c $(wildcard include/busfs/*.h core/*.h fs/*.h tests/fs/*.h tests/unit/*.h) | $(BUILD)/core $(BUILD)/fs $(BUILD)/tests/unit $(BUILD)/tests/fs
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c -o $@ $<
 
 $(BUILD)/core $(BUILD)/fs $(BUILD)/tests/unit $(BUILD)/tests/fs:
