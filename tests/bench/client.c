@@ -1,0 +1,235 @@
+/*
+ * client — load generator for `make bench`.
+ *
+ *   client outbox       PATH N          N x (open(O_WRONLY|O_CREAT|O_TRUNC) + write 200 B + close)
+ *   client outbox-procs P PATH N        the same from P processes in parallel, N/P each
+ *   client batch        PATH LINES N    one open(O_WRONLY|O_APPEND), N messages written
+ *                                       LINES newline-terminated JSON records per write()
+ *
+ * Prints one line: "<rate> msgs/s (<count> msgs, <seconds> s, <us> us/op)".
+ * Any failing system call (including a short write, EAGAIN from a full inbox,
+ * ENOSPC, ...) is fatal: a message naming the call and the error, exit 1.
+ */
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define OUTBOX_BODY 200
+
+static const char *prog = "client";
+
+static void die(const char *what, const char *path, long i)
+{
+	int e = errno;
+	if (i >= 0)
+		fprintf(stderr, "%s: %s(%s) failed at op %ld: %s (errno %d)\n",
+			prog, what, path, i, strerror(e), e);
+	else
+		fprintf(stderr, "%s: %s(%s) failed: %s (errno %d)\n",
+			prog, what, path, strerror(e), e);
+	exit(1);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+		perror("clock_gettime");
+		exit(1);
+	}
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static long parse_count(const char *s, const char *what)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || *end || v <= 0) {
+		fprintf(stderr, "%s: bad %s '%s' (a positive integer)\n", prog, what, s);
+		exit(2);
+	}
+	return v;
+}
+
+static void report(long count, double secs)
+{
+	if (secs <= 0)
+		secs = 1e-9;
+	printf("%.1f msgs/s (%ld msgs, %.3f s, %.2f us/op)\n",
+	       (double)count / secs, count, secs, secs * 1e6 / (double)count);
+	fflush(stdout);
+}
+
+/* write() all of buf, treating a short write as an error (a message would be split). */
+static void write_all(int fd, const char *buf, size_t len, const char *path, long i)
+{
+	ssize_t w = write(fd, buf, len);
+	if (w < 0)
+		die("write", path, i);
+	if ((size_t)w != len) {
+		fprintf(stderr, "%s: write(%s) at op %ld: short write %zd of %zu bytes\n",
+			prog, path, i, w, len);
+		exit(1);
+	}
+}
+
+static void outbox_loop(const char *path, long n)
+{
+	char body[OUTBOX_BODY];
+	for (size_t k = 0; k < sizeof body - 1; k++)
+		body[k] = (char)('a' + k % 26);
+	body[sizeof body - 1] = '\n';
+
+	for (long i = 0; i < n; i++) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (fd < 0)
+			die("open", path, i);
+		write_all(fd, body, sizeof body, path, i);
+		if (close(fd) != 0)
+			die("close", path, i);
+	}
+}
+
+static int cmd_outbox(int argc, char **argv)
+{
+	if (argc != 4) {
+		fprintf(stderr, "usage: %s outbox PATH N\n", prog);
+		return 2;
+	}
+	long n = parse_count(argv[3], "N");
+	double t0 = now();
+	outbox_loop(argv[2], n);
+	report(n, now() - t0);
+	return 0;
+}
+
+static int cmd_outbox_procs(int argc, char **argv)
+{
+	if (argc != 5) {
+		fprintf(stderr, "usage: %s outbox-procs P PATH N\n", prog);
+		return 2;
+	}
+	long p = parse_count(argv[2], "P");
+	const char *path = argv[3];
+	long n = parse_count(argv[4], "N");
+	long each = n / p;
+	if (each < 1)
+		each = 1;
+
+	/* Children block on a pipe until all are forked; closing it starts them together. */
+	int go[2];
+	if (pipe(go) != 0)
+		die("pipe", "-", -1);
+	pid_t *pids = calloc((size_t)p, sizeof *pids);
+	if (!pids)
+		die("calloc", "-", -1);
+	for (long k = 0; k < p; k++) {
+		pid_t pid = fork();
+		if (pid < 0)
+			die("fork", "-", -1);
+		if (pid == 0) {
+			close(go[1]);
+			char c;
+			ssize_t r;
+			do
+				r = read(go[0], &c, 1);
+			while (r < 0 && errno == EINTR);
+			close(go[0]);
+			outbox_loop(path, each);
+			_exit(0);
+		}
+		pids[k] = pid;
+	}
+	close(go[0]);
+	double t0 = now();
+	close(go[1]);
+	int failed = 0;
+	for (long k = 0; k < p; k++) {
+		int st;
+		if (waitpid(pids[k], &st, 0) < 0)
+			die("waitpid", "-", -1);
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+			failed++;
+	}
+	double secs = now() - t0;
+	free(pids);
+	if (failed) {
+		fprintf(stderr, "%s: %d of %ld writer processes failed\n", prog, failed, p);
+		return 1;
+	}
+	report(each * p, secs);
+	return 0;
+}
+
+static int cmd_batch(int argc, char **argv)
+{
+	if (argc != 5) {
+		fprintf(stderr, "usage: %s batch PATH LINES N\n", prog);
+		return 2;
+	}
+	const char *path = argv[2];
+	long lines = parse_count(argv[3], "LINES");
+	long n = parse_count(argv[4], "N");
+
+	/* One record: {"to":"bob","payload":"<150 characters>"}\n  (178 bytes) */
+	char text[151];
+	for (int k = 0; k < 150; k++)
+		text[k] = (char)('a' + k % 26);
+	text[150] = '\0';
+	char rec[256];
+	int rlen = snprintf(rec, sizeof rec, "{\"to\":\"bob\",\"payload\":\"%s\"}\n", text);
+	if (rlen <= 0 || (size_t)rlen >= sizeof rec) {
+		fprintf(stderr, "%s: record does not fit\n", prog);
+		return 1;
+	}
+
+	size_t bufsz = (size_t)rlen * (size_t)lines;
+	char *buf = malloc(bufsz);
+	if (!buf)
+		die("malloc", "-", -1);
+	for (long k = 0; k < lines; k++)
+		memcpy(buf + (size_t)k * (size_t)rlen, rec, (size_t)rlen);
+
+	int fd = open(path, O_WRONLY | O_APPEND);
+	if (fd < 0)
+		die("open", path, -1);
+	double t0 = now();
+	long sent = 0, op = 0;
+	while (sent < n) {
+		long k = n - sent < lines ? n - sent : lines;
+		write_all(fd, buf, (size_t)k * (size_t)rlen, path, op++);
+		sent += k;
+	}
+	if (close(fd) != 0)
+		die("close", path, -1);
+	report(sent, now() - t0);
+	free(buf);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2) {
+		if (strcmp(argv[1], "outbox") == 0)
+			return cmd_outbox(argc, argv);
+		if (strcmp(argv[1], "outbox-procs") == 0)
+			return cmd_outbox_procs(argc, argv);
+		if (strcmp(argv[1], "batch") == 0)
+			return cmd_batch(argc, argv);
+	}
+	fprintf(stderr,
+		"usage: %s outbox PATH N\n"
+		"       %s outbox-procs P PATH N\n"
+		"       %s batch PATH LINES N\n",
+		prog, prog, prog);
+	return 2;
+}
