@@ -29,7 +29,31 @@ struct bus_draft {
 	bool reserved;
 	int poison;                       /* errno of a rejected write; nothing is sent */
 	struct buf body;
+	size_t text_len;                  /* the body's length as an escaped JSON string */
 };
+
+/* The longest the payload can be once in an envelope: kept JSON, an escaped string or
+ * base64, whichever the body turns out to be. Known at write, so the commit at flush
+ * never meets a size it did not expect. */
+static size_t payload_bound(const struct bus_draft *d)
+{
+	size_t b64 = (d->body.len + 2) / 3 * 4;
+	size_t m = d->text_len > b64 ? d->text_len : b64;
+	return (m > d->body.len ? m : d->body.len) + 2;
+}
+
+static size_t escaped_extra(const unsigned char *p, size_t n)
+{
+	size_t extra = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '"' || p[i] == '\\' || p[i] == '\n' || p[i] == '\r' || p[i] == '\t' ||
+		    p[i] == '\b' || p[i] == '\f')
+			extra += 1;
+		else if (p[i] < 0x20)
+			extra += 5;
+	}
+	return extra;
+}
 
 const char *bus_draft_sender(const struct bus_draft *d) { return d->sender; }
 
@@ -139,12 +163,24 @@ int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size
 	bus_lock(bus);
 	int rc = 0;
 	uint64_t max = bus->cfg.max_message_size;
-	if (d->body.len + len > max) {
+	size_t old_text = d->text_len;
+	d->text_len += len + escaped_extra(data, len);
+	size_t body_len = d->body.len;
+	d->body.len += len; /* for the bound only; restored below */
+	uint64_t record = (uint64_t)(payload_bound(d) + ENVELOPE_OVERHEAD) * d->nrcpt;
+	d->body.len = body_len;
+	if (!bus_find_id(bus, d->sender_id)) {
+		rc = bus_fail(err, ENOENT, "the sending agent %s was removed", d->sender);
+	} else if (d->body.len + len > max) {
 		rc = bus_fail(err, EFBIG, "message of %zu bytes or more exceeds "
 			      "--max-message-size %" PRIu64, d->body.len + len, max);
+	} else if (record > STORE_MAX_RECORD) {
+		rc = bus_fail(err, EFBIG, "a message of %zu bytes to %zu recipients exceeds the "
+			      "%u MiB a single commit may hold", d->body.len + len, d->nrcpt,
+			      STORE_MAX_RECORD >> 20);
 	} else if (!d->reserved && (rc = draft_reserve(bus, d, err)) < 0) {
 		/* reason filled in */
-	} else if (!bus_space_for(bus, ((d->body.len + len) * 2 + ENVELOPE_OVERHEAD) * d->nrcpt)) {
+	} else if (!bus_space_for(bus, record)) {
 		rc = bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
 			      bus->cfg.store_max_bytes);
 	} else {
@@ -153,6 +189,7 @@ int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size
 			rc = bus_fail(err, ENOMEM, "out of memory");
 	}
 	if (rc < 0) {
+		d->text_len = old_text;
 		d->poison = -rc;
 		draft_unreserve(bus, d);
 		buf_free(&d->body);
@@ -207,6 +244,7 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 	draft_unreserve(bus, d);
 	rc = bus_commit(bus, err);
 	buf_reset(&d->body);
+	d->text_len = 0;
 	if (rc < 0)
 		d->poison = -rc;
 	bus_unlock_and_wake(bus);
@@ -501,6 +539,11 @@ int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pe
 	}
 	if (rc < 0)
 		goto out;
+	if (need > STORE_MAX_RECORD) {
+		rc = bus_fail(err, EFBIG, "this write's records come to more than the %u MiB a "
+			      "single commit may hold; write fewer per write", STORE_MAX_RECORD >> 20);
+		goto out;
+	}
 	if (!bus_space_for(bus, need)) {
 		rc = bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
 			      bus->cfg.store_max_bytes);

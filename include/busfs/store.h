@@ -22,7 +22,7 @@
 #include "busfs/buf.h"
 #include "busfs/error.h"
 
-#define STORE_MAX_RECORD (64u << 20)
+#define STORE_MAX_RECORD (256u << 20) /* one commit unit, e.g. a large broadcast */
 
 struct store;
 
