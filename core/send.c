@@ -17,7 +17,7 @@
 #include "busfs/json.h"
 
 /* Envelope text beyond the payload: field names, ids, names, timestamp. */
-#define ENVELOPE_OVERHEAD 512
+#define ENVELOPE_OVERHEAD 1024
 
 struct bus_draft {
 	uint64_t sender_id;
@@ -533,7 +533,8 @@ int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pe
 		size_t before = batch.ntouched;
 		rc = record_recipients(bus, sender, &recs[i], (unsigned)i + 1, count_recipient,
 				       &batch, err);
-		need += (recs[i].payload_len + ENVELOPE_OVERHEAD) *
+		need += (recs[i].payload_len + recs[i].type_len + recs[i].corr_len +
+			 ENVELOPE_OVERHEAD) *
 			(recs[i].broadcast ? bus->nagents : 1);
 		(void)before;
 	}
