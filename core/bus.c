@@ -534,21 +534,6 @@ static int snap_add(struct bus *bus, struct buf *b)
 	return rc;
 }
 
-static void encode_message(struct buf *b, const struct bus_message *m)
-{
-	char id[BUS_MSG_ID_LEN + 1];
-	memcpy(id, m->msg_id, sizeof id);
-	buf_put_u64(b, m->number);
-	buf_put_u64(b, m->sequence);
-	buf_put_u8(b, m->requires_ack ? 1 : 0);
-	buf_put_str(b, m->to);
-	buf_put_str(b, m->from);
-	buf_put_str(b, id);
-	buf_put_u32(b, m->corr_off);
-	buf_put_u32(b, m->corr_len);
-	buf_put_bytes(b, m->envelope, m->len);
-}
-
 /* Writes the live state as a snapshot; the journal then restarts empty. */
 static int compact_locked(struct bus *bus)
 {
@@ -620,7 +605,7 @@ static int compact_locked(struct bus *bus)
 		}
 		buf_put_u8(&b, REC_SNAP_MSG);
 		buf_put_u8(&b, where);
-		encode_message(&b, m);
+		message_encode_again(&b, m);
 		rc = snap_add(bus, &b);
 	}
 	free(msgs);

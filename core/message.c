@@ -142,6 +142,19 @@ void message_encode(struct buf *rec, const struct envelope *env)
 	}
 }
 
+void message_encode_again(struct buf *rec, const struct bus_message *m)
+{
+	buf_put_u64(rec, m->number);
+	buf_put_u64(rec, m->sequence);
+	buf_put_u8(rec, m->requires_ack ? 1 : 0);
+	buf_put_str(rec, m->to);
+	buf_put_str(rec, m->from);
+	buf_put_str(rec, m->msg_id);
+	buf_put_u32(rec, m->corr_off);
+	buf_put_u32(rec, m->corr_len);
+	buf_put_bytes(rec, m->envelope, m->len);
+}
+
 struct bus_message *message_decode(struct reader *r)
 {
 	uint64_t number = rd_u64(r);

@@ -64,6 +64,9 @@ void message_id_format(char *out, uint32_t store_id, int64_t time_us, uint64_t n
  * Appends to rec; fills msg_id. */
 void message_encode(struct buf *rec, const struct envelope *env);
 
+/* The same record for a message that already exists (snapshots). */
+void message_encode_again(struct buf *rec, const struct bus_message *m);
+
 /* Decodes one message from a record reader; NULL on malformed input. */
 struct bus_message *message_decode(struct reader *r);
 
