@@ -300,6 +300,8 @@ static struct agent *agent_insert(struct bus *bus, const char *name)
 	snprintf(a->name, sizeof a->name, "%s", name);
 	a->id = bus->next_id++;
 	errlog_init(&a->errors, BUS_AGENT_ERRORS_KEEP);
+	buf_init(&a->health_reason);
+	buf_init(&a->health_extra);
 	bus->by_id[a->id] = a;
 	memmove(bus->by_name + at + 1, bus->by_name + at, (bus->nagents - at) * sizeof *bus->by_name);
 	bus->by_name[at] = a;
@@ -312,6 +314,8 @@ static void agent_free(struct agent *a)
 	inbox_free(&a->inbox);
 	outbox_free(&a->outbox);
 	errlog_free(&a->errors);
+	buf_free(&a->health_reason);
+	buf_free(&a->health_extra);
 	free(a);
 }
 
@@ -342,6 +346,7 @@ static void agent_info(const struct agent *a, struct bus_agent_info *out)
 	out->acked_total = a->acked_total;
 	out->outbox_count = (uint32_t)a->outbox.count;
 	out->errors_bytes = a->errors.text.len;
+	out->last_seen_us = a->last_seen_us;
 }
 
 /* ---------- applying records ---------- */
@@ -445,6 +450,31 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len)
 		want_wake(bus, a->id);
 		return 0;
 	}
+	case REC_HEALTH: {
+		rd_str(&r, name, sizeof name);
+		uint8_t status = rd_u8(&r);
+		uint64_t seen = rd_u64(&r);
+		size_t rlen = 0, xlen = 0;
+		const char *reason = rd_bytes(&r, &rlen);
+		const char *extra = rd_bytes(&r, &xlen);
+		if (r.bad || status > HEALTH_UNHEALTHY || !(a = bus_find(bus, name)))
+			return -EINVAL;
+		a->health = (enum health_status)status;
+		a->last_seen_us = (int64_t)seen;
+		buf_reset(&a->health_reason);
+		buf_append(&a->health_reason, reason, rlen);
+		buf_reset(&a->health_extra);
+		buf_append(&a->health_extra, extra, xlen);
+		return buf_ok(&a->health_reason) && buf_ok(&a->health_extra) ? 0 : -ENOMEM;
+	}
+	case REC_BEAT: {
+		rd_str(&r, name, sizeof name);
+		uint64_t seen = rd_u64(&r);
+		if (r.bad || !(a = bus_find(bus, name)))
+			return -EINVAL;
+		a->last_seen_us = (int64_t)seen;
+		return 0;
+	}
 	case REC_SNAP_HEAD:
 		bus->counter = rd_u64(&r);
 		bus->delivered_total = rd_u64(&r);
@@ -513,9 +543,12 @@ int bus_commit(struct bus *bus, struct bus_error *err)
 	rc = apply_record(bus, (const uint8_t *)bus->rec.data, bus->rec.len);
 	if (rc < 0)
 		return bus_fail(err, EIO, "internal error applying a committed record");
+	/* Reclaim journal space before it takes a large share of --store-max-bytes. */
 	uint64_t journal = store_journal_bytes(bus->store);
 	uint64_t snap = store_snapshot_bytes(bus->store);
-	if (journal > (64u << 20) && journal > 2 * snap)
+	uint64_t big = bus->cfg.store_max_bytes / 4 < (64u << 20) ? bus->cfg.store_max_bytes / 4
+								 : (64u << 20);
+	if (journal > big && journal > 2 * snap)
 		compact_locked(bus);
 	return 0;
 }
@@ -571,6 +604,10 @@ static int compact_locked(struct bus *bus)
 		buf_put_u64(&b, a->delivered_total);
 		buf_put_u64(&b, a->acked_total);
 		rc = snap_add(bus, &b);
+		if (rc == 0 && (a->health || a->last_seen_us)) {
+			bus_put_health(&b, a);
+			rc = snap_add(bus, &b);
+		}
 		size_t need = nmsgs + a->inbox.live + a->outbox.count;
 		if (need > cap) {
 			cap = need * 2;
@@ -638,6 +675,8 @@ static struct bus *bus_alloc(const struct bus_config *cfg)
 		bus->cfg.inbox_capacity = 1000;
 	if (!bus->cfg.max_message_size)
 		bus->cfg.max_message_size = 1u << 20;
+	if (!(bus->cfg.health_ttl_s > 0))
+		bus->cfg.health_ttl_s = 30;
 	bus->next_id = 1;
 	bus->started = bus_clock_monotonic();
 	strmap_init(&bus->seqs);

@@ -10,6 +10,7 @@
 
 #include "busfs/bus.h"
 #include "busfs/errlog.h"
+#include "busfs/health.h"
 #include "busfs/store.h"
 #include "busfs/strmap.h"
 
@@ -20,6 +21,8 @@ enum record_type {
 	REC_DELIVER = 3,    /* u32 n, n x message */
 	REC_ACK = 4,        /* str agent, u64 number, u8 has_ack, [message] */
 	REC_STATE = 5,      /* str agent, u8 draining */
+	REC_HEALTH = 6,     /* str agent, u8 status, u64 last_seen_us, bytes reason, bytes extra */
+	REC_BEAT = 7,       /* str agent, u64 last_seen_us */
 	REC_SNAP_HEAD = 10, /* u64 counter, u64 delivered_total, u64 rejected_total */
 	REC_SNAP_SEQ = 11,  /* str pair key, u64 sequence */
 	REC_SNAP_MSG = 12,  /* u8 where (1 inbox, 2 outbox), message */
@@ -52,6 +55,11 @@ struct agent {
 	uint64_t acked_total;
 	struct outbox outbox;
 	struct errlog errors;
+	/* The last health report, and when it or a heartbeat came (0: never). */
+	enum health_status health;
+	int64_t last_seen_us;
+	struct buf health_reason;
+	struct buf health_extra;
 	/* Scratch for one `send` write, valid only under the lock within it. */
 	uint32_t batch_count;
 	uint64_t batch_seq;
@@ -98,5 +106,7 @@ uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to);
 int inbox_depth(const struct agent *a);
 struct bus_message *inbox_find(const struct inbox *in, uint64_t number);
 bool bus_may_act_as(const struct agent *a, uid_t uid);
+/* Appends a REC_HEALTH record holding the agent's current health to b. */
+void bus_put_health(struct buf *b, const struct agent *a);
 
 #endif

@@ -153,6 +153,19 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		else if (reading)
 			bus_ctl_render(fs->bus, r.agent_id, &h->doc);
 		break;
+	case N_HEALTH:
+		if (writing && !owner_ok(req, &a))
+			snprintf(why, sizeof why, "uid %u may not report the health of %s",
+				 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		else if (reading)
+			bus_health_render(fs->bus, r.agent_id, &h->doc);
+		break;
+	case N_HEALTH_STATUS:
+		if (writing)
+			snprintf(why, sizeof why, "health/status is read-only: write agents/NAME/health");
+		else
+			bus_status_render(fs->bus, &h->doc);
+		break;
 	case N_INBOX_MSG:
 	case N_OUTBOX_MSG:
 		h->msg = r.node == N_INBOX_MSG ? bus_inbox_get(fs->bus, r.agent_id, r.number)
@@ -256,6 +269,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	switch (h->node) {
 	case N_README:
 	case N_CTL:
+	case N_HEALTH:
+	case N_HEALTH_STATUS:
 		reply_slice(req, h->doc.data, h->doc.len, size, off);
 		return;
 	case N_ERRORS:
@@ -305,6 +320,9 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		break;
 	case N_CTL:
 		rc = bus_ctl(fs->bus, h->agent_id, uid, data, size, &err);
+		break;
+	case N_HEALTH:
+		rc = bus_health_report(fs->bus, h->agent_id, uid, data, size, &err);
 		break;
 	default:
 		rc = bus_fail(&err, EACCES, "this file is read-only");
@@ -444,12 +462,25 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 			  "modes and owners are fixed by busfs (chmod and chown mean nothing here)");
 		return;
 	}
-	bool writable = r.node == N_SEND || r.node == N_CTL || r.node == N_PAIR;
+	bool writable = r.node == N_SEND || r.node == N_CTL || r.node == N_PAIR || r.node == N_HEALTH;
 	if ((to_set & FUSE_SET_ATTR_SIZE) && !writable) {
 		refuse_at(req, "truncate", ino, NULL, EACCES, "this file is read-only");
 		return;
 	}
-	/* Truncation of send/ctl/a message being written, and times, mean nothing. */
+	/* `touch health` is a heartbeat. The truncation that `echo ... > health` makes
+	 * before its write also carries a time, and is not one. */
+	const int times = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
+			  FUSE_SET_ATTR_MTIME_NOW;
+	if (r.node == N_HEALTH && (to_set & times) && !(to_set & FUSE_SET_ATTR_SIZE)) {
+		struct bus_error err = {0};
+		if (bus_health_beat(fs->bus, r.agent_id, fuse_req_ctx(req)->uid, &err) < 0) {
+			refuse_at(req, "touch", ino, NULL, err.code, err.reason);
+			return;
+		}
+		node_attr(fs, &r, &st);
+	}
+	/* Truncation of send/ctl/health/a message being written, and other times, mean
+	 * nothing. */
 	fuse_reply_attr(req, &st, 0.0);
 }
 

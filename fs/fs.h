@@ -23,8 +23,10 @@ enum ino_kind { INO_FIXED = 0, INO_AGENT = 1, INO_PAIR = 2, INO_INBOX = 3, INO_O
 enum node {
 	N_NONE = 0,
 	N_ROOT, N_README, N_ERRORS, N_AGENTS,              /* fixed */
+	N_HEALTH_DIR, N_HEALTH_STATUS,
 	N_AGENT_DIR, N_INBOX, N_OUTBOX, N_SEND, N_NEXT,    /* per agent */
-	N_CTL, N_AGENT_ERRORS,
+	N_CTL, N_AGENT_ERRORS, N_HEALTH,
+	N_AGENT_LAST = N_HEALTH,
 	N_PAIR,                                            /* outbox/B being written */
 	N_INBOX_MSG, N_OUTBOX_MSG,                         /* message files */
 };
@@ -45,7 +47,7 @@ struct handle {
 	char path[160];               /* for the errors log */
 	struct bus_draft *draft;      /* N_PAIR */
 	struct buf pending;           /* N_SEND: a record split across writes */
-	struct buf doc;               /* README, ctl: rendered once at open */
+	struct buf doc;               /* README, ctl, health: rendered once at open */
 	struct bus_message *msg;      /* message files; N_NEXT once answered */
 	bool next_done;               /* N_NEXT answered with end-of-file */
 	struct fuse_pollhandle *ph;   /* N_NEXT, owned here until handed to the notifier */

@@ -37,6 +37,8 @@ static void usage(FILE *out)
 		"  --max-message-size BYTES   larger messages get EFBIG (1M)\n"
 		"  --store-max-bytes BYTES    sends get ENOSPC beyond this (half the free space)\n"
 		"                             BYTES may end in K, M or G (powers of 1024)\n"
+		"  --health-ttl SECONDS       an agent without a report or heartbeat for this long\n"
+		"                             is stale (30; fractions allowed)\n"
 		"  --check                    verify the store offline; exit 0 when consistent\n"
 		"  --clear-stale              unmount a stale mount left at MOUNTPOINT by a killed server\n"
 		"  -f, --foreground           stay in the foreground, log to stderr\n"
@@ -86,6 +88,20 @@ static int parse_count(const char *opt, const char *s, uint64_t *out)
 		return -1;
 	}
 	*out = v * mul;
+	return 0;
+}
+
+/* A positive, finite number of seconds; fractions are allowed (tests use 0.5). */
+static int parse_seconds(const char *opt, const char *s, double *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno || end == s || *end || !(v > 0) || v > 1e9) {
+		fprintf(stderr, "busfs: %s needs a positive number of seconds, not '%s'\n", opt, s);
+		return -1;
+	}
+	*out = v;
 	return 0;
 }
 
@@ -142,6 +158,7 @@ int main(int argc, char **argv)
 		{"inbox-capacity", required_argument, NULL, 'c'},
 		{"max-message-size", required_argument, NULL, 'm'},
 		{"store-max-bytes", required_argument, NULL, 'b'},
+		{"health-ttl", required_argument, NULL, 't'},
 		{"check", no_argument, NULL, 'k'},
 		{"clear-stale", no_argument, NULL, 'C'},
 		{"foreground", no_argument, NULL, 'f'},
@@ -154,7 +171,7 @@ int main(int argc, char **argv)
 	char default_store[64];
 	snprintf(default_store, sizeof default_store, "/dev/shm/busfs-%u", (unsigned)getuid());
 	struct bus_config cfg = {.store_dir = default_store, .inbox_capacity = 1000,
-				 .max_message_size = 1u << 20};
+				 .max_message_size = 1u << 20, .health_ttl_s = 30};
 	bool check = false, clear_stale = false, foreground = false, debug = false;
 	int verbose = 0;
 	const char *mount_opts[64];
@@ -179,6 +196,10 @@ int main(int argc, char **argv)
 			if (parse_count("--store-max-bytes", optarg, &v) < 0)
 				return 1;
 			cfg.store_max_bytes = v;
+			break;
+		case 't':
+			if (parse_seconds("--health-ttl", optarg, &cfg.health_ttl_s) < 0)
+				return 1;
 			break;
 		case 'k': check = true; break;
 		case 'C': clear_stale = true; break;

@@ -18,22 +18,28 @@
 struct entry {
 	const char *name;
 	enum node node;
+	enum node parent;
 	mode_t mode;
 };
 
-static const struct entry top_entries[] = {
-	{"README", N_README, S_IFREG | 0444},
-	{"errors", N_ERRORS, S_IFREG | 0444},
-	{"agents", N_AGENTS, S_IFDIR | 0755},
+/* The nodes that exist once; a fixed node's inode number is 2 + its index here. */
+static const struct entry fixed_entries[] = {
+	{"README", N_README, N_ROOT, S_IFREG | 0444},
+	{"errors", N_ERRORS, N_ROOT, S_IFREG | 0444},
+	{"agents", N_AGENTS, N_ROOT, S_IFDIR | 0755},
+	{"health", N_HEALTH_DIR, N_ROOT, S_IFDIR | 0755},
+	{"status", N_HEALTH_STATUS, N_HEALTH_DIR, S_IFREG | 0444},
 };
 
+/* The files of every agent's directory. */
 static const struct entry agent_entries[] = {
-	{"inbox", N_INBOX, S_IFDIR | 0700},
-	{"outbox", N_OUTBOX, S_IFDIR | 0755},
-	{"send", N_SEND, S_IFREG | 0200},
-	{"next", N_NEXT, S_IFREG | 0400},
-	{"ctl", N_CTL, S_IFREG | 0600},
-	{"errors", N_AGENT_ERRORS, S_IFREG | 0444},
+	{"inbox", N_INBOX, N_AGENT_DIR, S_IFDIR | 0700},
+	{"outbox", N_OUTBOX, N_AGENT_DIR, S_IFDIR | 0755},
+	{"send", N_SEND, N_AGENT_DIR, S_IFREG | 0200},
+	{"next", N_NEXT, N_AGENT_DIR, S_IFREG | 0400},
+	{"ctl", N_CTL, N_AGENT_DIR, S_IFREG | 0600},
+	{"errors", N_AGENT_ERRORS, N_AGENT_DIR, S_IFREG | 0444},
+	{"health", N_HEALTH, N_AGENT_DIR, S_IFREG | 0644},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -44,13 +50,19 @@ static const struct entry agent_entries[] = {
 
 /* ---------- inode numbers ---------- */
 
+static bool is_fixed(enum node n) { return n >= N_ROOT && n < N_AGENT_DIR; }
+
 fuse_ino_t ino_of(const struct node_ref *r)
 {
 	uint64_t k;
+	if (r->node == N_ROOT)
+		return FUSE_ROOT_ID;
+	if (is_fixed(r->node)) {
+		for (size_t i = 0; i < COUNT(fixed_entries); i++)
+			if (fixed_entries[i].node == r->node)
+				return 2 + (fuse_ino_t)i;
+	}
 	switch (r->node) {
-	case N_ROOT: return FUSE_ROOT_ID;
-	case N_README: case N_ERRORS: case N_AGENTS:
-		return 2 + (fuse_ino_t)(r->node - N_README);
 	case N_PAIR:
 		return (uint64_t)INO_PAIR << INO_KIND_SHIFT | r->agent_id << 30 | r->number;
 	case N_INBOX_MSG: k = INO_INBOX; break;
@@ -70,11 +82,11 @@ struct node_ref ref_of(fuse_ino_t ino)
 	case INO_FIXED:
 		if (ino == FUSE_ROOT_ID)
 			r.node = N_ROOT;
-		else if (ino >= 2 && ino < 2 + COUNT(top_entries))
-			r.node = (enum node)(N_README + (ino - 2));
+		else if (ino >= 2 && ino < 2 + COUNT(fixed_entries))
+			r.node = fixed_entries[ino - 2].node;
 		break;
 	case INO_AGENT:
-		if ((low & 0xff) <= N_AGENT_ERRORS - N_AGENT_DIR) {
+		if ((low & 0xff) <= N_AGENT_LAST - N_AGENT_DIR) {
 			r.node = (enum node)(N_AGENT_DIR + (low & 0xff));
 			r.agent_id = low >> 8;
 		}
@@ -96,9 +108,9 @@ struct node_ref ref_of(fuse_ino_t ino)
 
 static const struct entry *entry_of(enum node n)
 {
-	for (size_t i = 0; i < COUNT(top_entries); i++)
-		if (top_entries[i].node == n)
-			return &top_entries[i];
+	for (size_t i = 0; i < COUNT(fixed_entries); i++)
+		if (fixed_entries[i].node == n)
+			return &fixed_entries[i];
 	for (size_t i = 0; i < COUNT(agent_entries); i++)
 		if (agent_entries[i].node == n)
 			return &agent_entries[i];
@@ -116,7 +128,7 @@ static void fill_time(struct stat *st, int64_t us)
 static double attr_timeout(enum node n)
 {
 	switch (n) {
-	case N_ROOT: case N_README: case N_AGENTS: case N_SEND: case N_NEXT:
+	case N_ROOT: case N_README: case N_AGENTS: case N_HEALTH_DIR: case N_SEND: case N_NEXT:
 		return LONG_TIMEOUT;
 	default:
 		return 0.0;
@@ -157,7 +169,10 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 	case N_NONE:
 		return -ENOENT;
 	case N_ROOT:
+		st->st_nlink = 4;
+		break;
 	case N_AGENTS:
+	case N_HEALTH_DIR:
 		st->st_nlink = 2;
 		break;
 	case N_README: {
@@ -194,6 +209,21 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 	case N_AGENT_ERRORS:
 		st->st_size = (off_t)bus_errors_size(fs->bus, r->agent_id);
 		break;
+	case N_HEALTH:
+	case N_HEALTH_STATUS: {
+		struct buf b;
+		buf_init(&b);
+		if (r->node == N_HEALTH) {
+			bus_health_render(fs->bus, r->agent_id, &b);
+			if (a.last_seen_us)
+				fill_time(st, a.last_seen_us);
+		} else {
+			bus_status_render(fs->bus, &b);
+		}
+		st->st_size = (off_t)b.len;
+		buf_free(&b);
+		break;
+	}
 	case N_SEND:
 	case N_NEXT:
 		break;
@@ -221,11 +251,13 @@ void node_path(struct fs *fs, const struct node_ref *r, const char *name, char *
 	const struct entry *e = entry_of(r->node);
 	if (r->node >= N_AGENT_DIR)
 		bus_agent_by_id(fs->bus, r->agent_id, &a);
+	if (is_fixed(r->node)) {
+		const struct entry *parent = r->node == N_ROOT ? NULL : entry_of(e->parent);
+		snprintf(out, n, "%s%s%s%s%s", parent ? parent->name : "", parent ? "/" : "",
+			 e ? e->name : "", e && name ? "/" : "", name ? name : "");
+		return;
+	}
 	switch (r->node) {
-	case N_ROOT: snprintf(out, n, "%s", name ? name : ""); break;
-	case N_README: case N_ERRORS: case N_AGENTS:
-		snprintf(out, n, "%s%s%s", e->name, name ? "/" : "", name ? name : "");
-		break;
 	case N_AGENT_DIR:
 		snprintf(out, n, "agents/%s%s%s", a.name, name ? "/" : "", name ? name : "");
 		break;
@@ -273,9 +305,10 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	switch (p.node) {
 	case N_ROOT:
-		for (size_t i = 0; i < COUNT(top_entries); i++)
-			if (strcmp(name, top_entries[i].name) == 0)
-				r.node = top_entries[i].node;
+	case N_HEALTH_DIR:
+		for (size_t i = 0; i < COUNT(fixed_entries); i++)
+			if (fixed_entries[i].parent == p.node && strcmp(name, fixed_entries[i].name) == 0)
+				r.node = fixed_entries[i].node;
 		break;
 	case N_AGENTS:
 		if (bus_agent_by_name(fs->bus, name, &a) == 0) {
@@ -387,15 +420,15 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		goto done;
 	const struct entry *table = NULL;
 	size_t n = 0;
-	if (r.node == N_ROOT) {
-		table = top_entries;
-		n = COUNT(top_entries);
+	if (is_fixed(r.node)) {
+		table = fixed_entries;
+		n = COUNT(fixed_entries);
 	} else if (r.node == N_AGENT_DIR) {
 		table = agent_entries;
 		n = COUNT(agent_entries);
 	}
 	for (size_t i = 0; i < n; i++) {
-		if ((off_t)i + 3 <= off)
+		if ((off_t)i + 3 <= off || table[i].parent != r.node)
 			continue;
 		struct node_ref c = {table[i].node, r.agent_id, 0};
 		if (!dir_add(&d, table[i].name, ino_of(&c), table[i].mode, (off_t)i + 3))

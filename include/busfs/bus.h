@@ -26,6 +26,7 @@ struct bus_config {
 	uint32_t inbox_capacity;     /* default 1000 */
 	uint64_t max_message_size;   /* default 1 MiB */
 	uint64_t store_max_bytes;    /* 0: half of the store filesystem's free space */
+	double health_ttl_s;         /* default 30: older reports make an agent stale */
 };
 
 struct bus_agent_info {
@@ -41,6 +42,7 @@ struct bus_agent_info {
 	uint64_t acked_total;
 	uint32_t outbox_count;
 	size_t errors_bytes;
+	int64_t last_seen_us;        /* last health report or heartbeat, 0 if none */
 };
 
 struct bus_stats {
@@ -114,6 +116,16 @@ int bus_ack(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg
 int bus_ctl(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data, size_t len,
 	    struct bus_error *err);
 int bus_ctl_render(struct bus *bus, uint64_t agent_id, struct buf *out);
+
+/* Health (SPEC §4). A report is one write() (see busfs/health.h); a heartbeat keeps
+ * the report and renews last_seen. Both need the agent's owner (or root). */
+int bus_health_report(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data,
+		      size_t len, struct bus_error *err);
+int bus_health_beat(struct bus *bus, uint64_t agent_id, uid_t uid, struct bus_error *err);
+/* agents/A/health as JSON, one line; -ENOENT when the agent is gone. */
+int bus_health_render(struct bus *bus, uint64_t agent_id, struct buf *out);
+/* health/status: every agent and the bus counters, rendered under one lock. */
+void bus_status_render(struct bus *bus, struct buf *out);
 
 /* Records a rejected operation in the top-level log and, when agent is set and known,
  * in the agent's. */

@@ -1,0 +1,160 @@
+/* status.c — agent health and the bus status document (SPEC §4).
+ *
+ * The store keeps each agent's last report and the time of its last report or
+ * heartbeat. `stale` and `unknown`, ages and the bus-wide status are computed when a
+ * document is rendered, from the wall clock at that moment. */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "bus_impl.h"
+#include "busfs/clock.h"
+#include "busfs/json.h"
+
+void bus_put_health(struct buf *b, const struct agent *a)
+{
+	buf_put_u8(b, REC_HEALTH);
+	buf_put_str(b, a->name);
+	buf_put_u8(b, (uint8_t)a->health);
+	buf_put_u64(b, (uint64_t)a->last_seen_us);
+	buf_put_bytes(b, a->health_reason.data, a->health_reason.len);
+	buf_put_bytes(b, a->health_extra.data, a->health_extra.len);
+}
+
+/* Finds the agent and checks that uid may speak for it; under the lock. */
+static struct agent *owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid,
+				 struct bus_error *err)
+{
+	struct agent *a = bus_find_id(bus, agent_id);
+	if (!a)
+		bus_fail(err, ENOENT, "no such agent");
+	else if (!bus_may_act_as(a, uid))
+		bus_fail(err, EACCES, "uid %u may not report the health of %s (owned by uid %u)",
+			 (unsigned)uid, a->name, (unsigned)a->uid);
+	else
+		return a;
+	return NULL;
+}
+
+int bus_health_report(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data,
+		      size_t len, struct bus_error *err)
+{
+	struct health_report rep;
+	health_report_init(&rep);
+	int rc = health_parse(data, len, &rep, err);
+	if (rc < 0) {
+		health_report_free(&rep);
+		return rc;
+	}
+	bus_lock(bus);
+	struct agent *a = owned_agent(bus, agent_id, uid, err);
+	if (!a) {
+		rc = -err->code;
+	} else {
+		struct buf *b = &bus->rec;
+		buf_reset(b);
+		buf_put_u8(b, REC_HEALTH);
+		buf_put_str(b, a->name);
+		buf_put_u8(b, (uint8_t)rep.status);
+		buf_put_u64(b, (uint64_t)bus_clock_now_us());
+		buf_put_bytes(b, rep.reason.data, rep.reason.len);
+		buf_put_bytes(b, rep.extra.data, rep.extra.len);
+		rc = bus_commit(bus, err);
+	}
+	bus_unlock_and_wake(bus);
+	health_report_free(&rep);
+	return rc;
+}
+
+int bus_health_beat(struct bus *bus, uint64_t agent_id, uid_t uid, struct bus_error *err)
+{
+	bus_lock(bus);
+	struct agent *a = owned_agent(bus, agent_id, uid, err);
+	int rc;
+	if (!a) {
+		rc = -err->code;
+	} else {
+		buf_reset(&bus->rec);
+		buf_put_u8(&bus->rec, REC_BEAT);
+		buf_put_str(&bus->rec, a->name);
+		buf_put_u64(&bus->rec, (uint64_t)bus_clock_now_us());
+		rc = bus_commit(bus, err);
+	}
+	bus_unlock_and_wake(bus);
+	return rc;
+}
+
+/* One agent's health object; returns its effective status. */
+static enum health_status render_agent(struct bus *bus, const struct agent *a, int64_t now,
+				       bool with_name, struct buf *out)
+{
+	int64_t ttl = (int64_t)(bus->cfg.health_ttl_s * 1e6);
+	enum health_status s = health_effective(a->health, a->last_seen_us, now, ttl);
+	buf_putc(out, '{');
+	if (with_name)
+		buf_printf(out, "\"agent\":\"%s\",", a->name);
+	buf_printf(out, "\"status\":\"%s\",\"reason\":", health_status_name(s));
+	json_append_string(out, a->health_reason.data ? a->health_reason.data : "",
+			   a->health_reason.len);
+	if (a->last_seen_us) {
+		char ts[BUS_TIME_LEN + 1];
+		int64_t age = now > a->last_seen_us ? now - a->last_seen_us : 0;
+		bus_time_format(a->last_seen_us, ts);
+		buf_printf(out, ",\"last_seen\":\"%s\",\"age_s\":%" PRId64 ".%03d", ts,
+			   age / 1000000, (int)(age % 1000000 / 1000));
+	} else {
+		buf_puts(out, ",\"last_seen\":null,\"age_s\":null");
+	}
+	buf_printf(out, ",\"state\":\"%s\",\"inbox_depth\":%zu", a->draining ? "draining" : "active",
+		   a->inbox.live);
+	buf_append(out, a->health_extra.data, a->health_extra.len);
+	buf_putc(out, '}');
+	return s;
+}
+
+int bus_health_render(struct bus *bus, uint64_t agent_id, struct buf *out)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	if (a) {
+		render_agent(bus, a, bus_clock_now_us(), true, out);
+		buf_putc(out, '\n');
+	}
+	pthread_mutex_unlock(&bus->lock);
+	return a ? 0 : -ENOENT;
+}
+
+void bus_status_render(struct bus *bus, struct buf *out)
+{
+	unsigned counts[HEALTH_NSTATUS] = {0};
+	char ts[BUS_TIME_LEN + 1];
+	struct buf agents;
+	buf_init(&agents);
+
+	bus_lock(bus);
+	int64_t now = bus_clock_now_us();
+	for (size_t i = 0; i < bus->nagents; i++) {
+		const struct agent *a = bus->by_name[i];
+		buf_puts(&agents, i ? ",\"" : "\"");
+		buf_puts(&agents, a->name);
+		buf_puts(&agents, "\":");
+		counts[render_agent(bus, a, now, false, &agents)]++;
+	}
+	bus_time_format(now, ts);
+	double up = bus_clock_monotonic() - bus->started;
+	buf_printf(out, "{\"status\":\"%s\",\"timestamp\":\"%s\",\"agents\":{",
+		   health_status_name(health_worst(counts)), ts);
+	buf_append(out, agents.data, agents.len);
+	buf_puts(out, "},\"counts\":{");
+	for (int s = HEALTH_HEALTHY; s <= HEALTH_NSTATUS; s++) {
+		int k = s % HEALTH_NSTATUS; /* healthy, degraded, unhealthy, stale, unknown */
+		buf_printf(out, "%s\"%s\":%u", s > HEALTH_HEALTHY ? "," : "", health_status_name(k),
+			   counts[k]);
+	}
+	buf_printf(out, "},\"bus\":{\"uptime_s\":%.3f,\"agents\":%zu,\"messages_pending\":%" PRIu64
+		   ",\"messages_delivered_total\":%" PRIu64 ",\"messages_rejected_total\":%" PRIu64
+		   "}}\n", up > 0 ? up : 0.0, bus->nagents, bus->pending, bus->delivered_total,
+		   bus->rejected_total);
+	pthread_mutex_unlock(&bus->lock);
+	buf_free(&agents);
+}
