@@ -261,10 +261,10 @@ static json_t *env_json(const struct bus_message *m)
     return v;
 }
 
-static const char *jstr(json_t *o, const char *key)
+static const char *jstr(const json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
-    cr_assert(json_is_string(v), "%s is not a string", key);
+    CHECK(json_is_string(v), "%s is not a string", key);
     return json_string_value(v);
 }
 
@@ -2201,4 +2201,247 @@ BUS_TEST(sequences_continue_across_an_agents_removal_and_re_registration)
     struct bus_message *m = newest_in("bob");
     cr_assert_eq(m->sequence, 3);
     message_unref(m);
+}
+
+/* ---------- health (SPEC §4) ---------- */
+
+static int report(const char *name, uid_t uid, const char *text, struct bus_error *err)
+{
+    return bus_health_report(the_bus, id_of(name), uid, text, strlen(text), err);
+}
+
+static void report_ok(const char *name, const char *text)
+{
+    struct bus_error err = {0};
+    int rc = report(name, OWNER, text, &err);
+    CHECK(rc == 0, "report %s: %d %s", text, rc, err.reason);
+}
+
+/* agents/NAME/health, parsed; the caller decrefs. */
+static json_t *health_of(const char *name)
+{
+    struct buf b;
+    buf_init(&b);
+    CHECK(bus_health_render(the_bus, id_of(name), &b) == 0, "render %s", name);
+    CHECK(b.len && b.data[b.len - 1] == '\n' && !memchr(b.data, '\n', b.len - 1),
+          "one line and a newline");
+    json_error_t e;
+    json_t *j = json_loadb(b.data, b.len, 0, &e);
+    CHECK(j && json_is_object(j), "health of %s is not a JSON object: %s: %.*s", name, e.text,
+          (int)b.len, b.data);
+    buf_free(&b);
+    return j;
+}
+
+static json_t *status_doc(void)
+{
+    struct buf b;
+    buf_init(&b);
+    bus_status_render(the_bus, &b);
+    json_error_t e;
+    json_t *j = json_loadb(b.data, b.len, 0, &e);
+    CHECK(j && json_is_object(j), "health/status is not a JSON object: %s", e.text);
+    buf_free(&b);
+    return j;
+}
+
+/* RFC 3339 UTC with microseconds, as every busfs timestamp. */
+static bool bus_match_time(const char *s)
+{
+    if (strlen(s) != BUS_TIME_LEN)
+        return false;
+    for (int i = 0; i < BUS_TIME_LEN; i++) {
+        char want = "0000-00-00T00:00:00.000000Z"[i];
+        if (want == '0' ? !(s[i] >= '0' && s[i] <= '9') : s[i] != want)
+            return false;
+    }
+    return true;
+}
+
+BUS_TEST(health_starts_unknown_and_shows_each_report)
+{
+    start(0, 0, 0);
+    agent("bob");
+    json_t *h = health_of("bob");
+    cr_assert_str_eq(jstr(h, "agent"), "bob");
+    cr_assert_str_eq(jstr(h, "status"), "unknown");
+    cr_assert_str_eq(jstr(h, "reason"), "");
+    cr_assert(json_is_null(json_object_get(h, "last_seen")));
+    cr_assert(json_is_null(json_object_get(h, "age_s")));
+    cr_assert_str_eq(jstr(h, "state"), "active");
+    cr_assert_eq(json_integer_value(json_object_get(h, "inbox_depth")), 0);
+    cr_assert_eq(json_object_size(h), 7);
+    json_decref(h);
+
+    report_ok("bob", "{\"status\":\"unhealthy\",\"reason\":\"api down\",\"queue\":17}");
+    h = health_of("bob");
+    cr_assert_str_eq(jstr(h, "status"), "unhealthy");
+    cr_assert_str_eq(jstr(h, "reason"), "api down");
+    cr_assert_eq(json_integer_value(json_object_get(h, "queue")), 17);
+    cr_assert(bus_match_time(jstr(h, "last_seen")));
+    json_decref(h);
+
+    report_ok("bob", "degraded disk 91% full\n");
+    h = health_of("bob");
+    cr_assert_str_eq(jstr(h, "status"), "degraded");
+    cr_assert_str_eq(jstr(h, "reason"), "disk 91% full");
+    cr_assert_null(json_object_get(h, "queue"), "a new report replaces the old fields");
+    json_decref(h);
+}
+
+BUS_TEST(a_refused_report_changes_nothing)
+{
+    start(0, 0, 0);
+    agent("bob");
+    report_ok("bob", "degraded slow");
+    json_t *before = health_of("bob");
+    struct bus_error err = {0};
+    cr_assert_eq(report("bob", OWNER, "fine", &err), -EINVAL);
+    cr_assert_eq(report("bob", OTHER, "healthy", &err), -EACCES, "another uid");
+    cr_assert(strstr(err.reason, "uid"), "%s", err.reason);
+    cr_assert_eq(report("bob", 0, "healthy", &err), 0, "root may report for anyone");
+    report_ok("bob", "degraded slow");
+    json_t *after = health_of("bob");
+    cr_assert_str_eq(jstr(after, "status"), jstr(before, "status"));
+    cr_assert_str_eq(jstr(after, "reason"), jstr(before, "reason"));
+    json_decref(before);
+    json_decref(after);
+}
+
+BUS_TEST(stale_is_computed_from_the_ttl_and_a_heartbeat_renews_it)
+{
+    cfg = (struct bus_config){.store_dir = store_dir, .store_max_bytes = UINT64_C(256) << 20,
+                              .health_ttl_s = 10};
+    the_bus = open_with(&cfg);
+    agent("alice");
+    agent("quiet");
+    report_ok("alice", "healthy all good");
+    unit_clock_set(unit_clock_get() + INT64_C(11) * 1000000);
+    json_t *h = health_of("alice");
+    cr_assert_str_eq(jstr(h, "status"), "stale");
+    cr_assert_str_eq(jstr(h, "reason"), "all good", "the last reason stays visible");
+    cr_assert_geq(json_real_value(json_object_get(h, "age_s")), 11.0);
+    json_decref(h);
+    h = health_of("quiet");
+    cr_assert_str_eq(jstr(h, "status"), "unknown", "never reported: not stale");
+    json_decref(h);
+
+    struct bus_error err = {0};
+    cr_assert_eq(bus_health_beat(the_bus, id_of("alice"), OTHER, &err), -EACCES);
+    cr_assert_eq(bus_health_beat(the_bus, id_of("alice"), OWNER, &err), 0, "%s", err.reason);
+    h = health_of("alice");
+    cr_assert_str_eq(jstr(h, "status"), "healthy", "a heartbeat keeps the reported status");
+    cr_assert_str_eq(jstr(h, "reason"), "all good");
+    cr_assert_lt(json_real_value(json_object_get(h, "age_s")), 1.0);
+    json_decref(h);
+}
+
+BUS_TEST(health_status_counts_every_agent_and_takes_the_worst)
+{
+    start(0, 0, 0);
+    json_t *s = status_doc();
+    cr_assert_str_eq(jstr(s, "status"), "healthy", "no agents");
+    cr_assert_eq(json_object_size(json_object_get(s, "agents")), 0);
+    json_decref(s);
+
+    agent("a");
+    agent("b");
+    agent("c");
+    agent("d");
+    report_ok("a", "healthy");
+    report_ok("b", "degraded");
+    s = status_doc();
+    cr_assert_str_eq(jstr(s, "status"), "degraded", "d and c are unknown and do not count");
+    json_t *counts = json_object_get(s, "counts");
+    cr_assert_eq(json_object_size(counts), 5);
+    cr_assert_eq(json_integer_value(json_object_get(counts, "healthy")), 1);
+    cr_assert_eq(json_integer_value(json_object_get(counts, "degraded")), 1);
+    cr_assert_eq(json_integer_value(json_object_get(counts, "unhealthy")), 0);
+    cr_assert_eq(json_integer_value(json_object_get(counts, "stale")), 0);
+    cr_assert_eq(json_integer_value(json_object_get(counts, "unknown")), 2);
+    cr_assert_str_eq(jstr(json_object_get(json_object_get(s, "agents"), "b"), "status"),
+                     "degraded");
+    json_decref(s);
+
+    report_ok("c", "{\"status\":\"unhealthy\"}");
+    send_ok("a", "b", "one");
+    send_ok("a", "b", "two");
+    s = status_doc();
+    cr_assert_str_eq(jstr(s, "status"), "unhealthy");
+    json_t *busj = json_object_get(s, "bus");
+    cr_assert_eq(json_integer_value(json_object_get(busj, "agents")), 4);
+    cr_assert_eq(json_integer_value(json_object_get(busj, "messages_pending")), 2);
+    cr_assert_eq(json_integer_value(json_object_get(busj, "messages_delivered_total")), 2);
+    cr_assert(json_is_number(json_object_get(busj, "uptime_s")));
+    cr_assert(json_is_integer(json_object_get(busj, "messages_rejected_total")));
+    cr_assert_eq(json_integer_value(json_object_get(
+                     json_object_get(json_object_get(s, "agents"), "b"), "inbox_depth")), 2);
+    json_decref(s);
+}
+
+static void assert_health_kept(void)
+{
+    json_t *h = health_of("bob");
+    CHECK(strcmp(jstr(h, "status"), "unhealthy") == 0, "status %s", jstr(h, "status"));
+    CHECK(strcmp(jstr(h, "reason"), "api down") == 0, "reason");
+    CHECK(json_integer_value(json_object_get(h, "queue")) == 17, "queue");
+    char want[BUS_TIME_LEN + 1];
+    char path[PATH_MAX];
+    struct buf b;
+    buf_init(&b);
+    CHECK(unit_read_file(unit_path(path, "seen"), &b) == 0, "read seen");
+    snprintf(want, sizeof want, "%.*s", (int)b.len, b.data);
+    CHECK(strcmp(jstr(h, "last_seen"), want) == 0, "last_seen %s, want %s",
+          jstr(h, "last_seen"), want);
+    buf_free(&b);
+    json_decref(h);
+    h = health_of("alice");
+    CHECK(strcmp(jstr(h, "status"), "unknown") == 0, "alice only sent a heartbeat");
+    CHECK(json_is_string(json_object_get(h, "last_seen")), "alice's heartbeat is kept");
+    json_decref(h);
+}
+
+static void report_then_crash(void)
+{
+    agent("alice");
+    agent("bob");
+    report_ok("bob", "healthy");
+    report_ok("bob", "{\"status\":\"unhealthy\",\"reason\":\"api down\",\"queue\":17}");
+    struct bus_error err = {0};
+    CHECK(bus_health_beat(the_bus, id_of("alice"), OWNER, &err) == 0, "beat");
+    json_t *h = health_of("bob");
+    char path[PATH_MAX];
+    const char *seen = jstr(h, "last_seen");
+    CHECK(unit_write_file(unit_path(path, "seen"), seen, strlen(seen)) == 0, "write seen");
+    json_decref(h);
+}
+
+BUS_TEST(health_survives_a_kill_9_a_restart_and_a_compaction)
+{
+    cfg = (struct bus_config){.store_dir = store_dir, .store_max_bytes = UINT64_C(256) << 20};
+    in_crashing_child(report_then_crash);
+    the_bus = open_with(&cfg);
+    assert_health_kept();
+    cr_assert_eq(bus_compact(the_bus), 0);
+    reopen();
+    assert_health_kept();
+    reopen();
+    assert_health_kept();
+}
+
+BUS_TEST(reregistering_an_agent_starts_its_health_afresh)
+{
+    start(0, 0, 0);
+    agent("bob");
+    report_ok("bob", "unhealthy down");
+    struct bus_error err = {0};
+    cr_assert_eq(bus_agent_remove(the_bus, "bob", OWNER, &err), 0);
+    agent("bob");
+    json_t *h = health_of("bob");
+    cr_assert_str_eq(jstr(h, "status"), "unknown");
+    json_decref(h);
+    reopen();
+    h = health_of("bob");
+    cr_assert_str_eq(jstr(h, "status"), "unknown", "the removed agent's record stays removed");
+    json_decref(h);
 }
