@@ -491,17 +491,21 @@ void readme_render(struct fs *fs, struct buf *out)
 		"  echo 'ack MSG_ID' > agents/bob/ctl       the same, by msg_id\n"
 		"  echo drain > agents/bob/ctl              refuse new messages (resume undoes it)\n"
 		"  cat agents/bob/ctl                       bob's state as JSON\n"
+		"  echo 'degraded disk full' > agents/bob/health   report health (touch = heartbeat)\n"
+		"  cat health/status                        the whole bus's health as JSON\n"
 		"  cat errors, cat agents/bob/errors        why recent operations were refused\n"
 		"  rmdir agents/alice                       remove an agent (its inbox must be empty)\n"
 		"\n"
-		"Errors: EINVAL bad name or record, ENOENT unknown recipient, EFBIG too large,\n"
+		"Errors: EINVAL bad name, record or report, ENOENT unknown recipient, EFBIG too large,\n"
 		"EAGAIN inbox full, ENOSPC store full, ESHUTDOWN recipient draining, EACCES not\n"
 		"allowed or read-only, EEXIST agent exists, ENOTEMPTY inbox not empty, EBUSY a\n"
 		"message to the agent is being written.\n"
 		"\n"
-		"This bus: inbox capacity %u, max message size %" PRIu64 " bytes, store %s\n"
-		"(%" PRIu64 " bytes at most). inotify does not fire here: wait with `cat next` or poll().\n",
-		c->inbox_capacity, c->max_message_size, c->store_dir, c->store_max_bytes);
+		"This bus: inbox capacity %u, max message size %" PRIu64 " bytes, health ttl %g s,\n"
+		"store %s (%" PRIu64 " bytes at most).\n"
+		"inotify does not fire here: wait with `cat next` or poll().\n",
+		c->inbox_capacity, c->max_message_size, c->health_ttl_s, c->store_dir,
+		c->store_max_bytes);
 }
 
 /* Handlers that only refuse or only look are here; the rest are in files.c. */

@@ -1,0 +1,120 @@
+/*
+ * test_examples.c — the scripts in examples/ run against a real mount, as the
+ * README tells a user to run them: the monitoring check (monitor.sh) and the worker
+ * loop (worker.sh: health, heartbeat, drain).
+ */
+#include "harness.h"
+
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* examples/NAME next to the busfs binary under test (the repository root). */
+static const char *example(const char *name)
+{
+    static char path[PATH_MAX];
+    char bin[PATH_MAX];
+    cr_assert(realpath(bus_bin(), bin), "realpath %s", bus_bin());
+    snprintf(path, sizeof path, "%s/examples/%s", dirname(bin), name);
+    return path;
+}
+
+static int monitor_once(struct bus_cmd *r)
+{
+    return bus_sh(&bus, r, "%s . --once", example("monitor.sh"));
+}
+
+BUS_TEST(examples, monitor_once_exits_with_the_bus_status)
+{
+    struct bus_cmd r;
+    cr_assert_eq(monitor_once(&r), 0, "no agents: healthy; said %s %s", r.out, r.err);
+    cr_assert(strstr(r.out, "bus healthy (no agents)"), "%s", r.out);
+    bus_cmd_free(&r);
+
+    bus_agents(&bus, "alice", "bob", NULL);
+    cr_assert_eq(bus_write(AT("agents/alice/health"), "healthy\n"), 0);
+    cr_assert_eq(monitor_once(&r), 0, "said %s", r.out);
+    cr_assert(strstr(r.out, "bus healthy (1 healthy, 1 unknown)"), "%s", r.out);
+    bus_cmd_free(&r);
+
+    cr_assert_eq(bus_write(AT("agents/bob/health"), "degraded disk 91% full\n"), 0);
+    cr_assert_eq(monitor_once(&r), 1, "said %s", r.out);
+    cr_assert(strstr(r.out, "bob: degraded — disk 91% full"), "%s", r.out);
+    cr_assert_null(strstr(r.out, "alice:"), "healthy agents are not listed: %s", r.out);
+    bus_cmd_free(&r);
+
+    cr_assert_eq(bus_write(AT("agents/alice/health"), "{\"status\":\"unhealthy\"}"), 0);
+    cr_assert_eq(monitor_once(&r), 2, "said %s", r.out);
+    cr_assert(strstr(r.out, "bus unhealthy"), "%s", r.out);
+    bus_cmd_free(&r);
+
+    cr_assert_eq(bus_sh(&bus, &r, "%s ./nowhere --once", example("monitor.sh")), 3);
+    bus_cmd_free(&r);
+}
+
+static void short_ttl(void)
+{
+    bus_require_fuse();
+    bus_start(&bus, "--health-ttl", "1", NULL);
+}
+
+BUS_TEST_WITH(examples, monitor_once_counts_a_stale_agent_as_unhealthy, short_ttl)
+{
+    bus_agents(&bus, "alice", NULL);
+    cr_assert_eq(bus_write(AT("agents/alice/health"), "healthy\n"), 0);
+    bus_pause_ms(1300);
+    struct bus_cmd r;
+    cr_assert_eq(monitor_once(&r), 2, "said %s", r.out);
+    cr_assert(strstr(r.out, "alice: stale"), "%s", r.out);
+    bus_cmd_free(&r);
+}
+
+/* The worker reports healthy, keeps its heartbeat while it waits past the ttl,
+ * handles messages, and ends by itself once drained. */
+BUS_TEST_WITH(examples, worker_reports_health_beats_and_ends_when_drained, short_ttl)
+{
+    bus_agents(&bus, "alice", NULL);
+    struct bus_proc w;
+    bus_spawn(&bus, &w, "exec %s . bob 0.3", example("worker.sh"));
+
+    json_t *h = NULL;
+    for (int i = 0; i < 100; i++) {
+        json_decref(h);
+        h = bus_read(AT("agents/bob/health"), NULL) ? bus_json_file(AT("agents/bob/health"), 0)
+                                                     : NULL;
+        if (h && strcmp(bus_str(h, "status"), "healthy") == 0)
+            break;
+        bus_pause_ms(100);
+    }
+    cr_assert(h && strcmp(bus_str(h, "status"), "healthy") == 0, "the worker never reported");
+    json_decref(h);
+
+    bus_pause_ms(1500); /* longer than the ttl: only the heartbeat keeps bob fresh */
+    h = bus_json_file(AT("agents/bob/health"), 0);
+    cr_assert_str_eq(bus_str(h, "status"), "healthy", "bob went stale while waiting");
+    json_decref(h);
+
+    bus_send("alice", "bob", "one");
+    bus_send("alice", "bob", "{\"n\":2}");
+    bus_send("alice", "bob", "three");
+    cr_assert_eq(bus_write(AT("agents/bob/ctl"), "drain\n"), 0);
+
+    char *out = NULL;
+    int status = bus_proc_wait(&w, BUS_WAIT_MS, &out);
+    cr_assert_eq(status, 0, "worker status %d, said: %s", status, out ? out : "");
+    cr_assert(strstr(out, "bob: got \"one\" from alice"), "%s", out);
+    cr_assert(strstr(out, "bob: got {\"n\":2} from alice"), "%s", out);
+    cr_assert(strstr(out, "bob: drained after 3 message(s)"), "%s", out);
+    free(out);
+
+    cr_assert_eq(bus_count(AT("agents/bob/inbox")), 0, "every message was acknowledged");
+    h = bus_json_file(AT("agents/bob/health"), 0);
+    cr_assert_str_eq(bus_str(h, "status"), "degraded");
+    cr_assert_str_eq(bus_str(h, "reason"), "drained after 3 message(s)");
+    cr_assert_str_eq(bus_str(h, "state"), "draining");
+    json_decref(h);
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&bus, &r, "rmdir agents/bob"), 0, "rmdir after the drain: %s", r.err);
+    bus_cmd_free(&r);
+}
