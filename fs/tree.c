@@ -326,8 +326,14 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		/* outbox/B never exists as a file: creating it starts a message. */
 		char id[BUS_MSG_ID_LEN + 1];
 		r.number = message_parse_file_name(name, id);
-		if (r.number)
+		if (!r.number)
+			break;
+		/* The whole name must match: the right number with another msg_id is not it. */
+		struct bus_message *m = p.node == N_INBOX ? bus_inbox_get(fs->bus, p.agent_id, r.number)
+							  : bus_outbox_get(fs->bus, p.agent_id, r.number);
+		if (m && strcmp(m->msg_id, id) == 0)
 			r.node = p.node == N_INBOX ? N_INBOX_MSG : N_OUTBOX_MSG;
+		message_unref(m);
 		break;
 	}
 	default:

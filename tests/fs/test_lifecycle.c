@@ -42,7 +42,7 @@ static void assert_help_mentions(const char *option, ...)
 Test(lifecycle, help_lists_the_store_and_message_options, .timeout = BUS_TEST_TIMEOUT)
 {
     assert_help_mentions("--store", "--inbox-capacity", "--max-message-size", "--store-max-bytes",
-                         "--check", "--version", "-o", NULL);
+                         "--health-ttl", "--check", "--version", "-o", NULL);
 }
 
 Test(lifecycle, version_prints_a_version_and_exits_zero, .timeout = BUS_TEST_TIMEOUT)

@@ -103,3 +103,29 @@ BUS_TEST(robustness, garbage_writes_change_nothing_and_the_store_stays_consisten
     cr_assert_eq(status, 0, "busfs --check after bad input: %d: %s%s", status, r.out, r.err);
     bus_cmd_free(&r);
 }
+
+/* A message file's whole name must match: the right delivery number with another
+ * msg_id names nothing, so stat and rm agree (ENOENT) and nothing is consumed. */
+BUS_TEST(robustness, a_message_name_with_a_wrong_msg_id_does_not_exist)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    bus_send("alice", "bob", "keep me");
+    size_t n;
+    char **names = bus_ls(AT("agents/bob/inbox"), &n);
+    cr_assert(names && n == 1);
+    char wrong[256];
+    snprintf(wrong, sizeof wrong, "%s", names[0]);
+    char *stamp = strstr(wrong, "-MSG-");  /* -MSG-<date>-<time>-<store id>-<counter> */
+    cr_assert(stamp);
+    stamp[5] = stamp[5] == '1' ? '2' : '1';  /* another year, the same numbers */
+    struct stat st;
+    cr_assert_eq(stat(AT("agents/bob/inbox/%s", wrong), &st), -1, "%s exists", wrong);
+    cr_assert_eq(errno, ENOENT);
+    cr_assert_eq(unlink(AT("agents/bob/inbox/%s", wrong)), -1);
+    cr_assert_eq(errno, ENOENT);
+    cr_assert_eq(stat(AT("agents/bob/outbox/%s", wrong), &st), -1);
+    cr_assert_eq(stat(AT("agents/alice/outbox/%s", wrong), &st), -1);
+    cr_assert_eq(stat(AT("agents/alice/outbox/%s", names[0]), &st), 0, "the real name exists");
+    cr_assert_eq(bus_count(AT("agents/bob/inbox")), 1, "nothing was consumed");
+    bus_ls_free(names, n);
+}
