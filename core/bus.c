@@ -475,6 +475,22 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len)
 		a->last_seen_us = (int64_t)seen;
 		return 0;
 	}
+	case REC_REJECT: {
+		uint32_t code = rd_u32(&r);
+		if (r.bad)
+			return -EINVAL;
+		bus->rejected_total++;
+		bus->rejected_by[code < BUS_ERRNO_MAX ? code : 0]++;
+		return 0;
+	}
+	case REC_SNAP_REJECT: {
+		uint32_t code = rd_u32(&r);
+		uint64_t n = rd_u64(&r);
+		if (r.bad)
+			return -EINVAL;
+		bus->rejected_by[code < BUS_ERRNO_MAX ? code : 0] = n;
+		return 0;
+	}
 	case REC_SNAP_HEAD:
 		bus->counter = rd_u64(&r);
 		bus->delivered_total = rd_u64(&r);
@@ -583,6 +599,14 @@ static int compact_locked(struct bus *bus)
 	buf_put_u64(&b, bus->delivered_total);
 	buf_put_u64(&b, bus->rejected_total);
 	rc = snap_add(bus, &b);
+	for (uint32_t code = 0; code < BUS_ERRNO_MAX && rc == 0; code++) {
+		if (!bus->rejected_by[code])
+			continue;
+		buf_put_u8(&b, REC_SNAP_REJECT);
+		buf_put_u32(&b, code);
+		buf_put_u64(&b, bus->rejected_by[code]);
+		rc = snap_add(bus, &b);
+	}
 	strmap_foreach(&bus->seqs, s) {
 		if (rc < 0)
 			break;
@@ -950,7 +974,14 @@ void bus_log_error(struct bus *bus, const char *agent, const char *op, const cha
 	buf_puts(&line, "}\n");
 	if (buf_ok(&line)) {
 		bus_lock(bus);
-		bus->rejected_total++;
+		/* The counters are journalled so they survive a crash; the log lines are not. */
+		buf_reset(&bus->rec);
+		buf_put_u8(&bus->rec, REC_REJECT);
+		buf_put_u32(&bus->rec, (uint32_t)err->code);
+		if (bus_commit(bus, NULL) < 0) {
+			bus->rejected_total++;
+			bus->rejected_by[(unsigned)err->code < BUS_ERRNO_MAX ? err->code : 0]++;
+		}
 		errlog_add(&bus->errors, line.data, line.len);
 		struct agent *a = agent ? bus_find(bus, agent) : NULL;
 		if (a)

@@ -14,6 +14,8 @@
 #include "busfs/store.h"
 #include "busfs/strmap.h"
 
+#define BUS_ERRNO_MAX 160
+
 enum record_type {
 	REC_AGENT_ADD = 1,  /* str name, u32 uid, u32 gid, u64 created_us, u8 draining,
 			       u64 delivered_total, u64 acked_total */
@@ -23,9 +25,11 @@ enum record_type {
 	REC_STATE = 5,      /* str agent, u8 draining */
 	REC_HEALTH = 6,     /* str agent, u8 status, u64 last_seen_us, bytes reason, bytes extra */
 	REC_BEAT = 7,       /* str agent, u64 last_seen_us */
+	REC_REJECT = 8,     /* u32 errno: one refused operation, for the counters */
 	REC_SNAP_HEAD = 10, /* u64 counter, u64 delivered_total, u64 rejected_total */
 	REC_SNAP_SEQ = 11,  /* str pair key, u64 sequence */
 	REC_SNAP_MSG = 12,  /* u8 where (1 inbox, 2 outbox), message */
+	REC_SNAP_REJECT = 13, /* u32 errno, u64 count */
 };
 
 /* Pending messages in delivery order. Removal leaves a hole (NULL) that compaction
@@ -83,6 +87,7 @@ struct bus {
 	uint64_t pending;
 	uint64_t delivered_total;
 	uint64_t rejected_total;
+	uint64_t rejected_by[BUS_ERRNO_MAX]; /* per errno; [0] holds codes beyond the table */
 	uint64_t compacted_at;       /* journal bytes after the last compaction attempt */
 
 	struct errlog errors;

@@ -2445,3 +2445,28 @@ BUS_TEST(reregistering_an_agent_starts_its_health_afresh)
     cr_assert_str_eq(jstr(h, "status"), "unknown", "the removed agent's record stays removed");
     json_decref(h);
 }
+
+static void refuse_three_then_crash(void)
+{
+    agent("alice");
+    struct bus_error err = {0};
+    bus_fail(&err, EAGAIN, "full");
+    bus_log_error(the_bus, "alice", "create", "agents/alice/outbox/bob", OWNER, &err);
+    bus_log_error(the_bus, NULL, "mkdir", "agents/x y", OWNER, &err);
+    bus_fail(&err, EINVAL, "bad");
+    bus_log_error(the_bus, "alice", "write", "agents/alice/send", OWNER, &err);
+}
+
+BUS_TEST(rejection_counters_survive_a_kill_9_and_a_restart)
+{
+    cfg = (struct bus_config){.store_dir = store_dir, .store_max_bytes = UINT64_C(256) << 20};
+    in_crashing_child(refuse_three_then_crash);
+    the_bus = open_with(&cfg);
+    struct bus_stats st;
+    bus_stats(the_bus, &st);
+    cr_assert_eq(st.rejected_total, 3);
+    cr_assert_eq(bus_errors_size(the_bus, 0), 0, "the log lines themselves are not kept");
+    reopen();
+    bus_stats(the_bus, &st);
+    cr_assert_eq(st.rejected_total, 3, "and the snapshot keeps them too");
+}
