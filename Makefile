@@ -16,8 +16,8 @@ CFLAGS    ?= -O2 -g
 CPPFLAGS  += -Iinclude -D_GNU_SOURCE -DBUSFS_VERSION='"$(VERSION)"'
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SAN) -pthread \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS_CORE = $(shell pkg-config --libs jansson 2>/dev/null) -pthread
-LDLIBS_FS   = $(shell pkg-config --libs fuse3 jansson 2>/dev/null) -pthread
+LDLIBS_CORE = $(shell pkg-config --libs jansson 2>/dev/null) -pthread -lm
+LDLIBS_FS   = $(shell pkg-config --libs fuse3 jansson 2>/dev/null) -pthread -lm
 LDLIBS_TEST = $(shell pkg-config --libs criterion 2>/dev/null)
 
 CORE_SRC := $(wildcard core/*.c)
