@@ -301,6 +301,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 /* ---------- WRITE, FLUSH, RELEASE ---------- */
 
+static bool blank(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strchr(" \t\r\n", p[i]) || !p[i])
+			return false;
+	return true;
+}
+
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
@@ -310,6 +318,13 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 	uid_t uid = fuse_req_ctx(req)->uid;
 	unsigned delivered;
 	int rc;
+	/* A report or command is one write, but some writers send its newline by itself
+	 * (an unbuffered print(), printf's second line): after an accepted write, a write
+	 * of only blanks in the same open file is that tail, not an empty report. */
+	if ((h->node == N_HEALTH || h->node == N_CTL) && h->wrote && blank(data, size)) {
+		fuse_reply_write(req, size);
+		return;
+	}
 	switch (h->node) {
 	case N_PAIR:
 		rc = bus_draft_write(fs->bus, h->draft, data, size, &err);
@@ -327,10 +342,12 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 	default:
 		rc = bus_fail(&err, EACCES, "this file is read-only");
 	}
-	if (rc < 0)
+	if (rc < 0) {
 		refuse(req, "write", h->path, h->agent_id, &err);
-	else
-		fuse_reply_write(req, size);
+		return;
+	}
+	h->wrote = true;
+	fuse_reply_write(req, size);
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -50,6 +50,7 @@ struct handle {
 	struct buf doc;               /* README, ctl, health: rendered once at open */
 	struct bus_message *msg;      /* message files; N_NEXT once answered */
 	bool next_done;               /* N_NEXT answered with end-of-file */
+	bool wrote;                   /* N_HEALTH, N_CTL: a write was accepted */
 	struct fuse_pollhandle *ph;   /* N_NEXT, owned here until handed to the notifier */
 	struct handle *poll_next, *poll_prev;  /* list of handles holding a poll handle */
 	struct handle *open_next, *open_prev;  /* list of all open handles (struct fs) */

@@ -1011,3 +1011,31 @@ BUS_TEST(health, age_goes_on_from_the_stored_last_seen_across_a_restart)
     cr_assert_str_eq(bus_str(h, "status"), "degraded");
     json_decref(h);
 }
+
+/* Some writers send a report's newline by itself (Python's unbuffered print(), a
+ * second printf line): after an accepted report, blanks in the same open file are its
+ * tail. As the first write of an open file they are still an empty report. */
+BUS_TEST(health, a_newline_written_by_itself_after_a_report_is_its_tail)
+{
+    bus_agents(&bus, "alice", NULL);
+    size_t errs = bus_jsonl_count(AT("errors"));
+    int fd = open(AT("agents/alice/health"), O_WRONLY);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "degraded slow", 13), 13);
+    cr_assert_eq(write(fd, "\n", 1), 1, "the tail: %s", strerror(errno));
+    cr_assert_eq(write(fd, " \r\n", 3), 3);
+    cr_assert_eq(close(fd), 0);
+    json_t *h = health("alice");
+    cr_assert_str_eq(bus_str(h, "status"), "degraded");
+    cr_assert_str_eq(bus_str(h, "reason"), "slow");
+    json_decref(h);
+    cr_assert_eq(bus_jsonl_count(AT("errors")), errs, "nothing was refused");
+
+    fd = open(AT("agents/alice/health"), O_WRONLY);
+    cr_assert_geq(fd, 0);
+    errno = 0;
+    cr_assert_eq(write(fd, "\n", 1), -1, "a blank first write is an empty report");
+    cr_assert_eq(errno, EINVAL);
+    close(fd);
+    bus_assert_logged(AT("errors"), errs, "empty health report");
+}
