@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# busfs benchmark: one message per open+write+close, and batched `send` writes,
-# against the FUSE floor (nullfs), libfuse's passthrough_ll, and plain tmpfs.
+# busfs benchmark: one message per open+write+close, batched `send` writes, and
+# reading generated documents (health/status of BENCH_READ_AGENTS agents, one agent's
+# health), against the FUSE floor (nullfs), libfuse's passthrough_ll, and plain tmpfs.
 #
 #   tests/bench/bench.sh [BUSFS_BINARY]        (normally run by `make bench`)
 #
@@ -11,6 +12,11 @@
 #   BENCH_ROUND_SECS  cap one round of one target at about this long,
 #                     from a warm-up run's rate; 0 = always the full N (1.5)
 #   BENCH_PROCS       writer processes of the parallel outbox workload (4)
+#   BENCH_READ_N      max reads per round per target, read workloads   (2000)
+#                     (one read = open(O_RDONLY) + read() with a 64 KiB
+#                     buffer until end-of-file + close)
+#   BENCH_READ_AGENTS agents registered, each with one health report,
+#                     on the busfs whose health/status is read         (1000)
 #   BENCH_TIMEOUT     seconds before one client run counts as hung     (120)
 #
 # Needs nullfs and client in ./out (the Makefile builds them), cc, pkg-config,
@@ -29,11 +35,13 @@ BATCH_N=${BENCH_BATCH_N:-50000}
 ROUNDS=${BENCH_ROUNDS:-5}
 ROUND_SECS=${BENCH_ROUND_SECS:-1.5}
 PROCS=${BENCH_PROCS:-4}
+READ_N=${BENCH_READ_N:-2000}
+READ_AGENTS=${BENCH_READ_AGENTS:-1000}
 TMO=${BENCH_TIMEOUT:-120}
 BATCH_SIZES=(1 10 100 1000)
 EXAMPLES=/usr/share/doc/libfuse3-dev/examples
 
-for v in N BATCH_N ROUNDS PROCS TMO; do
+for v in N BATCH_N ROUNDS PROCS READ_N READ_AGENTS TMO; do
 	case ${!v} in
 	'' | *[!0-9]* | 0) echo "bench: $v must be a positive integer (got '${!v}')" >&2; exit 2 ;;
 	esac
@@ -76,15 +84,21 @@ wait_gone() {
 }
 
 # stop_target NAME: fusermount3 -u, wait for the server to exit (TERM, then KILL, if it
-# does not); a server that crashes or fails on the way out is recorded in STOPFAIL.
-declare -A STOPFAIL=()
+# does not within 30 s); a server that crashes or fails on the way out is recorded in
+# STOPFAIL, one that takes over 3 s in STOPSLOW.  (busfs compacts its store on the way
+# out: about 5 s for the ~1M messages the batch workload leaves on a busy machine.)
+declare -A STOPFAIL=() STOPSLOW=()
 stop_target() {
-	local name=$1 m=${MNT[$1]:-} p=${PID[$1]:-} rc sig=""
+	local name=$1 m=${MNT[$1]:-} p=${PID[$1]:-} rc sig="" t0 ms
 	if [ -n "$m" ] && is_mounted "$m"; then
 		fusermount3 -u "$m" 2>/dev/null
 	fi
 	if [ -n "$p" ]; then
-		if ! wait_gone "$p" 30; then
+		t0=$(date +%s%N)
+		if wait_gone "$p" 300; then
+			ms=$((($(date +%s%N) - t0) / 1000000))
+			[ "$ms" -gt 3000 ] && STOPSLOW[$name]="took $((ms / 1000)).$((ms % 1000 / 100)) s to exit after fusermount3 -u"
+		else
 			sig=TERM
 			kill -TERM "$p" 2>/dev/null
 			wait_gone "$p" 50 || { sig=KILL; kill -KILL "$p" 2>/dev/null; }
@@ -137,6 +151,7 @@ model=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head 
 echo "busfs benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine: $(nproc) CPUs, ${model:-unknown CPU}, kernel $(uname -r), libfuse $(pkg-config --modversion fuse3 2>/dev/null || echo '?')"
 echo "settings: BENCH_N=$N BENCH_BATCH_N=$BATCH_N BENCH_ROUNDS=$ROUNDS BENCH_ROUND_SECS=$ROUND_SECS BENCH_PROCS=$PROCS"
+echo "          BENCH_READ_N=$READ_N BENCH_READ_AGENTS=$READ_AGENTS"
 echo
 
 # ---------------------------------------------------------------- targets
@@ -166,7 +181,7 @@ start_target() {
 	return 1
 }
 
-declare -A OUTBOX=() BATCHF=()
+declare -A OUTBOX=() BATCHF=() STATUSF=() HEALTHF=()
 
 # (a) nullfs, single-threaded loop — the FUSE floor
 if start_target nullfs "$WORK/mnt-nullfs" 200 "$NULLFS" -f "$WORK/mnt-nullfs"; then
@@ -230,20 +245,26 @@ declare -A LABEL=(
 	[nullfs-mt]="nullfs (--mt)"
 	[passthrough_ll]="passthrough_ll/tmpfs"
 	[busfs]="busfs"
+	[busfs-read]="busfs"
 	[tmpfs]="tmpfs"
 )
+# The read workloads: busfs-read is a second busfs, started for them (see below).
+READ_TARGETS=(nullfs passthrough_ll busfs-read tmpfs)
 
 # ---------------------------------------------------------------- measuring
-declare -A RATES=() COUNT=()
+declare -A RATES=() COUNT=() BYTESR=()
 ALLJOBS=()
 
-# run_client JOB ARGS...: one client run; sets RATE, or records the failure in FAIL[JOB].
+# run_client JOB ARGS...: one client run; sets RATE (and BYTES, the bytes per read of a
+# read run), or records the failure in FAIL[JOB].
 # (Not run in a $(...) subshell, so FAIL survives.)
 RATE=""
+BYTES=""
 run_client() {
 	local job=$1 out rc
 	shift
 	RATE=""
+	BYTES=""
 	out=$(timeout -k 5 "$TMO" "$CLIENT" "$@" 2>&1)
 	rc=$?
 	if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
@@ -255,7 +276,9 @@ run_client() {
 		FAIL[$job]=$(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')
 		return 1
 	fi
-	RATE=$(printf '%s\n' "$out" | awk '/msgs\/s/ { r = $1 } END { print r }')
+	RATE=$(printf '%s\n' "$out" | awk '/(msgs|reads)\/s/ { r = $1 } END { print r }')
+	BYTES=$(printf '%s\n' "$out" | awk '/reads\/s/ { for (i = 2; i <= NF; i++)
+		if ($i ~ /^bytes\/read/) b = $(i - 1) } END { print b }')
 	if [ -z "$RATE" ]; then
 		FAIL[$job]="unexpected client output: $out"
 		return 1
@@ -263,13 +286,15 @@ run_client() {
 }
 
 # job_args JOB COUNT: the client command line of a job.
-#   jobs: outbox1:T, outboxP:T, batchL:T
+#   jobs: outbox1:T, outboxP:T, batchL:T, status:T, health:T
 job_args() {
 	local job=$1 n=$2 kind=${1%%:*} t=${1#*:}
 	case $kind in
 	outbox1) echo outbox "${OUTBOX[$t]}" "$n" ;;
 	outboxP) echo outbox-procs "$PROCS" "${OUTBOX[$t]}" "$n" ;;
 	batch*) echo batch "${BATCHF[$t]}" "${kind#batch}" "$n" ;;
+	status) echo read "${STATUSF[$t]}" "$n" ;;
+	health) echo read "${HEALTHF[$t]}" "$n" ;;
 	esac
 }
 
@@ -306,6 +331,7 @@ measure() {
 		for job in "${jobs[@]}"; do
 			if run_job "$job" "${COUNT[$job]:-$maxn}"; then
 				RATES[$job]+="$RATE "
+				[ -n "$BYTES" ] && BYTESR[$job]+="$BYTES "
 				line+=" ${job#*:}=${RATE%.*}/s"
 			else
 				line+=" ${job#*:}=FAILED"
@@ -328,6 +354,94 @@ measure "outbox $PROCS procs" "$N" $(jobs_for outboxP)
 BATCH_JOBS=()
 for l in "${BATCH_SIZES[@]}"; do BATCH_JOBS+=("batch$l:busfs" "batch$l:tmpfs"); done
 measure "batch" "$BATCH_N" "${BATCH_JOBS[@]}"
+
+# Reads.  A busfs of its own, started now, so that its bus holds exactly READ_AGENTS
+# agents (not alice and bob with their backlog) and every report is fresh: the reports
+# are written just before the reads, and --health-ttl 3600 keeps any from going stale
+# during them.  The set-up (mkdir, one health report each, copies) is not timed.
+# tmpfs and passthrough_ll read a copy of the rendered document, nullfs its blob-SIZE
+# file of the same size.
+STATUS_BYTES="" HEALTH_BYTES="" SETUP_ERR="" READ_AGENT1="" SETUP_T0=0 SETUP_MS=0
+# setup_reads ROOT: register and report; copy the documents. Sets STATUS_BYTES,
+# HEALTH_BYTES, STATUSF/HEALTHF[busfs-read]; on failure returns 1 with SETUP_ERR set.
+setup_reads() {
+	local R=$1 i a w r msg
+	local names=()
+	w=${#READ_AGENTS}
+	[ "$w" -lt 4 ] && w=4
+	for ((i = 1; i <= READ_AGENTS; i++)); do
+		printf -v a 'a%0*d' "$w" "$i"
+		names+=("$a")
+	done
+	if ! msg=$(mkdir "${names[@]/#/$R/agents/}" 2>&1); then
+		SETUP_ERR="mkdir agents/...: $(printf '%s' "$msg" | head -n 2 | tr '\n' ' ')"
+		return 1
+	fi
+	# One write() each, from bash's builtin printf: no process per report.
+	{
+		for ((i = 1; i <= READ_AGENTS; i++)); do
+			a=${names[i - 1]}
+			case $((i % 3)) in
+			1) r='healthy' ;;
+			2) r='degraded disk 91% full' ;;
+			0) r='{"status":"healthy","queue":17}' ;;
+			esac
+			printf '%s\n' "$r" >"$R/agents/$a/health" || break
+		done
+	} 2>"$WORK/read-setup.err"
+	if [ "$i" -le "$READ_AGENTS" ]; then
+		SETUP_ERR="health report of $a: $(tail -n 2 "$WORK/read-setup.err" | tr '\n' ' ')"
+		return 1
+	fi
+	# Every document carries age_s (and health/status uptime_s), which gain a digit at
+	# 10 s and at 100 s.  Wait until the last report is 10 s old: the copies taken then
+	# have the size busfs serves during the reads (as long as they end within 100 s).
+	SETUP_MS=$((($(date +%s%N) - SETUP_T0) / 1000000))
+	sleep 10.3
+	if ! cat "$R/health/status" >"$SHM/tmpfs/status" 2>/dev/null ||
+		! cat "$R/agents/${names[0]}/health" >"$SHM/tmpfs/health" 2>/dev/null; then
+		SETUP_ERR="reading health/status or agents/${names[0]}/health failed"
+		return 1
+	fi
+	# Sanity: the document covers them all, each with a report.
+	if ! grep -q "\"agents\":$READ_AGENTS," "$SHM/tmpfs/status" ||
+		! grep -q '"unknown":0' "$SHM/tmpfs/status"; then
+		SETUP_ERR="health/status does not show $READ_AGENTS agents with a report: ...$(tail -c 200 "$SHM/tmpfs/status")"
+		return 1
+	fi
+	STATUS_BYTES=$(stat -c %s "$SHM/tmpfs/status")
+	HEALTH_BYTES=$(stat -c %s "$SHM/tmpfs/health")
+	STATUSF[busfs-read]="$R/health/status"
+	READ_AGENT1=${names[0]}
+	HEALTHF[busfs-read]="$R/agents/${names[0]}/health"
+}
+if [ -z "$BUSFS" ] || [ ! -x "$BUSFS" ]; then
+	ORDER+=(busfs-read)
+	FAIL[busfs-read]="${FAIL[busfs]:-no busfs binary}"
+elif start_target busfs-read "$WORK/mnt-busfs-read" 300 "$BUSFS" -f --store "$SHM/store-read" \
+	--health-ttl 3600 "$WORK/mnt-busfs-read"; then
+	SETUP_T0=$(date +%s%N)
+	if setup_reads "$WORK/mnt-busfs-read"; then
+		log "reads set-up: $READ_AGENTS agents registered and reported in $SETUP_MS ms (+10 s wait); health/status $STATUS_BYTES B, agent health $HEALTH_BYTES B"
+	else
+		FAIL[busfs-read]="read set-up failed: $SETUP_ERR"
+	fi
+fi
+if [ -n "$STATUS_BYTES" ]; then
+	STATUSF[tmpfs]="$SHM/tmpfs/status"
+	HEALTHF[tmpfs]="$SHM/tmpfs/health"
+	cp "$SHM/tmpfs/status" "$SHM/tmpfs/health" "$SHM/pt-src/" 2>/dev/null &&
+		STATUSF[passthrough_ll]="$WORK/mnt-pt/status" HEALTHF[passthrough_ll]="$WORK/mnt-pt/health"
+	STATUSF[nullfs]="$WORK/mnt-nullfs/blob-$STATUS_BYTES"
+	HEALTHF[nullfs]="$WORK/mnt-nullfs/blob-$HEALTH_BYTES"
+	# shellcheck disable=SC2046
+	measure "status read" "$READ_N" $(for t in "${READ_TARGETS[@]}"; do echo "status:$t"; done)
+	# shellcheck disable=SC2046
+	measure "agent health" "$READ_N" $(for t in "${READ_TARGETS[@]}"; do echo "health:$t"; done)
+else
+	for t in "${READ_TARGETS[@]}"; do ALLJOBS+=("status:$t" "health:$t"); done
+	FAIL[status:busfs-read]="no document to size the others by: ${FAIL[busfs-read]:-}"
+fi
 T1=$(date +%s)
 
 # ---------------------------------------------------------------- table
@@ -337,6 +451,11 @@ for job in "${!RATES[@]}"; do
 	# jobs of the same target that completed before it keep their figures.
 	[ -n "${FAIL[$job]:-}" ] && continue
 	MED[$job]=$(printf '%s' "${RATES[$job]}" | median)
+done
+declare -A MEDB=()
+for job in "${!BYTESR[@]}"; do
+	[ -n "${FAIL[$job]:-}" ] && continue
+	MEDB[$job]=$(printf '%s' "${BYTESR[$job]}" | median)
 done
 
 ratio() { # ratio RATE REF_JOB
@@ -355,6 +474,22 @@ row() { # row WORKLOAD JOB NULL_REF TMPFS_REF
 		why="not run"
 		[ -n "${FAIL[$job]:-}" ] && why="FAILED"
 		printf '%-16s %-22s %12s %10s %11s %9s\n' "$wl" "${LABEL[$t]}" "$why" "-" "-" "-"
+	fi
+}
+
+row_read() { # row_read WORKLOAD JOB NULL_REF TMPFS_REF
+	local wl=$1 job=$2 t=${2#*:} m why over="-"
+	m=${MED[$job]:-}
+	if [ -n "$m" ]; then
+		[ -n "${MED[$3]:-}" ] &&
+			over=$(awk -v r="$m" -v f="${MED[$3]}" 'BEGIN { printf "%+.1f", 1e6 / r - 1e6 / f }')
+		printf '%-14s %-21s %10.0f %9.2f %10.0f %9s %8s %8s\n' "$wl" "${LABEL[$t]}" "$m" \
+			"$(awk -v r="$m" 'BEGIN { print 1e6 / r }')" "${MEDB[$job]:-0}" "$over" \
+			"$(ratio "$m" "$3")" "$(ratio "$m" "$4")"
+	else
+		why="not run"
+		[ -n "${FAIL[$job]:-}" ] && why="FAILED"
+		printf '%-14s %-21s %10s %9s %10s %9s %8s %8s\n' "$wl" "${LABEL[$t]}" "$why" - - - - -
 	fi
 }
 
@@ -378,6 +513,22 @@ for l in "${BATCH_SIZES[@]}"; do
 	done
 done
 echo
+echo "Reads: one read = open(O_RDONLY) + read() into a 64 KiB buffer until it returns 0 +"
+echo "close. busfs (a second mount, --health-ttl 3600) reads health/status with"
+echo "$READ_AGENTS agents that each reported once (healthy / 'degraded disk 91% full' /"
+echo "{\"status\":\"healthy\",\"queue\":17} in turn), rendered at every open, and"
+echo "agents/${READ_AGENT1:-a0001}/health. tmpfs and passthrough_ll read copies of the two documents"
+echo "(${STATUS_BYTES:-?} B and ${HEALTH_BYTES:-?} B) through the page cache; passthrough_ll drops its"
+echo "pages at each open. nullfs reads blob-SIZE of the same size: OPEN, READ until a"
+echo "short reply, FLUSH, RELEASE, direct_io like busfs, no work. bytes = median bytes"
+echo "per read; +us = us/read minus nullfs's; x nullfs = reads/s / nullfs reads/s."
+echo
+printf '%-14s %-21s %10s %9s %10s %9s %8s %8s\n' workload target reads/s "us/read" bytes "+us" "x nullfs" "x tmpfs"
+printf '%s\n' "-------------------------------------------------------------------------------------------"
+for t in "${READ_TARGETS[@]}"; do row_read "status read" "status:$t" status:nullfs status:tmpfs; done
+echo
+for t in "${READ_TARGETS[@]}"; do row_read "agent health" "health:$t" health:nullfs health:tmpfs; done
+echo
 
 # ---------------------------------------------------------------- failures
 # Exit status: 0 only when every target and workload was measured and every server
@@ -388,9 +539,11 @@ for n in "${ORDER[@]}"; do
 	if [ -n "${STOPFAIL[$n]:-}" ]; then
 		echo "$n: server ${STOPFAIL[$n]}"
 		status=1
+	elif [ -n "${STOPSLOW[$n]:-}" ]; then
+		echo "$n: server ${STOPSLOW[$n]} (not a failure)"
 	fi
 done
-for t in "${TARGETS[@]}"; do
+for t in "${TARGETS[@]}" busfs-read; do
 	if [ -n "${FAIL[$t]:-}" ]; then
 		echo "$t: not measured: ${FAIL[$t]}"
 		status=1
@@ -402,7 +555,7 @@ for job in "${ALLJOBS[@]}"; do
 		status=1
 	fi
 done
-if [ -n "${FAIL[busfs]:-}" ]; then
+if [ -n "${FAIL[busfs]:-}" ] || [ -n "${FAIL[busfs-read]:-}" ]; then
 	echo "busfs FAILED (the other targets were measured without it)."
 elif [ "$status" = 0 ]; then
 	echo "all targets measured."

@@ -5,10 +5,15 @@
  *   client outbox-procs P PATH N        the same from P processes in parallel, N/P each
  *   client batch        PATH LINES N    one open(O_WRONLY|O_APPEND), N messages written
  *                                       LINES newline-terminated JSON records per write()
+ *   client read         PATH N          N x (open(O_RDONLY) + read() with a 64 KiB buffer
+ *                                       until it returns 0 + close)
  *
- * Prints one line: "<rate> msgs/s (<count> msgs, <seconds> s, <us> us/op)".
+ * Prints one line: "<rate> msgs/s (<count> msgs, <seconds> s, <us> us/op)", or for
+ * read "<rate> reads/s (<count> reads, <seconds> s, <us> us/op, <bytes> bytes/read)"
+ * where bytes/read is the mean over the N reads of the file, followed by
+ * ", <min>-<max> bytes" when not every read returned the same size.
  * Any failing system call (including a short write, EAGAIN from a full inbox,
- * ENOSPC, ...) is fatal: a message naming the call and the error, exit 1.
+ * ENOSPC, EINTR, ...) is fatal: a message naming the call and the error, exit 1.
  */
 #define _GNU_SOURCE
 
@@ -23,6 +28,7 @@
 #include <unistd.h>
 
 #define OUTBOX_BODY 200
+#define READ_BUF (64 * 1024)
 
 static const char *prog = "client";
 
@@ -216,6 +222,55 @@ static int cmd_batch(int argc, char **argv)
 	return 0;
 }
 
+static int cmd_read(int argc, char **argv)
+{
+	if (argc != 4) {
+		fprintf(stderr, "usage: %s read PATH N\n", prog);
+		return 2;
+	}
+	const char *path = argv[2];
+	long n = parse_count(argv[3], "N");
+	char *buf = malloc(READ_BUF);
+	if (!buf)
+		die("malloc", "-", -1);
+	long long total = 0, lo = -1, hi = -1;
+
+	double t0 = now();
+	for (long i = 0; i < n; i++) {
+		int fd = open(path, O_RDONLY);
+		if (fd < 0)
+			die("open", path, i);
+		long long got = 0;
+		for (;;) {
+			ssize_t r = read(fd, buf, READ_BUF);
+			if (r < 0)
+				die("read", path, i);
+			if (r == 0)
+				break;
+			got += r;
+		}
+		if (close(fd) != 0)
+			die("close", path, i);
+		total += got;
+		if (lo < 0 || got < lo)
+			lo = got;
+		if (got > hi)
+			hi = got;
+	}
+	double secs = now() - t0;
+	free(buf);
+
+	if (secs <= 0)
+		secs = 1e-9;
+	printf("%.1f reads/s (%ld reads, %.3f s, %.2f us/op, %.0f bytes/read",
+	       (double)n / secs, n, secs, secs * 1e6 / (double)n, (double)total / (double)n);
+	if (lo != hi)
+		printf(", %lld-%lld bytes", lo, hi);
+	printf(")\n");
+	fflush(stdout);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2) {
@@ -225,11 +280,14 @@ int main(int argc, char **argv)
 			return cmd_outbox_procs(argc, argv);
 		if (strcmp(argv[1], "batch") == 0)
 			return cmd_batch(argc, argv);
+		if (strcmp(argv[1], "read") == 0)
+			return cmd_read(argc, argv);
 	}
 	fprintf(stderr,
 		"usage: %s outbox PATH N\n"
 		"       %s outbox-procs P PATH N\n"
-		"       %s batch PATH LINES N\n",
-		prog, prog, prog);
+		"       %s batch PATH LINES N\n"
+		"       %s read PATH N\n",
+		prog, prog, prog, prog);
 	return 2;
 }

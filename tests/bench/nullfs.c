@@ -9,6 +9,14 @@
  * daemon round trips alone, i.e. the best any FUSE server could do with the
  * same request sequence.
  *
+ * One exception, for read workloads: the name "blob-SIZE" (SIZE in decimal
+ * bytes, no leading '+' or spaces) in the root is a read-only file of SIZE
+ * bytes.  Nothing is stored: SIZE is carried in the inode number, and READ
+ * replies with a slice of one constant buffer filled at start.  Like busfs's
+ * generated documents (health/status), the entry is cached (1 h), the
+ * attributes are not (timeout 0) and opens use direct_io, so every read()
+ * reaches the daemon, end-of-file included.
+ *
  *     nullfs [-f] [--mt] [-d] [-o opt,...] MOUNTPOINT
  *
  * --mt uses fuse_session_loop_mt (default pool) instead of the single-threaded
@@ -20,6 +28,7 @@
 #include <fuse_lowlevel.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +39,18 @@
 
 static _Atomic fuse_ino_t next_ino = 2;
 static struct timespec start_time;
+
+/* blob-SIZE files: inode BLOB_INO + SIZE.  CREATE's counter never gets near it. */
+#define BLOB_INO ((fuse_ino_t)1 << 48)
+#define BLOB_MAX_SIZE (((fuse_ino_t)1 << 40) - 1)
+/* Replies come from this buffer; one READ never asks for more than max_pages
+ * (at most 256) pages, i.e. 1 MiB, and a larger request would get a short reply. */
+static char blob_data[1 << 20];
+
+static int is_blob(fuse_ino_t ino)
+{
+	return ino >= BLOB_INO && ino - BLOB_INO <= BLOB_MAX_SIZE;
+}
 
 static void fill_attr(fuse_ino_t ino, struct stat *st)
 {
@@ -42,6 +63,11 @@ static void fill_attr(fuse_ino_t ino, struct stat *st)
 	if (ino == FUSE_ROOT_ID) {
 		st->st_mode = S_IFDIR | 0755;
 		st->st_nlink = 2;
+	} else if (is_blob(ino)) {
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)(ino - BLOB_INO);
+		st->st_blocks = (st->st_size + 511) / 512;
 	} else {
 		st->st_mode = S_IFREG | 0644;
 		st->st_nlink = 1;
@@ -57,8 +83,23 @@ static void nl_init(void *userdata, struct fuse_conn_info *conn)
 
 static void nl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	(void)parent;
-	(void)name;
+	if (parent == FUSE_ROOT_ID && strncmp(name, "blob-", 5) == 0 && name[5] >= '0' &&
+	    name[5] <= '9') {
+		char *end;
+		errno = 0;
+		unsigned long long size = strtoull(name + 5, &end, 10);
+		if (!errno && *end == '\0' && size <= BLOB_MAX_SIZE) {
+			struct fuse_entry_param e;
+			memset(&e, 0, sizeof e);
+			e.ino = BLOB_INO + (fuse_ino_t)size;
+			e.generation = 1;
+			e.entry_timeout = 3600.0;
+			e.attr_timeout = 0.0;
+			fill_attr(e.ino, &e.attr);
+			fuse_reply_entry(req, &e);
+			return;
+		}
+	}
 	/* A plain error reply leaves no negative dentry in the kernel. */
 	fuse_reply_err(req, ENOENT);
 }
@@ -109,6 +150,10 @@ static void nl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EISDIR);
 		return;
 	}
+	if (is_blob(ino) && (fi->flags & O_ACCMODE) != O_RDONLY) {
+		fuse_reply_err(req, EACCES);
+		return;
+	}
 	fi->direct_io = 1;
 	fuse_reply_open(req, fi);
 }
@@ -116,11 +161,15 @@ static void nl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void nl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
-	(void)ino;
-	(void)size;
-	(void)off;
 	(void)fi;
-	fuse_reply_buf(req, NULL, 0);
+	size_t len = 0;
+	if (is_blob(ino) && off >= 0 && (uint64_t)off < ino - BLOB_INO) {
+		uint64_t left = ino - BLOB_INO - (uint64_t)off;
+		len = left < size ? (size_t)left : size;
+		if (len > sizeof blob_data)
+			len = sizeof blob_data;
+	}
+	fuse_reply_buf(req, len ? blob_data : NULL, len);
 }
 
 static void nl_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
@@ -235,6 +284,9 @@ int main(int argc, char *argv[])
 	argc = n;
 
 	clock_gettime(CLOCK_REALTIME, &start_time);
+	/* blob-SIZE content: printable text, 63 letters and a newline per line. */
+	for (size_t k = 0; k < sizeof blob_data; k++)
+		blob_data[k] = k % 64 == 63 ? '\n' : (char)('a' + k % 26);
 
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts opts;
