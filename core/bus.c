@@ -34,6 +34,7 @@ void bus_unlock_and_wake(struct bus *bus)
 		memcpy(small, bus->wake_ids, n * sizeof *ids);
 	}
 	bus->wake_n = 0;
+	bus->version++;
 	bus_wake_fn fn = bus->wake;
 	void *ctx = bus->wake_ctx;
 	pthread_mutex_unlock(&bus->lock);
@@ -76,6 +77,20 @@ bool bus_name_valid(const char *name)
 }
 
 bool bus_may_act_as(const struct agent *a, uid_t uid) { return uid == 0 || uid == a->uid; }
+
+struct agent *bus_owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid, const char *what,
+			      struct bus_error *err)
+{
+	struct agent *a = bus_find_id(bus, agent_id);
+	if (!a)
+		bus_fail(err, ENOENT, "no such agent");
+	else if (!bus_may_act_as(a, uid))
+		bus_fail(err, EACCES, "uid %u may not %s %s (owned by uid %u)", (unsigned)uid, what,
+			 a->name, (unsigned)a->uid);
+	else
+		return a;
+	return NULL;
+}
 
 static size_t name_index(struct bus *bus, const char *name, bool *found)
 {
@@ -491,6 +506,25 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len)
 		bus->rejected_by[code < BUS_ERRNO_MAX ? code : 0] = n;
 		return 0;
 	}
+	case REC_RULES: {
+		size_t n = 0;
+		const char *text = rd_bytes(&r, &n);
+		if (r.bad || alerts_apply_rules(bus, text, n) < 0)
+			return -EINVAL;
+		return 0;
+	}
+	case REC_ALERT: {
+		char rule[RULE_NAME_MAX + 1];
+		rd_str(&r, rule, sizeof rule);
+		rd_str(&r, name, sizeof name);
+		uint8_t firing = rd_u8(&r);
+		uint64_t since = rd_u64(&r), bits = rd_u64(&r);
+		double value;
+		memcpy(&value, &bits, sizeof value);
+		if (r.bad)
+			return -EINVAL;
+		return alerts_apply_alert(bus, rule, name, firing, (int64_t)since, value);
+	}
 	case REC_SNAP_HEAD:
 		bus->counter = rd_u64(&r);
 		bus->delivered_total = rd_u64(&r);
@@ -648,6 +682,7 @@ static int compact_locked(struct bus *bus)
 		for (size_t i = 0; i < a->outbox.count; i++)
 			msgs[nmsgs++] = outbox_at(&a->outbox, i);
 	}
+	alerts_snapshot(bus, snap_add, &b, &rc);
 	if (rc == 0 && nmsgs)
 		qsort(msgs, nmsgs, sizeof *msgs, cmp_msg_number);
 	for (size_t i = 0; i < nmsgs && rc == 0; i++) {
@@ -701,11 +736,18 @@ static struct bus *bus_alloc(const struct bus_config *cfg)
 		bus->cfg.max_message_size = 1u << 20;
 	if (!(bus->cfg.health_ttl_s > 0))
 		bus->cfg.health_ttl_s = 30;
+	if (!(bus->cfg.summary_window_s > 0))
+		bus->cfg.summary_window_s = 60;
+	if (!(bus->cfg.metrics_retention_s > 0))
+		bus->cfg.metrics_retention_s = 3600;
+	if (!(bus->cfg.alert_interval_s > 0))
+		bus->cfg.alert_interval_s = 5;
 	bus->next_id = 1;
 	bus->started = bus_clock_monotonic();
 	strmap_init(&bus->seqs);
 	errlog_init(&bus->errors, BUS_ERRORS_KEEP);
 	buf_init(&bus->rec);
+	rule_set_init(&bus->alerts.user);
 	return bus;
 }
 
@@ -719,6 +761,9 @@ static void bus_free(struct bus *bus)
 	strmap_free(&bus->seqs);
 	errlog_free(&bus->errors);
 	buf_free(&bus->rec);
+	if (bus->metrics.log)
+		metrics_close(&bus->metrics);
+	alerts_close(bus);
 	free(bus->wake_ids);
 	store_close(bus->store);
 	pthread_mutex_destroy(&bus->lock);
@@ -740,6 +785,15 @@ int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *e
 	bus->wake_n = 0;
 	if (!bus->cfg.store_max_bytes)
 		bus->cfg.store_max_bytes = store_fs_free(bus->store) / 2;
+	rc = metrics_open(&bus->metrics, cfg->store_dir, bus->cfg.summary_window_s,
+			  bus->cfg.metrics_retention_s, bus->cfg.store_max_bytes, bus_clock_now_us(),
+			  err);
+	if (rc == 0)
+		rc = alerts_open(bus, err);
+	if (rc < 0) {
+		bus_free(bus);
+		return rc;
+	}
 	bus->compacted_at = store_journal_bytes(bus->store);
 	*out = bus;
 	return 0;
@@ -766,6 +820,14 @@ void bus_set_wake(struct bus *bus, bus_wake_fn fn, void *ctx)
 void bus_write_pid(struct bus *bus) { store_write_pid(bus->store); }
 
 const struct bus_config *bus_config(const struct bus *bus) { return &bus->cfg; }
+
+uint64_t bus_version(struct bus *bus)
+{
+	bus_lock(bus);
+	uint64_t v = bus->version;
+	pthread_mutex_unlock(&bus->lock);
+	return v;
+}
 
 void bus_stats(struct bus *bus, struct bus_stats *out)
 {

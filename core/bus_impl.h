@@ -13,6 +13,7 @@
 #include "busfs/health.h"
 #include "busfs/store.h"
 #include "busfs/strmap.h"
+#include "metrics.h"
 
 #define BUS_ERRNO_MAX 160
 
@@ -26,10 +27,12 @@ enum record_type {
 	REC_HEALTH = 6,     /* str agent, u8 status, u64 last_seen_us, bytes reason, bytes extra */
 	REC_BEAT = 7,       /* str agent, u64 last_seen_us */
 	REC_REJECT = 8,     /* u32 errno: one refused operation, for the counters */
+	REC_RULES = 9,      /* bytes: the user's alert rules, one canonical line each */
 	REC_SNAP_HEAD = 10, /* u64 counter, u64 delivered_total, u64 rejected_total */
 	REC_SNAP_SEQ = 11,  /* str pair key, u64 sequence */
 	REC_SNAP_MSG = 12,  /* u8 where (1 inbox, 2 outbox), message */
 	REC_SNAP_REJECT = 13, /* u32 errno, u64 count */
+	REC_ALERT = 14,     /* str rule, str agent, u8 firing, u64 since_us, u64 value (double) */
 };
 
 /* Pending messages in delivery order. Removal leaves a hole (NULL) that compaction
@@ -70,6 +73,25 @@ struct agent {
 	bool batch_touched;
 };
 
+/* An alert of one rule for one agent: pending (its condition holds, `for=` has not
+ * passed yet; not stored) or firing (stored). */
+struct alert {
+	char rule[RULE_NAME_MAX + 1];
+	char agent[BUS_NAME_MAX + 1];
+	int64_t pending_since;
+	bool firing;
+	int64_t since_us;
+	double value;               /* at the last evaluation */
+};
+
+struct alerts {
+	struct rule_set user;       /* the rules written to alerts/rules */
+	struct alert *v;
+	size_t n, cap;
+	struct seglog *log;         /* alerts.jsonl */
+	int64_t cleared_at;         /* when `>` last cleared the rules, until its write */
+};
+
 struct bus {
 	pthread_mutex_t lock;
 	struct bus_config cfg;
@@ -92,6 +114,10 @@ struct bus {
 
 	struct errlog errors;
 	struct buf rec;              /* scratch record */
+	struct metrics metrics;
+	struct alerts alerts;
+
+	uint64_t version;            /* counts changes (bus_unlock_and_wake) */
 
 	bus_wake_fn wake;
 	void *wake_ctx;
@@ -111,6 +137,19 @@ uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to);
 int inbox_depth(const struct agent *a);
 struct bus_message *inbox_find(const struct inbox *in, uint64_t number);
 bool bus_may_act_as(const struct agent *a, uid_t uid);
+/* The agent, when uid may act for it (`what` names the act in the refusal); NULL with
+ * err filled (ENOENT, EACCES) otherwise. Under the lock. */
+struct agent *bus_owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid, const char *what,
+			      struct bus_error *err);
+/* alerts.c: applying records, snapshots, the history log. */
+int alerts_apply_rules(struct bus *bus, const char *text, size_t len);
+int alerts_apply_alert(struct bus *bus, const char *rule, const char *agent, bool firing,
+		       int64_t since_us, double value);
+void alerts_snapshot(struct bus *bus, int (*add)(struct bus *bus, struct buf *b), struct buf *b,
+		     int *rc);
+int alerts_open(struct bus *bus, struct bus_error *err);
+void alerts_close(struct bus *bus);
+
 /* Appends a REC_HEALTH record holding the agent's current health to b. */
 void bus_put_health(struct buf *b, const struct agent *a);
 

@@ -42,3 +42,29 @@ void bus_time_format(int64_t us, char *out)
 	memcpy(out, tmp, BUS_TIME_LEN);
 	out[BUS_TIME_LEN] = '\0';
 }
+
+static int digits(const char *s, int n)
+{
+	int v = 0;
+	for (int i = 0; i < n; i++)
+		v = v * 10 + s[i] - '0';
+	return v;
+}
+
+bool bus_time_parse(const char *s, int64_t *us)
+{
+	static const char shape[] = "0000-00-00T00:00:00.000000Z";
+	for (int i = 0; i < BUS_TIME_LEN; i++)
+		if (shape[i] == '0' ? s[i] < '0' || s[i] > '9' : s[i] != shape[i])
+			return false;
+	struct tm tm = {
+		.tm_year = digits(s + 0, 4) - 1900, .tm_mon = digits(s + 5, 2) - 1, .tm_mday = digits(s + 8, 2),
+		.tm_hour = digits(s + 11, 2), .tm_min = digits(s + 14, 2), .tm_sec = digits(s + 17, 2),
+	};
+	int frac = digits(s + 20, 6);
+	if (tm.tm_mon > 11 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 ||
+	    tm.tm_min > 59 || tm.tm_sec > 60)
+		return false;
+	*us = (int64_t)timegm(&tm) * 1000000 + frac;
+	return true;
+}

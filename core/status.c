@@ -21,21 +21,6 @@ void bus_put_health(struct buf *b, const struct agent *a)
 	buf_put_bytes(b, a->health_extra.data, a->health_extra.len);
 }
 
-/* Finds the agent and checks that uid may speak for it; under the lock. */
-static struct agent *owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid,
-				 struct bus_error *err)
-{
-	struct agent *a = bus_find_id(bus, agent_id);
-	if (!a)
-		bus_fail(err, ENOENT, "no such agent");
-	else if (!bus_may_act_as(a, uid))
-		bus_fail(err, EACCES, "uid %u may not report the health of %s (owned by uid %u)",
-			 (unsigned)uid, a->name, (unsigned)a->uid);
-	else
-		return a;
-	return NULL;
-}
-
 int bus_health_report(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data,
 		      size_t len, struct bus_error *err)
 {
@@ -47,7 +32,7 @@ int bus_health_report(struct bus *bus, uint64_t agent_id, uid_t uid, const char 
 		return rc;
 	}
 	bus_lock(bus);
-	struct agent *a = owned_agent(bus, agent_id, uid, err);
+	struct agent *a = bus_owned_agent(bus, agent_id, uid, "report the health of", err);
 	if (!a) {
 		rc = -err->code;
 	} else {
@@ -69,7 +54,7 @@ int bus_health_report(struct bus *bus, uint64_t agent_id, uid_t uid, const char 
 int bus_health_beat(struct bus *bus, uint64_t agent_id, uid_t uid, struct bus_error *err)
 {
 	bus_lock(bus);
-	struct agent *a = owned_agent(bus, agent_id, uid, err);
+	struct agent *a = bus_owned_agent(bus, agent_id, uid, "report the health of", err);
 	int rc;
 	if (!a) {
 		rc = -err->code;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fs.h"
 
@@ -116,26 +117,38 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	node_path(fs, &r, NULL, h->path, sizeof h->path);
 	fi->direct_io = 1;
 	why[0] = '\0';
+	uid_t uid = fuse_req_ctx(req)->uid;
 	switch (r.node) {
 	case N_README:
 		if (writing)
 			snprintf(why, sizeof why, "README is read-only");
 		else
-			readme_render(fs, &h->doc);
+			doc_for_open(fs, &r, &h->doc);
 		fi->direct_io = 0;
 		fi->keep_cache = 1;
 		break;
 	case N_ERRORS:
 	case N_AGENT_ERRORS:
+	case N_METRICS_LOG:
+	case N_ALERTS_LOG:
 		if (writing)
-			snprintf(why, sizeof why, "errors is read-only");
+			snprintf(why, sizeof why, "%.80s is read-only", h->path);
+		break;
+	case N_HEALTH_STATUS:
+	case N_SUMMARY:
+	case N_PROM:
+	case N_ACTIVE:
+		if (writing)
+			snprintf(why, sizeof why, "%.80s is read-only%s", h->path,
+				 r.node == N_HEALTH_STATUS ? ": write agents/NAME/health" : "");
+		else
+			doc_for_open(fs, &r, &h->doc);
 		break;
 	case N_SEND:
 		if (reading)
 			snprintf(why, sizeof why, "send is write-only: read the inbox or next");
 		else if (!owner_ok(req, &a))
-			snprintf(why, sizeof why, "uid %u may not send as %s",
-				 (unsigned)fuse_req_ctx(req)->uid, a.name);
+			snprintf(why, sizeof why, "uid %u may not send as %s", (unsigned)uid, a.name);
 		fi->nonseekable = 1;
 		break;
 	case N_NEXT:
@@ -143,28 +156,27 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			snprintf(why, sizeof why, "next is read-only");
 		else if (!owner_ok(req, &a))
 			snprintf(why, sizeof why, "uid %u may not read the inbox of %s",
-				 (unsigned)fuse_req_ctx(req)->uid, a.name);
+				 (unsigned)uid, a.name);
 		fi->nonseekable = 1;
 		break;
 	case N_CTL:
-		if (writing && !owner_ok(req, &a))
-			snprintf(why, sizeof why, "uid %u may not control %s",
-				 (unsigned)fuse_req_ctx(req)->uid, a.name);
-		else if (reading)
-			bus_ctl_render(fs->bus, r.agent_id, &h->doc);
-		break;
 	case N_HEALTH:
+	case N_AGENT_METRICS:
 		if (writing && !owner_ok(req, &a))
-			snprintf(why, sizeof why, "uid %u may not report the health of %s",
-				 (unsigned)fuse_req_ctx(req)->uid, a.name);
-		else if (reading)
-			bus_health_render(fs->bus, r.agent_id, &h->doc);
+			snprintf(why, sizeof why, "uid %u may not %s %s", (unsigned)uid,
+				 r.node == N_CTL ? "control" : r.node == N_HEALTH
+				 ? "report the health of" : "write the metrics of", a.name);
+		else if (reading && r.node != N_AGENT_METRICS)
+			doc_for_open(fs, &r, &h->doc);
 		break;
-	case N_HEALTH_STATUS:
-		if (writing)
-			snprintf(why, sizeof why, "health/status is read-only: write agents/NAME/health");
-		else
-			bus_status_render(fs->bus, &h->doc);
+	case N_RULES:
+		/* The rules are the bus operator's: the uid that runs busfs, or root. */
+		if (writing && uid != 0 && uid != getuid())
+			snprintf(why, sizeof why, "uid %u may not change the alert rules (uid %u "
+				 "runs busfs)", (unsigned)uid, (unsigned)getuid());
+		else if (reading)
+			doc_for_open(fs, &r, &h->doc);
+		h->truncating = writing && (fi->flags & O_TRUNC);
 		break;
 	case N_INBOX_MSG:
 	case N_OUTBOX_MSG:
@@ -261,6 +273,39 @@ static void reply_slice(fuse_req_t req, const char *data, size_t len, size_t siz
 		fuse_reply_buf(req, data + off, len - (size_t)off < size ? len - (size_t)off : size);
 }
 
+/* A log that drops old lines keeps its offsets: a read at an offset that was dropped
+ * continues at the oldest line kept, and the next sequential read continues from
+ * there. h->log_expect and h->log_pos map the reader's offsets onto the log's. */
+static void reply_log(fuse_req_t req, struct fs *fs, struct handle *h, size_t size, off_t off)
+{
+	uint64_t pos = off >= 0 && (uint64_t)off == h->log_expect && h->log_pos ? h->log_pos
+										 : (uint64_t)off;
+	char *buf = malloc(size ? size : 1);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t done = 0;
+	while (done < size) {
+		uint64_t at = pos + done;
+		ssize_t n = h->node == N_ALERTS_LOG
+			? bus_alerts_read(fs->bus, &at, buf + done, size - done)
+			: bus_metrics_read(fs->bus, h->node == N_METRICS_LOG ? 0 : h->agent_id, &at,
+					   buf + done, size - done);
+		if (n <= 0)
+			break;
+		if (done == 0)
+			pos = at;          /* the first kept byte may be later than asked */
+		else if (at != pos + done)
+			break;             /* never splice across a gap */
+		done += (size_t)n;
+	}
+	h->log_expect = (uint64_t)off + done;
+	h->log_pos = pos + done;
+	fuse_reply_buf(req, buf, done);
+	free(buf);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -271,7 +316,16 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	case N_CTL:
 	case N_HEALTH:
 	case N_HEALTH_STATUS:
+	case N_SUMMARY:
+	case N_PROM:
+	case N_ACTIVE:
+	case N_RULES:
 		reply_slice(req, h->doc.data, h->doc.len, size, off);
+		return;
+	case N_METRICS_LOG:
+	case N_AGENT_METRICS:
+	case N_ALERTS_LOG:
+		reply_log(req, fs, h, size, off);
 		return;
 	case N_ERRORS:
 	case N_AGENT_ERRORS: {
@@ -321,7 +375,8 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 	/* A report or command is one write, but some writers send its newline by itself
 	 * (an unbuffered print(), printf's second line): after an accepted write, a write
 	 * of only blanks in the same open file is that tail, not an empty report. */
-	if ((h->node == N_HEALTH || h->node == N_CTL) && h->wrote && blank(data, size)) {
+	if ((h->node == N_HEALTH || h->node == N_CTL || h->node == N_AGENT_METRICS ||
+	     h->node == N_RULES) && h->wrote && blank(data, size)) {
 		fuse_reply_write(req, size);
 		return;
 	}
@@ -339,6 +394,18 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 	case N_HEALTH:
 		rc = bus_health_report(fs->bus, h->agent_id, uid, data, size, &err);
 		break;
+	case N_AGENT_METRICS:
+		rc = bus_metrics_write(fs->bus, h->agent_id, uid, data, size, &err);
+		break;
+	case N_RULES:
+		/* `>`: the first write replaces the rules, later ones add; `>>` adds. */
+		rc = bus_rules_write(fs->bus, data, size, h->truncating, &err);
+		if (rc < 0 && h->cleared) {
+			/* The empty flush before it cleared them: put them back. */
+			bus_rules_write(fs->bus, h->pending.data, h->pending.len, true, NULL);
+		}
+		h->truncating = false;
+		break;
 	default:
 		rc = bus_fail(&err, EACCES, "this file is read-only");
 	}
@@ -355,6 +422,16 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct fs *fs = fs_of(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	struct bus_error err = {0};
+	if (h->node == N_RULES && h->truncating && !h->cleared) {
+		/* `: > alerts/rules` clears the rules. bash's `echo ... >` flushes once
+		 * before it writes: the write then replaces (or, if refused, restores). */
+		buf_reset(&h->pending);
+		if (bus_rules_clear(fs->bus, &h->pending, &err) < 0) {
+			refuse(req, "flush", h->path, 0, &err);
+			return;
+		}
+		h->cleared = true;
+	}
 	if (h->node == N_PAIR && bus_draft_flush(fs->bus, h->draft, &err) < 0) {
 		/* The write that was refused already logged its reason; a store failure here
 		 * is new and is logged now. */
@@ -479,10 +556,26 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 			  "modes and owners are fixed by busfs (chmod and chown mean nothing here)");
 		return;
 	}
-	bool writable = r.node == N_SEND || r.node == N_CTL || r.node == N_PAIR || r.node == N_HEALTH;
+	bool writable = r.node == N_SEND || r.node == N_CTL || r.node == N_PAIR ||
+			r.node == N_HEALTH || r.node == N_AGENT_METRICS || r.node == N_RULES;
 	if ((to_set & FUSE_SET_ATTR_SIZE) && !writable) {
 		refuse_at(req, "truncate", ino, NULL, EACCES, "this file is read-only");
 		return;
+	}
+	uid_t uid = fuse_req_ctx(req)->uid;
+	if ((to_set & FUSE_SET_ATTR_SIZE) && r.node == N_RULES) {
+		if (uid != 0 && uid != getuid()) {
+			refuse_at(req, "truncate", ino, NULL, EACCES,
+				  "only the uid that runs busfs (or root) may change the alert rules");
+			return;
+		}
+		/* `truncate -s 0 alerts/rules` clears them; the truncation an O_TRUNC open
+		 * makes (it carries the open file) is that file's business (op_flush). */
+		struct bus_error err = {0};
+		if (!fi && attr->st_size == 0 && bus_rules_clear(fs->bus, NULL, &err) < 0) {
+			refuse_at(req, "truncate", ino, NULL, err.code, err.reason);
+			return;
+		}
 	}
 	/* `touch health` is a heartbeat. The truncation that `echo ... > health` makes
 	 * before its write also carries a time, and is not one. */
@@ -490,7 +583,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 			  FUSE_SET_ATTR_MTIME_NOW;
 	if (r.node == N_HEALTH && (to_set & times) && !(to_set & FUSE_SET_ATTR_SIZE)) {
 		struct bus_error err = {0};
-		if (bus_health_beat(fs->bus, r.agent_id, fuse_req_ctx(req)->uid, &err) < 0) {
+		if (bus_health_beat(fs->bus, r.agent_id, uid, &err) < 0) {
 			refuse_at(req, "touch", ino, NULL, err.code, err.reason);
 			return;
 		}

@@ -24,9 +24,11 @@ enum node {
 	N_NONE = 0,
 	N_ROOT, N_README, N_ERRORS, N_AGENTS,              /* fixed */
 	N_HEALTH_DIR, N_HEALTH_STATUS,
+	N_METRICS_DIR, N_METRICS_LOG, N_SUMMARY, N_PROM,
+	N_ALERTS_DIR, N_RULES, N_ACTIVE, N_ALERTS_LOG,
 	N_AGENT_DIR, N_INBOX, N_OUTBOX, N_SEND, N_NEXT,    /* per agent */
-	N_CTL, N_AGENT_ERRORS, N_HEALTH,
-	N_AGENT_LAST = N_HEALTH,
+	N_CTL, N_AGENT_ERRORS, N_HEALTH, N_AGENT_METRICS,
+	N_AGENT_LAST = N_AGENT_METRICS,
 	N_PAIR,                                            /* outbox/B being written */
 	N_INBOX_MSG, N_OUTBOX_MSG,                         /* message files */
 };
@@ -47,10 +49,15 @@ struct handle {
 	char path[160];               /* for the errors log */
 	struct bus_draft *draft;      /* N_PAIR */
 	struct buf pending;           /* N_SEND: a record split across writes */
-	struct buf doc;               /* README, ctl, health: rendered once at open */
+	struct buf doc;               /* generated documents: rendered once at open */
 	struct bus_message *msg;      /* message files; N_NEXT once answered */
 	bool next_done;               /* N_NEXT answered with end-of-file */
-	bool wrote;                   /* N_HEALTH, N_CTL: a write was accepted */
+	bool wrote;                   /* N_HEALTH, N_CTL, N_RULES: a write was accepted */
+	bool truncating;              /* N_RULES opened with O_TRUNC (`>`), not written yet:
+				       * its first write replaces the rules */
+	bool cleared;                 /* ... and an empty flush cleared them meanwhile */
+	uint64_t log_expect, log_pos; /* logs: the offset the next sequential read asks
+				       * for, and where in the log it continues */
 	struct fuse_pollhandle *ph;   /* N_NEXT, owned here until handed to the notifier */
 	struct handle *poll_next, *poll_prev;  /* list of handles holding a poll handle */
 	struct handle *open_next, *open_prev;  /* list of all open handles (struct fs) */
@@ -77,6 +84,20 @@ struct fs {
 	bool notify_stop;
 	pthread_t notifier;
 	bool notifier_started;
+
+	/* The document a GETATTR just rendered (for its size): an OPEN that follows at
+	 * once serves it, so `stat` and `cat` agree and it is rendered once. Only the
+	 * dispatch thread uses it. */
+	struct node_ref cached_ref;
+	double cached_at;
+	uint64_t cached_version;
+	struct buf cached_doc;
+
+	/* The ticker evaluates alert rules every --alert-interval. */
+	pthread_t ticker;
+	bool ticker_started, ticker_stop;
+	pthread_mutex_t ticker_lock;
+	pthread_cond_t ticker_cond;
 };
 
 /* tree.c */
@@ -84,9 +105,20 @@ struct fuse_lowlevel_ops busfs_make_ops(void);
 int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st);
 void node_path(struct fs *fs, const struct node_ref *r, const char *name, char *out, size_t n);
 void readme_render(struct fs *fs, struct buf *out);
+/* Renders a generated document (README, ctl, health, health/status, summary.json,
+ * busfs.prom, active.json, rules) into out; false for any other node. */
+bool doc_render(struct fs *fs, const struct node_ref *r, struct buf *out);
+/* The document for an OPEN: the one GETATTR rendered a moment ago, or a new one. */
+void doc_for_open(struct fs *fs, const struct node_ref *r, struct buf *out);
+/* The size of a log (errors, metrics, alerts.jsonl); false for any other node. */
+bool log_size(struct fs *fs, const struct node_ref *r, uint64_t *size);
 
 /* files.c */
 void files_close_all(struct fs *fs);
+
+/* ticker.c */
+int ticker_start(struct fs *fs, double interval_s);
+void ticker_stop(struct fs *fs);
 
 /* waiters.c */
 void waiters_init(struct fs *fs);

@@ -38,7 +38,12 @@ static void usage(FILE *out)
 		"  --store-max-bytes BYTES    sends get ENOSPC beyond this (half the free space)\n"
 		"                             BYTES may end in K, M or G (powers of 1024)\n"
 		"  --health-ttl SECONDS       an agent without a report or heartbeat for this long\n"
-		"                             is stale (30; fractions allowed)\n"
+		"                             is stale (30)\n"
+		"  --summary-window SECONDS   what summary.json, busfs.prom quantiles and alert\n"
+		"                             rules look at (60)\n"
+		"  --metrics-retention SECONDS  metric points older than this are dropped (3600)\n"
+		"  --alert-interval SECONDS   how often alert rules are evaluated (5)\n"
+		"                             SECONDS may have a fraction (0.5)\n"
 		"  --check                    verify the store offline; exit 0 when consistent\n"
 		"  --clear-stale              unmount a stale mount left at MOUNTPOINT by a killed server\n"
 		"  -f, --foreground           stay in the foreground, log to stderr\n"
@@ -159,6 +164,9 @@ int main(int argc, char **argv)
 		{"max-message-size", required_argument, NULL, 'm'},
 		{"store-max-bytes", required_argument, NULL, 'b'},
 		{"health-ttl", required_argument, NULL, 't'},
+		{"summary-window", required_argument, NULL, 'W'},
+		{"metrics-retention", required_argument, NULL, 'R'},
+		{"alert-interval", required_argument, NULL, 'A'},
 		{"check", no_argument, NULL, 'k'},
 		{"clear-stale", no_argument, NULL, 'C'},
 		{"foreground", no_argument, NULL, 'f'},
@@ -171,7 +179,9 @@ int main(int argc, char **argv)
 	char default_store[64];
 	snprintf(default_store, sizeof default_store, "/dev/shm/busfs-%u", (unsigned)getuid());
 	struct bus_config cfg = {.store_dir = default_store, .inbox_capacity = 1000,
-				 .max_message_size = 1u << 20, .health_ttl_s = 30};
+				 .max_message_size = 1u << 20, .health_ttl_s = 30,
+				 .summary_window_s = 60, .metrics_retention_s = 3600,
+				 .alert_interval_s = 5};
 	bool check = false, clear_stale = false, foreground = false, debug = false;
 	int verbose = 0;
 	const char *mount_opts[64];
@@ -199,6 +209,18 @@ int main(int argc, char **argv)
 			break;
 		case 't':
 			if (parse_seconds("--health-ttl", optarg, &cfg.health_ttl_s) < 0)
+				return 1;
+			break;
+		case 'W':
+			if (parse_seconds("--summary-window", optarg, &cfg.summary_window_s) < 0)
+				return 1;
+			break;
+		case 'R':
+			if (parse_seconds("--metrics-retention", optarg, &cfg.metrics_retention_s) < 0)
+				return 1;
+			break;
+		case 'A':
+			if (parse_seconds("--alert-interval", optarg, &cfg.alert_interval_s) < 0)
 				return 1;
 			break;
 		case 'k': check = true; break;
@@ -274,13 +296,14 @@ int main(int argc, char **argv)
 	if (fuse_daemonize(foreground) != 0)
 		goto out_unmount;
 	bus_write_pid(fs.bus);
-	if (waiters_start(&fs) < 0) {
-		fprintf(stderr, "busfs: cannot start the notifier thread\n");
+	if (waiters_start(&fs) < 0 || ticker_start(&fs, bus_config(fs.bus)->alert_interval_s) < 0) {
+		fprintf(stderr, "busfs: cannot start the notifier and ticker threads\n");
 		goto out_unmount;
 	}
 	if (foreground)
 		fprintf(stderr, "busfs: serving %s from store %s\n", mountpoint, cfg.store_dir);
 	status = fuse_session_loop(fs.se) < 0 ? 1 : 0;
+	ticker_stop(&fs);
 	waiters_shutdown(&fs);
 	serve_until_closed(&fs, 2.0);
 out_unmount:
@@ -291,6 +314,8 @@ out_session:
 	fuse_session_destroy(fs.se);
 	files_close_all(&fs);
 out_bus:
+	ticker_stop(&fs);
+	buf_free(&fs.cached_doc);
 	bus_close(fs.bus);
 	fuse_opt_free_args(&args);
 	return status;

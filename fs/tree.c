@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "busfs/clock.h"
 #include "fs.h"
 
 struct entry {
@@ -29,6 +30,14 @@ static const struct entry fixed_entries[] = {
 	{"agents", N_AGENTS, N_ROOT, S_IFDIR | 0755},
 	{"health", N_HEALTH_DIR, N_ROOT, S_IFDIR | 0755},
 	{"status", N_HEALTH_STATUS, N_HEALTH_DIR, S_IFREG | 0444},
+	{"metrics", N_METRICS_DIR, N_ROOT, S_IFDIR | 0755},
+	{"metrics.jsonl", N_METRICS_LOG, N_METRICS_DIR, S_IFREG | 0444},
+	{"summary.json", N_SUMMARY, N_METRICS_DIR, S_IFREG | 0444},
+	{"busfs.prom", N_PROM, N_METRICS_DIR, S_IFREG | 0444},
+	{"alerts", N_ALERTS_DIR, N_ROOT, S_IFDIR | 0755},
+	{"rules", N_RULES, N_ALERTS_DIR, S_IFREG | 0644},
+	{"active.json", N_ACTIVE, N_ALERTS_DIR, S_IFREG | 0444},
+	{"alerts.jsonl", N_ALERTS_LOG, N_ALERTS_DIR, S_IFREG | 0444},
 };
 
 /* The files of every agent's directory. */
@@ -40,6 +49,7 @@ static const struct entry agent_entries[] = {
 	{"ctl", N_CTL, N_AGENT_DIR, S_IFREG | 0600},
 	{"errors", N_AGENT_ERRORS, N_AGENT_DIR, S_IFREG | 0444},
 	{"health", N_HEALTH, N_AGENT_DIR, S_IFREG | 0644},
+	{"metrics", N_AGENT_METRICS, N_AGENT_DIR, S_IFREG | 0644},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -128,7 +138,8 @@ static void fill_time(struct stat *st, int64_t us)
 static double attr_timeout(enum node n)
 {
 	switch (n) {
-	case N_ROOT: case N_README: case N_AGENTS: case N_HEALTH_DIR: case N_SEND: case N_NEXT:
+	case N_ROOT: case N_README: case N_AGENTS: case N_HEALTH_DIR: case N_METRICS_DIR:
+	case N_ALERTS_DIR: case N_SEND: case N_NEXT:
 		return LONG_TIMEOUT;
 	default:
 		return 0.0;
@@ -165,26 +176,28 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 		st->st_gid = a.gid;
 		fill_time(st, a.created_us);
 	}
+	uint64_t size;
+	if (log_size(fs, r, &size)) {
+		st->st_size = (off_t)size;
+	} else if (r->node != N_ROOT && is_fixed(r->node) && S_ISDIR(st->st_mode)) {
+		st->st_nlink = 2;
+	} else {
+		/* A document is rendered for its size and kept for an OPEN that follows. */
+		buf_reset(&fs->cached_doc);
+		fs->cached_version = bus_version(fs->bus);
+		if (doc_render(fs, r, &fs->cached_doc)) {
+			fs->cached_ref = *r;
+			fs->cached_at = bus_clock_monotonic();
+			st->st_size = (off_t)fs->cached_doc.len;
+		}
+		if (r->node == N_HEALTH && a.last_seen_us)
+			fill_time(st, a.last_seen_us);
+	}
 	switch (r->node) {
 	case N_NONE:
 		return -ENOENT;
 	case N_ROOT:
-		st->st_nlink = 4;
-		break;
-	case N_AGENTS:
-	case N_HEALTH_DIR:
-		st->st_nlink = 2;
-		break;
-	case N_README: {
-		struct buf b;
-		buf_init(&b);
-		readme_render(fs, &b);
-		st->st_size = (off_t)b.len;
-		buf_free(&b);
-		break;
-	}
-	case N_ERRORS:
-		st->st_size = (off_t)bus_errors_size(fs->bus, 0);
+		st->st_nlink = 6;
 		break;
 	case N_AGENT_DIR:
 		st->st_mode = S_IFDIR | 0755;
@@ -198,35 +211,6 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 		st->st_nlink = 2;
 		st->st_size = a.outbox_count;
 		break;
-	case N_CTL: {
-		struct buf b;
-		buf_init(&b);
-		bus_ctl_render(fs->bus, r->agent_id, &b);
-		st->st_size = (off_t)b.len;
-		buf_free(&b);
-		break;
-	}
-	case N_AGENT_ERRORS:
-		st->st_size = (off_t)bus_errors_size(fs->bus, r->agent_id);
-		break;
-	case N_HEALTH:
-	case N_HEALTH_STATUS: {
-		struct buf b;
-		buf_init(&b);
-		if (r->node == N_HEALTH) {
-			bus_health_render(fs->bus, r->agent_id, &b);
-			if (a.last_seen_us)
-				fill_time(st, a.last_seen_us);
-		} else {
-			bus_status_render(fs->bus, &b);
-		}
-		st->st_size = (off_t)b.len;
-		buf_free(&b);
-		break;
-	}
-	case N_SEND:
-	case N_NEXT:
-		break;
 	case N_PAIR:
 		st->st_mode = S_IFREG | 0200;
 		break;
@@ -239,6 +223,8 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 		st->st_mode = r->node == N_INBOX_MSG ? S_IFREG | 0600 : S_IFREG | 0444;
 		st->st_size = (off_t)m->len;
 		message_unref(m);
+		break;
+	default:
 		break;
 	}
 	st->st_blocks = (st->st_size + 511) / 512;
@@ -306,6 +292,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	switch (p.node) {
 	case N_ROOT:
 	case N_HEALTH_DIR:
+	case N_METRICS_DIR:
+	case N_ALERTS_DIR:
 		for (size_t i = 0; i < COUNT(fixed_entries); i++)
 			if (fixed_entries[i].parent == p.node && strcmp(name, fixed_entries[i].name) == 0)
 				r.node = fixed_entries[i].node;
@@ -478,6 +466,51 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 		fuse_reply_err(req, EACCES);
 	else
 		fuse_reply_err(req, 0);
+}
+
+/* ---------- generated documents and logs ---------- */
+
+bool doc_render(struct fs *fs, const struct node_ref *r, struct buf *out)
+{
+	switch (r->node) {
+	case N_README: readme_render(fs, out); return true;
+	case N_CTL: bus_ctl_render(fs->bus, r->agent_id, out); return true;
+	case N_HEALTH: bus_health_render(fs->bus, r->agent_id, out); return true;
+	case N_HEALTH_STATUS: bus_status_render(fs->bus, out); return true;
+	case N_SUMMARY: bus_summary_render(fs->bus, out); return true;
+	case N_PROM: bus_prom_render(fs->bus, out); return true;
+	case N_ACTIVE: bus_active_render(fs->bus, out); return true;
+	case N_RULES: bus_rules_render(fs->bus, out); return true;
+	default: return false;
+	}
+}
+
+void doc_for_open(struct fs *fs, const struct node_ref *r, struct buf *out)
+{
+	bool fresh = fs->cached_doc.len && fs->cached_ref.node == r->node &&
+		     fs->cached_ref.agent_id == r->agent_id &&
+		     fs->cached_version == bus_version(fs->bus) &&
+		     bus_clock_monotonic() - fs->cached_at < 0.05;
+	if (fresh) {
+		struct buf t = *out;   /* hand the bytes over instead of copying them */
+		*out = fs->cached_doc;
+		fs->cached_doc = t;
+	} else {
+		doc_render(fs, r, out);
+	}
+	buf_reset(&fs->cached_doc);
+}
+
+bool log_size(struct fs *fs, const struct node_ref *r, uint64_t *size)
+{
+	switch (r->node) {
+	case N_ERRORS: *size = bus_errors_size(fs->bus, 0); return true;
+	case N_AGENT_ERRORS: *size = bus_errors_size(fs->bus, r->agent_id); return true;
+	case N_METRICS_LOG: *size = bus_metrics_size(fs->bus, 0); return true;
+	case N_AGENT_METRICS: *size = bus_metrics_size(fs->bus, r->agent_id); return true;
+	case N_ALERTS_LOG: *size = bus_alerts_size(fs->bus); return true;
+	default: return false;
+	}
 }
 
 /* ---------- README ---------- */

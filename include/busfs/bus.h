@@ -27,6 +27,9 @@ struct bus_config {
 	uint64_t max_message_size;   /* default 1 MiB */
 	uint64_t store_max_bytes;    /* 0: half of the store filesystem's free space */
 	double health_ttl_s;         /* default 30: older reports make an agent stale */
+	double summary_window_s;     /* default 60: what summaries and alert rules look at */
+	double metrics_retention_s;  /* default 3600: older metric points are dropped */
+	double alert_interval_s;     /* default 5: how often alert rules are evaluated */
 };
 
 struct bus_agent_info {
@@ -69,6 +72,9 @@ void bus_set_wake(struct bus *bus, bus_wake_fn fn, void *ctx);
 void bus_write_pid(struct bus *bus);
 const struct bus_config *bus_config(const struct bus *bus);
 void bus_stats(struct bus *bus, struct bus_stats *out);
+/* Grows with every change to the bus: a document rendered at one version is current
+ * until it moves. */
+uint64_t bus_version(struct bus *bus);
 
 /* Agent names: [A-Za-z][A-Za-z0-9._-]{0,63}; `all` is reserved. */
 bool bus_name_valid(const char *name);
@@ -126,6 +132,32 @@ int bus_health_beat(struct bus *bus, uint64_t agent_id, uid_t uid, struct bus_er
 int bus_health_render(struct bus *bus, uint64_t agent_id, struct buf *out);
 /* health/status: every agent and the bus counters, rendered under one lock. */
 void bus_status_render(struct bus *bus, struct buf *out);
+
+/* Metrics (SPEC §5). A write is one or many point lines, all or nothing. */
+int bus_metrics_write(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data,
+		      size_t len, struct bus_error *err);
+/* The points log (agent_id 0: metrics/metrics.jsonl) or an agent's points: reads at
+ * the first byte kept at or after *off (old points expire), updating *off. The size
+ * is every byte the log ever held, so it only grows. */
+ssize_t bus_metrics_read(struct bus *bus, uint64_t agent_id, uint64_t *off, char *buf, size_t n);
+uint64_t bus_metrics_size(struct bus *bus, uint64_t agent_id);
+void bus_summary_render(struct bus *bus, struct buf *out);
+/* metrics/busfs.prom: bus counters and gauges, then the user metrics. */
+void bus_prom_render(struct bus *bus, struct buf *out);
+
+/* Alerts (SPEC §6). bus_rules_write parses one write of alerts/rules: replace (`>`)
+ * or add/replace by name (`>>`); a bad line refuses it all and keeps the rules.
+ * bus_rules_clear empties them (`: > alerts/rules`), appending the old rules' text
+ * to saved (when not NULL) so that a write that then fails can put them back. */
+int bus_rules_write(struct bus *bus, const char *data, size_t len, bool replace,
+		    struct bus_error *err);
+int bus_rules_clear(struct bus *bus, struct buf *saved, struct bus_error *err);
+void bus_rules_render(struct bus *bus, struct buf *out);
+void bus_active_render(struct bus *bus, struct buf *out);
+ssize_t bus_alerts_read(struct bus *bus, uint64_t *off, char *buf, size_t n);
+uint64_t bus_alerts_size(struct bus *bus);
+/* Periodic work (every --alert-interval): evaluates the rules, drops expired points. */
+void bus_tick(struct bus *bus);
 
 /* Records a rejected operation in the top-level log and, when agent is set and known,
  * in the agent's. */

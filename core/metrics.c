@@ -1,0 +1,562 @@
+/* metrics.c — metric points: the log, the per-agent views, the sketches (metrics.h).
+ *
+ * Ownership: struct metrics owns the seglog, every series (and its sketches) and
+ * every view's arrays; metrics_close frees them all. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "busfs/clock.h"
+#include "busfs/json.h"
+#include "metrics.h"
+
+/* ---------- series ---------- */
+
+static struct series *series_get(struct metrics *m, const char *metric, const char *agent,
+				 const char *unit)
+{
+	char key[METRIC_NAME_MAX + 64 + METRIC_UNIT_MAX + 8];
+	snprintf(key, sizeof key, "%s\x01%s\x01%s", metric, agent, unit);
+	uint64_t at = strmap_get(&m->series_at, key);
+	if (at)
+		return m->series[at - 1];
+	if (m->nseries == m->series_cap) {
+		size_t cap = m->series_cap ? m->series_cap * 2 : 32;
+		struct series **p = realloc(m->series, cap * sizeof *p);
+		if (!p)
+			return NULL;
+		m->series = p;
+		m->series_cap = cap;
+	}
+	struct series *s = calloc(1, sizeof *s);
+	if (!s || strmap_set(&m->series_at, key, m->nseries + 1) < 0) {
+		free(s);
+		return NULL;
+	}
+	snprintf(s->metric, sizeof s->metric, "%s", metric);
+	snprintf(s->agent, sizeof s->agent, "%s", agent);
+	snprintf(s->unit, sizeof s->unit, "%s", unit);
+	for (int i = 0; i < METRIC_SLICES; i++) {
+		s->slice_k[i] = INT64_MIN;
+		sketch_init(&s->slice[i]);
+	}
+	m->series[m->nseries++] = s;
+	return s;
+}
+
+static void series_free(struct series *s)
+{
+	for (int i = 0; i < METRIC_SLICES; i++)
+		sketch_free(&s->slice[i]);
+	free(s);
+}
+
+static int64_t slice_of(const struct metrics *m, int64_t us)
+{
+	return us >= 0 ? us / m->slice_us : -1;
+}
+
+/* Counts a point; only points inside the window reach a sketch. */
+static int series_add(struct metrics *m, struct series *s, double v, int64_t ts, int64_t now)
+{
+	int64_t k = slice_of(m, ts), now_k = slice_of(m, now);
+	if (k > now_k - METRIC_SLICES && k >= 0) {
+		int i = (int)(k % METRIC_SLICES);
+		if (s->slice_k[i] != k) {
+			sketch_reset(&s->slice[i]);
+			s->slice_k[i] = k;
+		}
+		if (sketch_add(&s->slice[i], v) < 0)
+			return -ENOMEM;
+	}
+	s->count_total++;
+	s->sum_total += v;
+	return 0;
+}
+
+/* Adds the series' sketches of the current window to acc. */
+static int series_window(const struct metrics *m, const struct series *s, int64_t now,
+			 struct sketch *acc)
+{
+	int64_t now_k = slice_of(m, now);
+	for (int i = 0; i < METRIC_SLICES; i++) {
+		int64_t k = s->slice_k[i];
+		if (k > now_k - METRIC_SLICES && k <= now_k && sketch_merge(acc, &s->slice[i]) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static void stats_of(const struct metrics *m, const struct sketch *sk, struct window_stats *w)
+{
+	w->count = sk->count;
+	w->rate = (double)sk->count / ((double)m->window_us / 1e6);
+	if (!sk->count) {
+		w->min = w->max = w->avg = w->p50 = w->p95 = w->p99 = NAN;
+		return;
+	}
+	w->min = sk->min;
+	w->max = sk->max;
+	w->avg = sk->sum / (double)sk->count;
+	w->p50 = sketch_quantile(sk, 0.50);
+	w->p95 = sketch_quantile(sk, 0.95);
+	w->p99 = sketch_quantile(sk, 0.99);
+}
+
+double window_stat(const struct window_stats *w, enum rule_stat stat)
+{
+	switch (stat) {
+	case STAT_COUNT: return (double)w->count;
+	case STAT_MIN: return w->min;
+	case STAT_MAX: return w->max;
+	case STAT_AVG: return w->avg;
+	case STAT_P50: return w->p50;
+	case STAT_P95: return w->p95;
+	case STAT_P99: return w->p99;
+	case STAT_RATE: return w->rate;
+	}
+	return NAN;
+}
+
+void metrics_window(struct metrics *m, const char *metric, const char *agent, int64_t now_us,
+		    struct window_stats *out)
+{
+	struct sketch acc;
+	sketch_init(&acc);
+	for (size_t i = 0; i < m->nseries; i++) {
+		const struct series *s = m->series[i];
+		if (strcmp(s->metric, metric) == 0 && (!agent || strcmp(s->agent, agent) == 0))
+			series_window(m, s, now_us, &acc);
+	}
+	stats_of(m, &acc, out);
+	sketch_free(&acc);
+}
+
+void metrics_agents_of(struct metrics *m, const char *metric,
+		       void (*fn)(void *ctx, const char *agent), void *ctx)
+{
+	for (size_t i = 0; i < m->nseries; i++) {
+		const struct series *s = m->series[i];
+		if (strcmp(s->metric, metric) != 0)
+			continue;
+		/* A metric written with several units is several series of one agent. */
+		bool seen = false;
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = strcmp(m->series[j]->metric, metric) == 0 &&
+			       strcmp(m->series[j]->agent, s->agent) == 0;
+		if (!seen)
+			fn(ctx, s->agent);
+	}
+}
+
+/* ---------- views ---------- */
+
+static struct pview *view_get(struct metrics *m, const char *agent, bool create)
+{
+	uint64_t at = strmap_get(&m->view_at, agent);
+	if (at)
+		return &m->views[at - 1];
+	if (!create)
+		return NULL;
+	if (m->nviews == m->views_cap) {
+		size_t cap = m->views_cap ? m->views_cap * 2 : 16;
+		struct pview *p = realloc(m->views, cap * sizeof *p);
+		if (!p)
+			return NULL;
+		m->views = p;
+		m->views_cap = cap;
+	}
+	if (strmap_set(&m->view_at, agent, m->nviews + 1) < 0)
+		return NULL;
+	struct pview *v = &m->views[m->nviews++];
+	memset(v, 0, sizeof *v);
+	return v;
+}
+
+static void view_expire(struct metrics *m, struct pview *v)
+{
+	uint64_t start = seglog_start(m->log);
+	while (v->head < v->n && v->goff[v->head] < start)
+		v->head++;
+	if (v->head > 1024 && v->head > v->n / 2) {
+		memmove(v->voff, v->voff + v->head, (v->n - v->head) * sizeof *v->voff);
+		memmove(v->goff, v->goff + v->head, (v->n - v->head) * sizeof *v->goff);
+		v->n -= v->head;
+		v->head = 0;
+	}
+}
+
+static int view_add(struct metrics *m, const char *agent, uint64_t goff, size_t len)
+{
+	struct pview *v = view_get(m, agent, true);
+	if (!v)
+		return -ENOMEM;
+	if (v->n == v->cap) {
+		view_expire(m, v);
+		if (v->n == v->cap) {
+			size_t cap = v->cap ? v->cap * 2 : 64;
+			uint64_t *a = realloc(v->voff, cap * sizeof *a);
+			if (!a)
+				return -ENOMEM;
+			v->voff = a;
+			uint64_t *b = realloc(v->goff, cap * sizeof *b);
+			if (!b)
+				return -ENOMEM;
+			v->goff = b;
+			v->cap = cap;
+		}
+	}
+	v->voff[v->n] = v->vend;
+	v->goff[v->n] = goff;
+	v->n++;
+	v->vend += len;
+	return 0;
+}
+
+ssize_t metrics_read(struct metrics *m, const char *agent, uint64_t *off, char *buf, size_t n)
+{
+	if (!agent)
+		return seglog_read(m->log, off, buf, n);
+	struct pview *v = view_get(m, agent, false);
+	if (!v)
+		return 0;
+	view_expire(m, v);
+	if (v->head == v->n)
+		return 0;
+	if (*off < v->voff[v->head])
+		*off = v->voff[v->head];
+	if (*off >= v->vend)
+		return 0;
+	size_t lo = v->head, hi = v->n;   /* the last entry with voff <= *off */
+	while (hi - lo > 1) {
+		size_t mid = (lo + hi) / 2;
+		if (v->voff[mid] <= *off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	size_t done = 0;
+	for (size_t i = lo; i < v->n && done < n; i++) {
+		uint64_t end = i + 1 < v->n ? v->voff[i + 1] : v->vend;
+		uint64_t from = *off + done;
+		uint64_t want = end - from < n - done ? end - from : n - done;
+		uint64_t g = v->goff[i] + (from - v->voff[i]);
+		while (want > 0) {
+			uint64_t at = g;
+			ssize_t r = seglog_read(m->log, &at, buf + done, (size_t)want);
+			if (r <= 0 || at != g)
+				return done ? (ssize_t)done : (r < 0 ? r : 0);
+			done += (size_t)r;
+			g += (uint64_t)r;
+			want -= (uint64_t)r;
+		}
+	}
+	return (ssize_t)done;
+}
+
+uint64_t metrics_size(struct metrics *m, const char *agent)
+{
+	if (!agent)
+		return seglog_end(m->log);
+	struct pview *v = view_get(m, agent, false);
+	return v ? v->vend : 0;
+}
+
+void metrics_expire(struct metrics *m, int64_t now_us)
+{
+	seglog_expire(m->log, now_us);
+}
+
+/* ---------- adding points ---------- */
+
+static int index_point(struct metrics *m, const char *agent, const char *metric,
+		       const char *unit, double v, int64_t ts, uint64_t off, size_t len,
+		       int64_t now)
+{
+	struct series *s = series_get(m, metric, agent, unit);
+	if (!s || view_add(m, agent, off, len) < 0)
+		return -ENOMEM;
+	return series_add(m, s, v, ts, now);
+}
+
+int metrics_add(struct metrics *m, const char *agent, const struct metric_point *pts, size_t n,
+		int64_t now_us, struct bus_error *err)
+{
+	char ts[BUS_TIME_LEN + 1];
+	size_t *ends = malloc(n * sizeof *ends);
+	if (!ends)
+		return bus_fail(err, ENOMEM, "out of memory");
+	bus_time_format(now_us, ts);
+	buf_reset(&m->scratch);
+	for (size_t i = 0; i < n; i++) {
+		metric_format_point(&m->scratch, ts, agent, &pts[i]);
+		ends[i] = m->scratch.len;
+	}
+	uint64_t off;
+	int rc = buf_ok(&m->scratch) ? seglog_append(m->log, m->scratch.data, m->scratch.len,
+						      now_us, &off)
+				     : -ENOMEM;
+	if (rc < 0) {
+		free(ends);
+		if (rc == -ENOSPC)
+			return bus_fail(err, ENOSPC, "no space left for metric points in the store");
+		return bus_fail(err, rc == -ENOMEM ? ENOMEM : EIO,
+				"the store could not record the points: %s", strerror(-rc));
+	}
+	size_t start = 0;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		rc = index_point(m, agent, pts[i].name, pts[i].unit, pts[i].value, now_us,
+				 off + start, ends[i] - start, now_us);
+		start = ends[i];
+	}
+	free(ends);
+	m->points_total += n;
+	if (m->scratch.cap > (1u << 20)) {
+		buf_free(&m->scratch);
+		buf_init(&m->scratch);
+	}
+	/* The points are stored; only the in-memory summary could be short of memory. */
+	return rc < 0 ? bus_fail(err, ENOMEM, "out of memory indexing metric points") : 0;
+}
+
+/* ---------- rebuilding from the log ---------- */
+
+/* Copies the string value that follows `"key":"` at *p (the bus wrote it, so it has no
+ * escapes in these fields) and advances *p past its closing quote. */
+static bool take_string(const char **p, const char *end, const char *key, char *out,
+			size_t size)
+{
+	size_t kl = strlen(key);
+	if ((size_t)(end - *p) < kl || memcmp(*p, key, kl) != 0)
+		return false;
+	const char *s = *p + kl;
+	const char *q = memchr(s, '"', (size_t)(end - s));
+	if (!q || (size_t)(q - s) >= size || memchr(s, '\\', (size_t)(q - s)))
+		return false;
+	memcpy(out, s, (size_t)(q - s));
+	out[q - s] = '\0';
+	*p = q + 1;
+	return true;
+}
+
+struct rebuild {
+	struct metrics *m;
+	int64_t now;
+	uint64_t skipped;
+};
+
+static int rebuild_line(void *ctx, uint64_t off, const char *line, size_t len)
+{
+	struct rebuild *rb = ctx;
+	const char *p = line, *end = line + len;
+	char ts[BUS_TIME_LEN + 8], agent[65], metric[METRIC_NAME_MAX + 1], unit[METRIC_UNIT_MAX + 1];
+	char num[64];
+	int64_t when;
+	double v;
+	if (!take_string(&p, end, "{\"timestamp\":\"", ts, sizeof ts) ||
+	    !bus_time_parse(ts, &when) || !take_string(&p, end, ",\"agent\":\"", agent, sizeof agent) ||
+	    !take_string(&p, end, ",\"metric\":\"", metric, sizeof metric) ||
+	    (size_t)(end - p) < 9 || memcmp(p, ",\"value\":", 9) != 0) {
+		rb->skipped++;
+		return 0;
+	}
+	p += 9;
+	const char *comma = memchr(p, ',', (size_t)(end - p));
+	if (!comma || (size_t)(comma - p) >= sizeof num ||
+	    !metric_number_parse(p, (size_t)(comma - p), &v)) {
+		rb->skipped++;
+		return 0;
+	}
+	p = comma;
+	if (!take_string(&p, end, ",\"unit\":\"", unit, sizeof unit)) {
+		rb->skipped++;
+		return 0;
+	}
+	return index_point(rb->m, agent, metric, unit, v, when, off, len + 1, rb->now);
+}
+
+int metrics_open(struct metrics *m, const char *store_dir, double window_s, double retention_s,
+		 uint64_t max_bytes, int64_t now_us, struct bus_error *err)
+{
+	char dir[4096];
+	memset(m, 0, sizeof *m);
+	strmap_init(&m->series_at);
+	strmap_init(&m->view_at);
+	buf_init(&m->scratch);
+	m->window_us = (int64_t)(window_s * 1e6);
+	m->slice_us = m->window_us / METRIC_SLICES > 1000 ? m->window_us / METRIC_SLICES : 1000;
+	int64_t keep = (int64_t)(retention_s * 1e6);
+	snprintf(dir, sizeof dir, "%s/metrics", store_dir);
+	struct seglog_config cfg = {
+		.dir = dir,
+		.prefix = "points",
+		.rotate_us = keep / 16 > 1000000 ? keep / 16 : 1000000,
+		.rotate_bytes = 64u << 20,
+		.keep_us = keep,
+		.keep_bytes = max_bytes,
+	};
+	int rc = seglog_open(&cfg, now_us, &m->log, err);
+	if (rc < 0)
+		return rc;
+	struct rebuild rb = {m, now_us, 0};
+	rc = seglog_scan(m->log, rebuild_line, &rb);
+	if (rc < 0) {
+		metrics_close(m);
+		return bus_fail(err, -rc, "cannot rebuild metric summaries from %s: %s", dir,
+				strerror(-rc));
+	}
+	return 0;
+}
+
+void metrics_close(struct metrics *m)
+{
+	for (size_t i = 0; i < m->nseries; i++)
+		series_free(m->series[i]);
+	free(m->series);
+	for (size_t i = 0; i < m->nviews; i++) {
+		free(m->views[i].voff);
+		free(m->views[i].goff);
+	}
+	free(m->views);
+	strmap_free(&m->series_at);
+	strmap_free(&m->view_at);
+	buf_free(&m->scratch);
+	seglog_close(m->log);
+	memset(m, 0, sizeof *m);
+}
+
+/* ---------- documents ---------- */
+
+static int cmp_series(const void *a, const void *b)
+{
+	const struct series *x = *(struct series *const *)a, *y = *(struct series *const *)b;
+	int c = strcmp(x->metric, y->metric);
+	if (!c)
+		c = strcmp(x->agent, y->agent);
+	return c ? c : strcmp(x->unit, y->unit);
+}
+
+/* The series sorted by metric, agent, unit (a copy of the pointers; free it). */
+static struct series **sorted_series(struct metrics *m)
+{
+	struct series **v = malloc((m->nseries + 1) * sizeof *v);
+	if (!v)
+		return NULL;
+	memcpy(v, m->series, m->nseries * sizeof *v);
+	qsort(v, m->nseries, sizeof *v, cmp_series);
+	return v;
+}
+
+static void put_number(struct buf *b, double v)
+{
+	if (isfinite(v))
+		metric_format_value(b, v);
+	else
+		buf_puts(b, "null");
+}
+
+void metrics_summary_render(struct metrics *m, int64_t now_us, struct buf *out)
+{
+	struct series **v = sorted_series(m);
+	buf_puts(out, "{\"window_s\":");
+	metric_format_value(out, (double)m->window_us / 1e6);
+	buf_puts(out, ",\"metrics\":{");
+	bool first = true;
+	for (size_t i = 0; v && i < m->nseries;) {
+		struct sketch acc;
+		sketch_init(&acc);
+		size_t j = i;
+		for (; j < m->nseries && strcmp(v[j]->metric, v[i]->metric) == 0; j++)
+			series_window(m, v[j], now_us, &acc);
+		if (acc.count) {
+			struct window_stats w;
+			stats_of(m, &acc, &w);
+			buf_puts(out, first ? "\"" : ",\"");
+			buf_puts(out, v[i]->metric);
+			buf_printf(out, "\":{\"count\":%" PRIu64 ",\"min\":", w.count);
+			put_number(out, w.min);
+			buf_puts(out, ",\"max\":");
+			put_number(out, w.max);
+			buf_puts(out, ",\"avg\":");
+			put_number(out, w.avg);
+			buf_puts(out, ",\"p50\":");
+			put_number(out, w.p50);
+			buf_puts(out, ",\"p95\":");
+			put_number(out, w.p95);
+			buf_puts(out, ",\"p99\":");
+			put_number(out, w.p99);
+			buf_putc(out, '}');
+			first = false;
+		}
+		sketch_free(&acc);
+		i = j;
+	}
+	buf_puts(out, "}}\n");
+	free(v);
+}
+
+/* A Prometheus label value: backslash, double quote and newline escaped. */
+static void prom_label(struct buf *b, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\\' || *s == '"')
+			buf_putc(b, '\\');
+		if (*s == '\n') {
+			buf_puts(b, "\\n");
+			continue;
+		}
+		buf_putc(b, *s);
+	}
+}
+
+static void prom_value(struct buf *b, double v)
+{
+	if (isnan(v))
+		buf_puts(b, "NaN");
+	else if (isinf(v))
+		buf_puts(b, v > 0 ? "+Inf" : "-Inf");
+	else
+		metric_format_value(b, v);
+}
+
+void metrics_prom_render(struct metrics *m, int64_t now_us, struct buf *out)
+{
+	static const struct { const char *label; double q; } qs[] = {
+		{"0.5", 0.50}, {"0.95", 0.95}, {"0.99", 0.99},
+	};
+	struct series **v = sorted_series(m);
+	buf_puts(out, "# HELP busfs_user_metric Points written to agents/NAME/metrics: quantiles "
+		      "over the summary window, sum and count since the oldest kept point.\n"
+		      "# TYPE busfs_user_metric summary\n");
+	for (size_t i = 0; v && i < m->nseries; i++) {
+		const struct series *s = v[i];
+		struct sketch acc;
+		sketch_init(&acc);
+		series_window(m, s, now_us, &acc);
+		struct buf labels;
+		buf_init(&labels);
+		buf_puts(&labels, "name=\"");
+		prom_label(&labels, s->metric);
+		buf_puts(&labels, "\",agent=\"");
+		prom_label(&labels, s->agent);
+		buf_puts(&labels, "\",unit=\"");
+		prom_label(&labels, s->unit);
+		buf_putc(&labels, '"');
+		for (size_t k = 0; k < sizeof qs / sizeof qs[0]; k++) {
+			buf_printf(out, "busfs_user_metric{%.*s,quantile=\"%s\"} ", (int)labels.len,
+				   labels.data, qs[k].label);
+			prom_value(out, sketch_quantile(&acc, qs[k].q));
+			buf_putc(out, '\n');
+		}
+		buf_printf(out, "busfs_user_metric_sum{%.*s} ", (int)labels.len, labels.data);
+		prom_value(out, s->sum_total);
+		buf_printf(out, "\nbusfs_user_metric_count{%.*s} %" PRIu64 "\n", (int)labels.len,
+			   labels.data, s->count_total);
+		buf_free(&labels);
+		sketch_free(&acc);
+	}
+	free(v);
+}

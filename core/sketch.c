@@ -1,0 +1,367 @@
+/* sketch.c — log-bucketed quantile sketch (see sketch.h).
+ *
+ * busfs is not linked with libm, so the natural log and exp the mapping needs are
+ * computed here: both are accurate to a few ulps, far below the bucket width. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "busfs/sketch.h"
+
+/* log(gamma) = 2 atanh(alpha) = 2 alpha (1 + alpha^2/3 + alpha^4/5 + ...); the terms
+ * left out are below alpha^10/11 relatively. */
+#define ALPHA2 (SKETCH_ALPHA * SKETCH_ALPHA)
+#define LN_GAMMA (2 * SKETCH_ALPHA * \
+		  (1 + ALPHA2 * (1.0 / 3 + ALPHA2 * (1.0 / 5 + ALPHA2 * (1.0 / 7 + ALPHA2 / 9)))))
+#define INV_LN_GAMMA (1 / LN_GAMMA)
+#define MAXB SKETCH_MAX_BUCKETS
+
+#define LN2_HI 6.93147180369123816490e-01   /* log(2) in two parts, hi exact in 32 bits */
+#define LN2_LO 1.90821492927058770002e-10
+#define LN2 0.69314718055994530942
+
+_Static_assert(SKETCH_MAX_BUCKETS >= 2 && SKETCH_MAX_BUCKETS <= (1 << 20),
+	       "bucket indexes are int32_t");
+
+/* log(x) for a normal x > 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)) (without a
+ * branch: adding 1 - sqrt(1/2) to the bits carries into the exponent exactly when
+ * the mantissa reaches sqrt(2)), then log(m) = 2 atanh(f), f = (m - 1) / (m + 1),
+ * |f| < 0.172, by its series to f^19 (error < 3e-17). */
+static double sk_log(double x)
+{
+	const uint64_t half_sqrt2 = 0x3fe6a09e667f3bcdull;   /* the bits of sqrt(1/2) */
+	uint64_t b;
+	memcpy(&b, &x, sizeof b);
+	b += 0x3ff0000000000000ull - half_sqrt2;
+	int e = (int)(b >> 52) - 1023;
+	b = (b & 0x000fffffffffffffull) + half_sqrt2;
+	double m;
+	memcpy(&m, &b, sizeof m);
+	double f = (m - 1) / (m + 1), f2 = f * f, f4 = f2 * f2;
+	/* 1 + f2/3 + ... + f2^9/19, in pairs to shorten the dependency chain */
+	double p = (1 + f2 * (1.0 / 3)) + f4 * ((1.0 / 5 + f2 * (1.0 / 7)) +
+		   f4 * ((1.0 / 9 + f2 * (1.0 / 11)) + f4 * ((1.0 / 13 + f2 * (1.0 / 15)) +
+		   f4 * (1.0 / 17 + f2 * (1.0 / 19)))));
+	return e * LN2 + 2 * f * p;
+}
+
+/* 2^k for -1022 <= k <= 1023. */
+static double pow2(int k)
+{
+	uint64_t b = (uint64_t)(k + 1023) << 52;
+	double d;
+	memcpy(&d, &b, sizeof d);
+	return d;
+}
+
+/* exp(y) for |y| < 745 (inf above log(DBL_MAX)): y = k log(2) + r, |r| <= log(2)/2,
+ * exp(r) by its Taylor series to r^13 (error < 5e-18). */
+static double sk_exp(double y)
+{
+	double t = y * (1 / LN2);
+	int k = (int)(t < 0 ? t - 0.5 : t + 0.5);
+	double r = (y - k * LN2_HI) - k * LN2_LO;
+	double p = 1;
+	for (int n = 13; n >= 1; n--)   /* 1 + r (1 + r/2 (1 + r/3 (...))) */
+		p = 1 + p * r / n;
+	if (k > 1000) {
+		p *= pow2(1000);
+		k -= 1000;
+	}
+	return p * pow2(k < -1022 ? -1022 : k);
+}
+
+/* The bucket of a magnitude a >= SKETCH_ZERO_BELOW: ceil(log(a) / log(gamma)). */
+static inline int32_t bucket_of(double a)
+{
+	double t = sk_log(a) * INV_LN_GAMMA;
+	int32_t i = (int32_t)t;   /* truncation, which is ceil for t <= 0 */
+	return i + (i < t);
+}
+
+/* What bucket i answers: (1 - alpha) gamma^i = 2 gamma^i / (gamma + 1). */
+static double bucket_value(int32_t i)
+{
+	return (1 - SKETCH_ALPHA) * sk_exp(i * LN_GAMMA);
+}
+
+/* ---------- one sign's store ---------- */
+
+static void store_init(struct sketch_store *st)
+{
+	st->counts = NULL;
+	st->offset = 0;
+	st->cap = 0;
+	st->lo = INT32_MAX;
+	st->hi = INT32_MIN;
+}
+
+static int store_empty(const struct sketch_store *st) { return st->lo > st->hi; }
+
+static void store_reset(struct sketch_store *st)
+{
+	if (!store_empty(st))
+		memset(st->counts + (st->lo - st->offset), 0,
+		       (size_t)(st->hi - st->lo + 1) * sizeof *st->counts);
+	st->lo = INT32_MAX;
+	st->hi = INT32_MIN;
+}
+
+/* The range [*lo, *hi] the store needs to also hold buckets [lo, hi], at most
+ * MAXB wide: buckets below *lo will fold into *lo. */
+static void store_span(const struct sketch_store *st, int32_t lo, int32_t hi,
+		       int32_t *nlo, int32_t *nhi)
+{
+	if (!store_empty(st)) {
+		lo = lo < st->lo ? lo : st->lo;
+		hi = hi > st->hi ? hi : st->hi;
+	}
+	if (hi - lo >= MAXB)
+		lo = hi - MAXB + 1;
+	*nlo = lo;
+	*nhi = hi;
+}
+
+static int store_covers(const struct sketch_store *st, int32_t lo, int32_t hi)
+{
+	return st->counts && lo >= st->offset && hi < st->offset + st->cap;
+}
+
+/* The array a store needs to hold [lo, hi]: NULL (*cap = 0) when its own will do,
+ * after a slide if need be; else a zeroed new one of *cap slots. */
+static int store_prepare(const struct sketch_store *st, int32_t lo, int32_t hi,
+			 uint64_t **buf, int32_t *cap)
+{
+	int32_t need = hi - lo + 1;
+	*buf = NULL;
+	*cap = 0;
+	if (store_covers(st, lo, hi) || need <= st->cap)
+		return 0;
+	int32_t c = st->cap + st->cap / 2;
+	c = need > c ? need : c;
+	c = (c + 63) & ~63;
+	c = c < MAXB ? c : MAXB;
+	*buf = calloc((size_t)c, sizeof **buf);
+	if (!*buf)
+		return -ENOMEM;
+	*cap = c;
+	return 0;
+}
+
+/* Where an array of cap slots starts to hold [lo, hi]: the spare slots go the way
+ * the range grew, or half each way for a new store. */
+static int32_t store_place(const struct sketch_store *st, int32_t lo, int32_t hi, int32_t cap)
+{
+	int32_t spare = cap - (hi - lo + 1);
+	if (store_empty(st) || (lo < st->lo && hi > st->hi))
+		return lo - spare / 2;
+	return lo < st->lo ? lo - spare : lo;
+}
+
+/* Makes the store's array hold [lo, hi] (as store_span gave, so no wider than
+ * MAXB), folding buckets below lo into lo; buf is store_prepare's. lo and hi are
+ * left for the caller to set once it has added its counts. */
+static void store_fit(struct sketch_store *st, int32_t lo, int32_t hi, uint64_t *buf,
+		      int32_t cap)
+{
+	uint64_t folded = 0;
+	if (buf) {
+		int32_t off = store_place(st, lo, hi, cap);
+		for (int32_t j = st->lo; j <= st->hi; j++)
+			buf[(j > lo ? j : lo) - off] += st->counts[j - st->offset];
+		free(st->counts);
+		st->counts = buf;
+		st->offset = off;
+		st->cap = cap;
+		return;
+	}
+	if (store_empty(st)) {
+		if (!store_covers(st, lo, hi))
+			st->offset = store_place(st, lo, hi, st->cap);
+		return;
+	}
+	int32_t keep = st->lo;   /* the first bucket that stays where it is */
+	for (; keep <= st->hi && keep < lo; keep++) {
+		folded += st->counts[keep - st->offset];
+		st->counts[keep - st->offset] = 0;
+	}
+	if (!store_covers(st, lo, hi)) {
+		int32_t off = store_place(st, lo, hi, st->cap);
+		int32_t n = keep <= st->hi ? st->hi - keep + 1 : 0;
+		if (n)
+			memmove(st->counts + (keep - off), st->counts + (keep - st->offset),
+				(size_t)n * sizeof *st->counts);
+		/* zero all but the moved run */
+		int32_t at = n ? keep - off : 0;
+		memset(st->counts, 0, (size_t)at * sizeof *st->counts);
+		memset(st->counts + at + n, 0, (size_t)(st->cap - at - n) * sizeof *st->counts);
+		st->offset = off;
+	}
+	st->counts[lo - st->offset] += folded;
+}
+
+/* Counts n in bucket i: the slow path, when i is outside the array. */
+static int store_insert(struct sketch_store *st, int32_t i, uint64_t n)
+{
+	int32_t lo, hi;
+	uint64_t *buf;
+	int32_t cap;
+	store_span(st, i, i, &lo, &hi);
+	if (store_prepare(st, lo, hi, &buf, &cap) < 0)
+		return -ENOMEM;
+	store_fit(st, lo, hi, buf, cap);
+	st->counts[(i > lo ? i : lo) - st->offset] += n;
+	st->lo = lo;
+	st->hi = hi;
+	return 0;
+}
+
+static inline int store_add(struct sketch_store *st, int32_t i, uint64_t n)
+{
+	/* Inside the array, [lo, hi] and i span at most cap <= MAXB: nothing collapses. */
+	if ((uint32_t)(i - st->offset) < (uint32_t)st->cap) {
+		st->counts[i - st->offset] += n;
+		if (i < st->lo)
+			st->lo = i;
+		if (i > st->hi)
+			st->hi = i;
+		return 0;
+	}
+	return store_insert(st, i, n);
+}
+
+/* ---------- the sketch ---------- */
+
+void sketch_init(struct sketch *s)
+{
+	s->count = 0;
+	s->sum = 0;
+	s->min = s->max = NAN;
+	s->zeros = 0;
+	store_init(&s->pos);
+	store_init(&s->neg);
+}
+
+void sketch_free(struct sketch *s)
+{
+	free(s->pos.counts);
+	free(s->neg.counts);
+	sketch_init(s);
+}
+
+void sketch_reset(struct sketch *s)
+{
+	s->count = 0;
+	s->sum = 0;
+	s->min = s->max = NAN;
+	s->zeros = 0;
+	store_reset(&s->pos);
+	store_reset(&s->neg);
+}
+
+int sketch_add_n(struct sketch *s, double v, uint64_t n)
+{
+	if (!isfinite(v))
+		return -EINVAL;
+	if (n == 0)
+		return 0;
+	double a = v < 0 ? -v : v;
+	if (a < SKETCH_ZERO_BELOW) {
+		s->zeros += n;
+	} else if (store_add(v > 0 ? &s->pos : &s->neg, bucket_of(a), n) < 0) {
+		return -ENOMEM;
+	}
+	s->count += n;
+	s->sum += v * (double)n;
+	if (!(v >= s->min))   /* also when min is NAN (empty) */
+		s->min = v;
+	if (!(v <= s->max))
+		s->max = v;
+	return 0;
+}
+
+int sketch_add(struct sketch *s, double v)
+{
+	return sketch_add_n(s, v, 1);
+}
+
+int sketch_merge(struct sketch *dst, const struct sketch *src)
+{
+	struct sketch_store *d[2] = {&dst->pos, &dst->neg};
+	const struct sketch_store *o[2] = {&src->pos, &src->neg};
+	int32_t lo[2], hi[2], cap[2];
+	uint64_t *buf[2] = {NULL, NULL};
+	if (src->count == 0)
+		return 0;
+	/* Allocate everything first, so a failure leaves dst as it was. */
+	for (int k = 0; k < 2; k++) {
+		if (store_empty(o[k]))
+			continue;
+		store_span(d[k], o[k]->lo, o[k]->hi, &lo[k], &hi[k]);
+		if (store_prepare(d[k], lo[k], hi[k], &buf[k], &cap[k]) < 0) {
+			free(buf[0]);
+			return -ENOMEM;
+		}
+	}
+	for (int k = 0; k < 2; k++) {
+		if (store_empty(o[k]))
+			continue;
+		/* o[k]'s bounds before store_fit: it may be d[k] itself */
+		int32_t olo = o[k]->lo, ohi = o[k]->hi;
+		store_fit(d[k], lo[k], hi[k], buf[k], cap[k]);
+		for (int32_t j = olo; j <= ohi; j++)
+			d[k]->counts[(j > lo[k] ? j : lo[k]) - d[k]->offset] +=
+				o[k]->counts[j - o[k]->offset];
+		d[k]->lo = lo[k];
+		d[k]->hi = hi[k];
+	}
+	dst->zeros += src->zeros;
+	dst->count += src->count;
+	dst->sum += src->sum;
+	if (!(src->min >= dst->min))
+		dst->min = src->min;
+	if (!(src->max <= dst->max))
+		dst->max = src->max;
+	return 0;
+}
+
+static double clamp(const struct sketch *s, double v)
+{
+	return v < s->min ? s->min : v > s->max ? s->max : v;
+}
+
+double sketch_quantile(const struct sketch *s, double q)
+{
+	if (s->count == 0 || isnan(q))
+		return NAN;
+	if (q <= 0)
+		return s->min;
+	if (q >= 1)
+		return s->max;
+	uint64_t rank = (uint64_t)(q * (double)(s->count - 1));
+	/* Ascending: negatives by decreasing magnitude, zeros, positives. */
+	const struct sketch_store *st = &s->neg;
+	for (int32_t j = st->hi; j >= st->lo; j--) {
+		uint64_t c = st->counts[j - st->offset];
+		if (rank < c)
+			return clamp(s, -bucket_value(j));
+		rank -= c;
+	}
+	if (rank < s->zeros)
+		return clamp(s, 0);
+	rank -= s->zeros;
+	st = &s->pos;
+	for (int32_t j = st->lo; j <= st->hi; j++) {
+		uint64_t c = st->counts[j - st->offset];
+		if (rank < c)
+			return clamp(s, bucket_value(j));
+		rank -= c;
+	}
+	return s->max;
+}
+
+size_t sketch_bytes(const struct sketch *s)
+{
+	return ((size_t)s->pos.cap + (size_t)s->neg.cap) * sizeof(uint64_t);
+}

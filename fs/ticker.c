@@ -1,0 +1,66 @@
+/* ticker.c — the thread that evaluates alert rules every --alert-interval (and lets
+ * expired metric points go). It only calls into the bus, never into FUSE, and blocks
+ * every signal so SIGTERM lands on the dispatch thread. ticker_stop() ends it; the
+ * struct fs owns it. */
+#include <errno.h>
+#include <signal.h>
+#include <time.h>
+
+#include "fs.h"
+
+static double interval;
+
+static void *ticker_main(void *arg)
+{
+	struct fs *fs = arg;
+	pthread_mutex_lock(&fs->ticker_lock);
+	while (!fs->ticker_stop) {
+		struct timespec at;
+		clock_gettime(CLOCK_MONOTONIC, &at);
+		long long ns = at.tv_nsec + (long long)(interval * 1e9);
+		at.tv_sec += (time_t)(ns / 1000000000);
+		at.tv_nsec = (long)(ns % 1000000000);
+		int rc = 0;
+		while (!fs->ticker_stop && rc != ETIMEDOUT)
+			rc = pthread_cond_timedwait(&fs->ticker_cond, &fs->ticker_lock, &at);
+		if (fs->ticker_stop)
+			break;
+		pthread_mutex_unlock(&fs->ticker_lock);
+		bus_tick(fs->bus);
+		pthread_mutex_lock(&fs->ticker_lock);
+	}
+	pthread_mutex_unlock(&fs->ticker_lock);
+	return NULL;
+}
+
+int ticker_start(struct fs *fs, double interval_s)
+{
+	pthread_condattr_t ca;
+	interval = interval_s;
+	pthread_mutex_init(&fs->ticker_lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&fs->ticker_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int rc = pthread_create(&fs->ticker, NULL, ticker_main, fs);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	fs->ticker_started = rc == 0;
+	return rc == 0 ? 0 : -rc;
+}
+
+void ticker_stop(struct fs *fs)
+{
+	if (!fs->ticker_started)
+		return;
+	pthread_mutex_lock(&fs->ticker_lock);
+	fs->ticker_stop = true;
+	pthread_cond_signal(&fs->ticker_cond);
+	pthread_mutex_unlock(&fs->ticker_lock);
+	pthread_join(fs->ticker, NULL);
+	fs->ticker_started = false;
+	pthread_cond_destroy(&fs->ticker_cond);
+	pthread_mutex_destroy(&fs->ticker_lock);
+}
