@@ -10,7 +10,10 @@ BUILD    ?= build
 VERSION  := 0.1.0
 
 PKGS      := fuse3 jansson
-DEB_PKGS  := libfuse3-dev fuse3 libjansson-dev libcriterion-dev pkg-config jq
+# What building and running need; the suite also needs Criterion and the real
+# Prometheus clients it checks busfs.prom with (promtool, node_exporter).
+DEB_PKGS  := libfuse3-dev fuse3 libjansson-dev pkg-config jq
+TEST_PKGS := libcriterion-dev prometheus prometheus-node-exporter
 WARN      := -Wall -Wextra -Wshadow -Wformat=2 -Wvla -Wno-unused-parameter
 CFLAGS    ?= -O2 -g
 CPPFLAGS  += -Iinclude -D_GNU_SOURCE -DBUSFS_VERSION='"$(VERSION)"'
@@ -29,18 +32,25 @@ FST_SRC  := $(wildcard tests/fs/*.c)
 
 MNT ?= bus
 
-.PHONY: all run test unit fstest asan bench clean install uninstall deps reap format lint
+.PHONY: all run test unit fstest asan bench clean install uninstall deps deps-test install-pkgs \
+        reap format lint
 
 all: busfs
 
 deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+	@$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_PKGS)"
+
+deps-test:
+	@$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_PKGS) $(TEST_PKGS)"
+
+install-pkgs:
+	@missing=""; for p in $(PKGS_WANTED); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "busfs: installing$$missing"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null || \
 	      { echo "busfs: apt-get install$$missing failed"; exit 1; }; \
 	  else \
 	    echo "busfs: missing packages; run: sudo apt-get install$$missing"; exit 1; \
@@ -86,7 +96,7 @@ unit: $(BUILD)/unit-tests
 fstest: busfs $(BUILD)/fs-tests
 	BUSFS_BIN=$(CURDIR)/busfs $(BUILD)/fs-tests
 
-test: deps
+test: deps-test
 	@$(MAKE) --no-print-directory reap
 	@$(MAKE) --no-print-directory busfs $(BUILD)/unit-tests $(BUILD)/fs-tests
 	@rc=0; $(BUILD)/unit-tests || rc=1; \

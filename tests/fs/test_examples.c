@@ -8,7 +8,9 @@
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 /* examples/NAME next to the busfs binary under test (the repository root). */
 static const char *example(const char *name)
@@ -117,4 +119,47 @@ BUS_TEST_WITH(examples, worker_reports_health_beats_and_ends_when_drained, short
     struct bus_cmd r;
     cr_assert_eq(bus_sh(&bus, &r, "rmdir agents/bob"), 0, "rmdir after the drain: %s", r.err);
     bus_cmd_free(&r);
+}
+
+/* Fetches http://127.0.0.1:PORT/metrics with bash's /dev/tcp (no curl needed). */
+static int scrape(int port, struct bus_cmd *r)
+{
+    return bus_sh(&bus, r,
+                  "bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && "
+                  "printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3'",
+                  port);
+}
+
+/* node_exporter's textfile collector serves busfs.prom as it is at each scrape. */
+BUS_TEST(examples, node_exporter_serves_busfs_prom)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    bus_send("alice", "bob", "hello");
+    cr_assert_eq(bus_append(AT("agents/alice/metrics"), "coordination.time 150 ms\n"), 0);
+    int port = 20000 + (int)(getpid() % 20000);
+    struct bus_proc ne;
+    bus_spawn(&bus, &ne, "exec bash %s . 127.0.0.1:%d 2>/dev/null", example("node_exporter.sh"),
+              port);
+    struct bus_cmd r = {0};
+    bool up = false;
+    for (int i = 0; i < 200 && !up; i++) {
+        bus_cmd_free(&r);
+        up = scrape(port, &r) == 0 && strstr(r.out, "200 OK");
+        if (!up)
+            bus_pause_ms(50);
+    }
+    cr_assert(up, "node_exporter did not answer on port %d", port);
+    cr_assert(strstr(r.out, "\nbusfs_messages_delivered_total 1\n"), "no delivered: %s", r.out);
+    cr_assert(strstr(r.out, "busfs_user_metric_count{agent=\"alice\",name=\"coordination.time\","
+                            "unit=\"ms\"} 1"),
+              "no count line: %s", r.out);
+    cr_assert_null(strstr(r.out, "\nnode_textfile_scrape_error 1\n"), "scrape error: %s", r.out);
+    bus_cmd_free(&r);
+
+    cr_assert_eq(bus_append(AT("agents/alice/metrics"), "coordination.time 170 ms\n"), 0);
+    cr_assert_eq(scrape(port, &r), 0);
+    cr_assert(strstr(r.out, "unit=\"ms\"} 2"), "a scrape sees the file as it is now: %s", r.out);
+    bus_cmd_free(&r);
+    kill(ne.pid, SIGTERM);
+    bus_proc_wait(&ne, BUS_WAIT_MS, NULL);
 }
