@@ -2,7 +2,7 @@
  *
  * Ownership: the log owns one fd per kept segment (O_RDWR|O_APPEND: appends go to
  * the last one, reads to any) and closes it when the segment is dropped or the log
- * is closed. */
+ * is closed. Appends hold flock(LOCK_EX) on the segment for their write. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -257,13 +258,17 @@ int seglog_append(struct seglog *l, const void *data, size_t len, int64_t now_us
 			return rc;
 		s = &l->segs[l->n - 1];
 	}
+	/* A tool reading the store (a backup) takes LOCK_SH to see whole lines only. */
+	flock(s->fd, LOCK_EX);
 	ssize_t w = write(s->fd, data, len);
 	if (w != (ssize_t)len) {
 		int e = w < 0 ? errno : ENOSPC;
 		if (w > 0 && ftruncate(s->fd, (off_t)s->bytes) < 0)
 			e = EIO;
+		flock(s->fd, LOCK_UN);
 		return -e;
 	}
+	flock(s->fd, LOCK_UN);
 	if (off)
 		*off = l->end;
 	s->bytes += len;
