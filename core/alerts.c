@@ -322,14 +322,11 @@ static void fire_or_resolve(struct eval *e, const char *agent, double value)
 		log_transition(bus, r, a, "firing", NULL, e->now);
 }
 
-static void eval_metric_agent(void *ctx, const char *agent)
+static void eval_metric_agent(void *ctx, const char *agent, const struct window_stats *w)
 {
 	struct eval *e = ctx;
-	if (!bus_find(e->bus, agent))
-		return;
-	struct window_stats w;
-	metrics_window(&e->bus->metrics, e->rule->metric, agent, e->now, &w);
-	fire_or_resolve(e, agent, window_stat(&w, e->rule->stat));
+	if (bus_find(e->bus, agent))
+		fire_or_resolve(e, agent, window_stat(w, e->rule->stat));
 }
 
 static void eval_rule(struct eval *e)
@@ -347,7 +344,7 @@ static void eval_rule(struct eval *e)
 		}
 		return;
 	}
-	metrics_agents_of(&bus->metrics, metric, eval_metric_agent, e);
+	metrics_each_agent(&bus->metrics, metric, e->now, eval_metric_agent, e);
 }
 
 void bus_tick(struct bus *bus)

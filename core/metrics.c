@@ -135,21 +135,38 @@ void metrics_window(struct metrics *m, const char *metric, const char *agent, in
 	sketch_free(&acc);
 }
 
-void metrics_agents_of(struct metrics *m, const char *metric,
-		       void (*fn)(void *ctx, const char *agent), void *ctx)
+static int cmp_series_agent(const void *a, const void *b)
 {
-	for (size_t i = 0; i < m->nseries; i++) {
-		const struct series *s = m->series[i];
-		if (strcmp(s->metric, metric) != 0)
-			continue;
+	const struct series *x = *(struct series *const *)a, *y = *(struct series *const *)b;
+	return strcmp(x->agent, y->agent);
+}
+
+void metrics_each_agent(struct metrics *m, const char *metric, int64_t now_us,
+			void (*fn)(void *ctx, const char *agent, const struct window_stats *w),
+			void *ctx)
+{
+	struct series **v = malloc((m->nseries + 1) * sizeof *v);
+	size_t n = 0;
+	if (!v)
+		return;
+	for (size_t i = 0; i < m->nseries; i++)
+		if (strcmp(m->series[i]->metric, metric) == 0)
+			v[n++] = m->series[i];
+	qsort(v, n, sizeof *v, cmp_series_agent);
+	for (size_t i = 0; i < n;) {
 		/* A metric written with several units is several series of one agent. */
-		bool seen = false;
-		for (size_t j = 0; j < i && !seen; j++)
-			seen = strcmp(m->series[j]->metric, metric) == 0 &&
-			       strcmp(m->series[j]->agent, s->agent) == 0;
-		if (!seen)
-			fn(ctx, s->agent);
+		struct sketch acc;
+		struct window_stats w;
+		sketch_init(&acc);
+		size_t j = i;
+		for (; j < n && strcmp(v[j]->agent, v[i]->agent) == 0; j++)
+			series_window(m, v[j], now_us, &acc);
+		stats_of(m, &acc, &w);
+		sketch_free(&acc);
+		fn(ctx, v[i]->agent, &w);
+		i = j;
 	}
+	free(v);
 }
 
 /* ---------- views ---------- */

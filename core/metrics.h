@@ -86,8 +86,10 @@ void metrics_summary_render(struct metrics *m, int64_t now_us, struct buf *out);
 /* The busfs_user_metric summary family of the Prometheus exposition. */
 void metrics_prom_render(struct metrics *m, int64_t now_us, struct buf *out);
 
-/* Calls fn for each agent name that has a series of this metric. */
-void metrics_agents_of(struct metrics *m, const char *metric,
-		       void (*fn)(void *ctx, const char *agent), void *ctx);
+/* Calls fn once per agent name that wrote this metric, with its window stats (all
+ * units together), in name order. One pass over the series, whatever the agents. */
+void metrics_each_agent(struct metrics *m, const char *metric, int64_t now_us,
+			void (*fn)(void *ctx, const char *agent, const struct window_stats *w),
+			void *ctx);
 
 #endif
