@@ -185,8 +185,8 @@ static int parse_text(const char *p, size_t len, size_t line, struct metric_poin
 
 	next_token(p, len, &at, &tok, &n);   /* the caller trimmed: a token exists */
 	if (!metric_name_valid(tok, n))
-		return bus_fail(err, EINVAL, "line %zu: metric name '%s' is invalid: use " NAME_RULE,
-				line, shown(s1, tok, n));
+		return bus_fail(err, EINVAL, "line %zu: metric name '%s' is invalid: use "
+				NAME_RULE, line, shown(s1, tok, n));
 	memcpy(pt->name, tok, n);
 	pt->name[n] = '\0';
 
@@ -201,27 +201,28 @@ static int parse_text(const char *p, size_t len, size_t line, struct metric_poin
 		const char *eq = memchr(tok, '=', n);
 		if (!eq) {
 			if (unit)
-				return bus_fail(err, EINVAL, "line %zu: more than one unit ('%s' and '%s')",
-						line, shown(s1, unit, unit_n), shown(s2, tok, n));
+				return bus_fail(err, EINVAL, "line %zu: more than one unit "
+						"('%s' and '%s')", line, shown(s1, unit, unit_n),
+						shown(s2, tok, n));
 			if (!unit_valid(tok, n))
-				return bus_fail(err, EINVAL, "line %zu: unit '%s' is invalid: use " UNIT_RULE,
-						line, shown(s1, tok, n));
+				return bus_fail(err, EINVAL, "line %zu: unit '%s' is invalid: use "
+						UNIT_RULE, line, shown(s1, tok, n));
 			unit = tok;
 			unit_n = n;
 			continue;
 		}
 		size_t kn = (size_t)(eq - tok), vn = n - kn - 1;
 		if (!tag_key_valid(tok, kn))
-			return bus_fail(err, EINVAL, "line %zu: tag key '%s' is invalid: use " KEY_RULE,
-					line, shown(s1, tok, kn));
+			return bus_fail(err, EINVAL, "line %zu: tag key '%s' is invalid: use "
+					KEY_RULE, line, shown(s1, tok, kn));
 		const char *problem = tag_value_problem(eq + 1, vn);
 		if (problem)
 			return bus_fail(err, EINVAL, "line %zu: the value of tag '%s' %s", line,
 					shown(s1, tok, kn), problem);
 		for (int i = 0; i < ntags; i++)
 			if (key_n[i] == kn && memcmp(keys[i], tok, kn) == 0)
-				return bus_fail(err, EINVAL, "line %zu: tag '%s' is given twice", line,
-						shown(s1, tok, kn));
+				return bus_fail(err, EINVAL, "line %zu: tag '%s' is given twice",
+						line, shown(s1, tok, kn));
 		if (ntags == METRIC_TAGS_MAX)
 			return bus_fail(err, EINVAL, "line %zu: more than %d tags", line,
 					METRIC_TAGS_MAX);
@@ -290,22 +291,24 @@ static int parse_tags(const struct json_member *t, size_t line, struct metric_po
 	for (int i = 0; i < n && rc == 0; i++) {
 		const char *k = m[i].key;
 		if (!tag_key_valid(k, strlen(k))) {
-			rc = bus_fail(err, EINVAL, "line %zu: tag key '%s' is invalid: use " KEY_RULE,
-				      line, shown(s1, k, strlen(k)));
+			rc = bus_fail(err, EINVAL, "line %zu: tag key '%s' is invalid: use "
+				      KEY_RULE, line, shown(s1, k, strlen(k)));
 			break;
 		}
 		json_t *v = decode_string(m[i].value, m[i].value_len);
 		if (!v) {
-			rc = bus_fail(err, EINVAL, "line %zu: the value of tag '%s' must be a string",
-				      line, k);
+			rc = bus_fail(err, EINVAL, "line %zu: the value of tag '%s' must be a "
+				      "string", line, k);
 			break;
 		}
-		const char *problem = tag_value_problem(json_string_value(v), json_string_length(v));
+		const char *s = json_string_value(v);
+		size_t sn = json_string_length(v);
+		const char *problem = tag_value_problem(s, sn);
 		if (problem)
 			rc = bus_fail(err, EINVAL, "line %zu: the value of tag '%s' %s", line, k,
 				      problem);
 		else
-			tag_add(&pt->tags, k, strlen(k), json_string_value(v), json_string_length(v));
+			tag_add(&pt->tags, k, strlen(k), s, sn);
 		json_decref(v);
 	}
 done:
@@ -454,7 +457,10 @@ int metric_parse(const char *data, size_t len,
 			rc = bus_fail(err, ENOMEM, "out of memory");
 			break;
 		}
-		rc = p[0] == '{' ? parse_object(p, n, line, pt, err) : parse_text(p, n, line, pt, err);
+		if (p[0] == '{')
+			rc = parse_object(p, n, line, pt, err);
+		else
+			rc = parse_text(p, n, line, pt, err);
 		if (rc == 0 && !buf_ok(&pt->tags))
 			rc = bus_fail(err, ENOMEM, "out of memory");
 	}

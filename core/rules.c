@@ -245,8 +245,8 @@ static int parse_line(const char *p, size_t len, size_t line, struct rule *r,
 		} else if (!have_for && t[i].n >= 4 && memcmp(t[i].p, "for=", 4) == 0) {
 			if (!metric_number_parse(t[i].p + 4, t[i].n - 4, &r->for_s) ||
 			    r->for_s < 0)
-				return bus_fail(err, EINVAL, "line %zu: '%s' needs a number of seconds "
-						">= 0", line, shown(s1, t[i].p, t[i].n));
+				return bus_fail(err, EINVAL, "line %zu: '%s' needs a number of "
+						"seconds >= 0", line, shown(s1, t[i].p, t[i].n));
 			if (r->for_s == 0)
 				r->for_s = 0;   /* not -0 */
 			have_for = true;
@@ -303,9 +303,11 @@ int rules_parse(const char *data, size_t len, struct rule_set *out, struct bus_e
 		}
 		struct rule *r = &out->v[out->n];
 		rc = parse_line(p, n, line, r, err);
-		if (rc == 0 && find(out, r->name))
-			rc = bus_fail(err, EINVAL, "line %zu: rule '%s' was already given on line %zu",
-				      line, r->name, first_line(data, len, r->name, line));
+		if (rc == 0 && find(out, r->name)) {
+			size_t first = first_line(data, len, r->name, line);
+			rc = bus_fail(err, EINVAL, "line %zu: rule '%s' was already given on "
+				      "line %zu", line, r->name, first);
+		}
 		if (rc == 0)
 			out->n++;
 	}

@@ -16,7 +16,9 @@
 
 #define RULE_NAME_MAX 64   /* [A-Za-z_][A-Za-z0-9_.-]{0,63} */
 
-enum rule_stat { STAT_COUNT, STAT_MIN, STAT_MAX, STAT_AVG, STAT_P50, STAT_P95, STAT_P99, STAT_RATE };
+enum rule_stat {
+	STAT_COUNT, STAT_MIN, STAT_MAX, STAT_AVG, STAT_P50, STAT_P95, STAT_P99, STAT_RATE,
+};
 enum rule_op { OP_GT, OP_GE, OP_LT, OP_LE };
 enum rule_severity { SEV_INFO, SEV_WARNING, SEV_CRITICAL };
 
