@@ -142,7 +142,8 @@ static int load_segments(struct seglog *l, struct bus_error *err)
 	closedir(d);
 	if (rc < 0)
 		return rc;
-	qsort(l->segs, l->n, sizeof *l->segs, cmp_seg);
+	if (l->n)
+		qsort(l->segs, l->n, sizeof *l->segs, cmp_seg);
 	for (size_t i = 1; i < l->n; i++)
 		if (l->segs[i].start < l->segs[i - 1].start + l->segs[i - 1].bytes)
 			return bus_fail(err, EIO, "%s: segments %" PRIu64 " and %" PRIu64 " overlap",
