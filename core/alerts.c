@@ -213,13 +213,31 @@ static const struct rule *rule_in_force(const struct bus *bus, const char *name)
 	return r;
 }
 
-int bus_rules_write(struct bus *bus, const char *data, size_t len, bool replace,
-		    struct bus_error *err)
+/* Is name a line of the "name\n" list? */
+static bool listed(const struct buf *names, const char *name)
+{
+	size_t n = strlen(name);
+	for (size_t at = 0; names && at < names->len;) {
+		const char *nl = memchr(names->data + at, '\n', names->len - at);
+		size_t len = nl ? (size_t)(nl - (names->data + at)) : names->len - at;
+		if (len == n && memcmp(names->data + at, name, n) == 0)
+			return true;
+		at += len + 1;
+	}
+	return false;
+}
+
+int bus_rules_write_seen(struct bus *bus, const char *data, size_t len, bool replace,
+			 struct buf *seen, struct bus_error *err)
 {
 	struct rule_set s, next;
 	rule_set_init(&s);
 	rule_set_init(&next);
 	int rc = rules_parse(data, len, &s, err);
+	for (size_t i = 0; rc == 0 && i < s.n; i++)
+		if (listed(seen, s.v[i].name))
+			rc = bus_fail(err, EINVAL, "rule '%s' was already given earlier in this file",
+				      s.v[i].name);
 	if (rc < 0) {
 		rule_set_free(&s);
 		return rc;
@@ -237,9 +255,25 @@ int bus_rules_write(struct bus *bus, const char *data, size_t len, bool replace,
 	}
 	bus->alerts.cleared_at = 0;
 	bus_unlock_and_wake(bus);
+	for (size_t i = 0; rc == 0 && seen && i < s.n; i++)
+		buf_printf(seen, "%s\n", s.v[i].name);
 	rule_set_free(&s);
 	rule_set_free(&next);
 	return rc;
+}
+
+int bus_rules_write(struct bus *bus, const char *data, size_t len, bool replace,
+		    struct bus_error *err)
+{
+	return bus_rules_write_seen(bus, data, len, replace, NULL, err);
+}
+
+void bus_rules_user(struct bus *bus, struct buf *out)
+{
+	bus_lock(bus);
+	for (size_t i = 0; i < bus->alerts.user.n; i++)
+		rule_format(out, &bus->alerts.user.v[i]);
+	pthread_mutex_unlock(&bus->lock);
 }
 
 int bus_rules_clear(struct bus *bus, struct buf *saved, struct bus_error *err)

@@ -1,89 +1,37 @@
-/* sketch.c — log-bucketed quantile sketch (see sketch.h).
- *
- * busfs is not linked with libm, so the natural log and exp the mapping needs are
- * computed here: both are accurate to a few ulps, far below the bucket width. */
+/* sketch.c — log-bucketed quantile sketch (see sketch.h). */
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "busfs/sketch.h"
 
-/* log(gamma) = 2 atanh(alpha) = 2 alpha (1 + alpha^2/3 + alpha^4/5 + ...); the terms
- * left out are below alpha^10/11 relatively. */
+/* log(gamma) = 2 atanh(alpha) = 2 alpha (1 + alpha^2/3 + alpha^4/5 + ...), a constant
+ * expression; the terms left out are below alpha^10/11 relatively. */
 #define ALPHA2 (SKETCH_ALPHA * SKETCH_ALPHA)
 #define LN_GAMMA (2 * SKETCH_ALPHA * \
 		  (1 + ALPHA2 * (1.0 / 3 + ALPHA2 * (1.0 / 5 + ALPHA2 * (1.0 / 7 + ALPHA2 / 9)))))
 #define INV_LN_GAMMA (1 / LN_GAMMA)
 #define MAXB SKETCH_MAX_BUCKETS
 
-#define LN2_HI 6.93147180369123816490e-01   /* log(2) in two parts, hi exact in 32 bits */
-#define LN2_LO 1.90821492927058770002e-10
-#define LN2 0.69314718055994530942
-
 _Static_assert(SKETCH_MAX_BUCKETS >= 2 && SKETCH_MAX_BUCKETS <= (1 << 20),
 	       "bucket indexes are int32_t");
-
-/* log(x) for a normal x > 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)) (without a
- * branch: adding 1 - sqrt(1/2) to the bits carries into the exponent exactly when
- * the mantissa reaches sqrt(2)), then log(m) = 2 atanh(f), f = (m - 1) / (m + 1),
- * |f| < 0.172, by its series to f^19 (error < 3e-17). */
-static double sk_log(double x)
-{
-	const uint64_t half_sqrt2 = 0x3fe6a09e667f3bcdull;   /* the bits of sqrt(1/2) */
-	uint64_t b;
-	memcpy(&b, &x, sizeof b);
-	b += 0x3ff0000000000000ull - half_sqrt2;
-	int e = (int)(b >> 52) - 1023;
-	b = (b & 0x000fffffffffffffull) + half_sqrt2;
-	double m;
-	memcpy(&m, &b, sizeof m);
-	double f = (m - 1) / (m + 1), f2 = f * f, f4 = f2 * f2;
-	/* 1 + f2/3 + ... + f2^9/19, in pairs to shorten the dependency chain */
-	double p = (1 + f2 * (1.0 / 3)) + f4 * ((1.0 / 5 + f2 * (1.0 / 7)) +
-		   f4 * ((1.0 / 9 + f2 * (1.0 / 11)) + f4 * ((1.0 / 13 + f2 * (1.0 / 15)) +
-		   f4 * (1.0 / 17 + f2 * (1.0 / 19)))));
-	return e * LN2 + 2 * f * p;
-}
-
-/* 2^k for -1022 <= k <= 1023. */
-static double pow2(int k)
-{
-	uint64_t b = (uint64_t)(k + 1023) << 52;
-	double d;
-	memcpy(&d, &b, sizeof d);
-	return d;
-}
-
-/* exp(y) for |y| < 745 (inf above log(DBL_MAX)): y = k log(2) + r, |r| <= log(2)/2,
- * exp(r) by its Taylor series to r^13 (error < 5e-18). */
-static double sk_exp(double y)
-{
-	double t = y * (1 / LN2);
-	int k = (int)(t < 0 ? t - 0.5 : t + 0.5);
-	double r = (y - k * LN2_HI) - k * LN2_LO;
-	double p = 1;
-	for (int n = 13; n >= 1; n--)   /* 1 + r (1 + r/2 (1 + r/3 (...))) */
-		p = 1 + p * r / n;
-	if (k > 1000) {
-		p *= pow2(1000);
-		k -= 1000;
-	}
-	return p * pow2(k < -1022 ? -1022 : k);
-}
 
 /* The bucket of a magnitude a >= SKETCH_ZERO_BELOW: ceil(log(a) / log(gamma)). */
 static inline int32_t bucket_of(double a)
 {
-	double t = sk_log(a) * INV_LN_GAMMA;
+	double t = log(a) * INV_LN_GAMMA;
 	int32_t i = (int32_t)t;   /* truncation, which is ceil for t <= 0 */
 	return i + (i < t);
 }
 
-/* What bucket i answers: (1 - alpha) gamma^i = 2 gamma^i / (gamma + 1). */
+/* What bucket i answers: (1 - alpha) gamma^i = 2 gamma^i / (gamma + 1); DBL_MAX where
+ * that is within 0.3% of it or above (exp would overflow, and set errno). */
 static double bucket_value(int32_t i)
 {
-	return (1 - SKETCH_ALPHA) * sk_exp(i * LN_GAMMA);
+	double y = i * LN_GAMMA + log1p(-SKETCH_ALPHA);
+	return y < 709.78 ? exp(y) : DBL_MAX;
 }
 
 /* ---------- one sign's store ---------- */

@@ -398,12 +398,18 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		rc = bus_metrics_write(fs->bus, h->agent_id, uid, data, size, &err);
 		break;
 	case N_RULES:
-		/* `>`: the first write replaces the rules, later ones add; `>>` adds. */
-		rc = bus_rules_write(fs->bus, data, size, h->truncating, &err);
-		if (rc < 0 && h->cleared) {
-			/* The empty flush before it cleared them: put them back. */
-			bus_rules_write(fs->bus, h->pending.data, h->pending.len, true, NULL);
+		/* One open file is one change of the rules, however many writes carry it
+		 * (bash's printf writes line by line): `>` replaces at the first write,
+		 * later writes add, and a refused write puts back the rules as they were
+		 * before this file changed them (h->pending). */
+		if (!h->saved) {
+			buf_reset(&h->pending);
+			bus_rules_user(fs->bus, &h->pending);
+			h->saved = true;
 		}
+		rc = bus_rules_write_seen(fs->bus, data, size, h->truncating, &h->doc, &err);
+		if (rc < 0 && (h->cleared || h->wrote))
+			bus_rules_write(fs->bus, h->pending.data, h->pending.len, true, NULL);
 		h->truncating = false;
 		break;
 	default:
@@ -430,7 +436,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			refuse(req, "flush", h->path, 0, &err);
 			return;
 		}
-		h->cleared = true;
+		h->cleared = h->saved = true;
 	}
 	if (h->node == N_PAIR && bus_draft_flush(fs->bus, h->draft, &err) < 0) {
 		/* The write that was refused already logged its reason; a store failure here
@@ -569,10 +575,12 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 				  "only the uid that runs busfs (or root) may change the alert rules");
 			return;
 		}
-		/* `truncate -s 0 alerts/rules` clears them; the truncation an O_TRUNC open
-		 * makes (it carries the open file) is that file's business (op_flush). */
+		/* `truncate -s 0 alerts/rules` clears them (an O_TRUNC open sends no SETATTR
+		 * here: libfuse asks for atomic_o_trunc, and op_flush handles those). */
+		struct handle *th = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
 		struct bus_error err = {0};
-		if (!fi && attr->st_size == 0 && bus_rules_clear(fs->bus, NULL, &err) < 0) {
+		if (attr->st_size == 0 && !(th && th->truncating) &&
+		    bus_rules_clear(fs->bus, NULL, &err) < 0) {
 			refuse_at(req, "truncate", ino, NULL, err.code, err.reason);
 			return;
 		}

@@ -56,6 +56,9 @@ struct handle {
 	bool truncating;              /* N_RULES opened with O_TRUNC (`>`), not written yet:
 				       * its first write replaces the rules */
 	bool cleared;                 /* ... and an empty flush cleared them meanwhile */
+	bool saved;                   /* N_RULES: h->pending holds the rules as they were
+				       * before this file changed them; h->doc the names
+				       * its writes gave */
 	uint64_t log_expect, log_pos; /* logs: the offset the next sequential read asks
 				       * for, and where in the log it continues */
 	struct fuse_pollhandle *ph;   /* N_NEXT, owned here until handed to the notifier */

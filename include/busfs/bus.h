@@ -152,6 +152,13 @@ void bus_prom_render(struct bus *bus, struct buf *out);
 int bus_rules_write(struct bus *bus, const char *data, size_t len, bool replace,
 		    struct bus_error *err);
 int bus_rules_clear(struct bus *bus, struct buf *saved, struct bus_error *err);
+/* The same as bus_rules_write for one of several writes of one open file: seen lists
+ * ("name\n") the rules its earlier writes gave; giving one again is EINVAL, as it is
+ * within one write. The names written are appended to seen. */
+int bus_rules_write_seen(struct bus *bus, const char *data, size_t len, bool replace,
+			 struct buf *seen, struct bus_error *err);
+/* The user's rules, one canonical line each. */
+void bus_rules_user(struct bus *bus, struct buf *out);
 void bus_rules_render(struct bus *bus, struct buf *out);
 void bus_active_render(struct bus *bus, struct buf *out);
 ssize_t bus_alerts_read(struct bus *bus, uint64_t *off, char *buf, size_t n);

@@ -11,9 +11,9 @@
  * SKETCH_MAX_BUCKETS; 2048 buckets span gamma^2048 ≈ 1.7e14, about 14.2 decades.
  * When a store would span more, its lowest-magnitude buckets collapse into one:
  * quantiles falling in that bucket lose their accuracy, higher ones keep it. A
- * value's bucket is max(its own, the highest bucket of its sign - 2047) whatever
- * the order of adds, so merging sketches gives the very buckets one sketch fed with
- * all the values would have.
+ * value's bucket is max(its own, the highest bucket of its sign - MAX_BUCKETS + 1)
+ * whatever the order of adds, so merging sketches gives the very buckets one sketch
+ * fed with all the values would have.
  *
  * count, sum, min and max are exact (sum is a double accumulated in add order).
  * No global state; a sketch is thread-compatible: callers lock. */
