@@ -76,7 +76,7 @@ int alerts_apply_rules(struct bus *bus, const char *text, size_t len)
 }
 
 int alerts_apply_alert(struct bus *bus, const char *rule, const char *agent, bool firing,
-		       int64_t since_us, double value)
+		       int64_t since_us, double value, enum rule_severity severity)
 {
 	struct alert *a = alert_get(&bus->alerts, rule, agent);
 	if (!a)
@@ -88,6 +88,7 @@ int alerts_apply_alert(struct bus *bus, const char *rule, const char *agent, boo
 	a->firing = true;
 	a->since_us = since_us;
 	a->value = value;
+	a->severity = severity;
 	return 0;
 }
 
@@ -113,6 +114,7 @@ static void put_alert_record(struct buf *b, const struct alert *a, bool firing)
 	buf_put_u8(b, firing);
 	buf_put_u64(b, (uint64_t)a->since_us);
 	buf_put_u64(b, bits);
+	buf_put_u8(b, (uint8_t)a->severity);
 }
 
 void alerts_snapshot(struct bus *bus, int (*add)(struct bus *bus, struct buf *b), struct buf *b,
@@ -184,7 +186,8 @@ static void log_transition(struct bus *bus, const struct rule *r, const struct a
 		   ts, a->rule, state);
 	json_append_string(&line, msg.data, msg.len);
 	buf_printf(&line, ",\"severity\":\"%s\",\"metadata\":{\"agent\":\"%s\"",
-		   r ? rule_severity_name(r->severity) : "warning", a->agent);
+		   rule_severity_name(a->severity),
+		   a->agent);
 	if (r) {
 		buf_printf(&line, ",\"metric\":\"%s\",\"stat\":\"%s\",\"op\":\"%s\",\"threshold\":",
 			   r->metric, rule_stat_name(r->stat), rule_op_name(r->op));
@@ -350,6 +353,7 @@ static void fire_or_resolve(struct eval *e, const char *agent, double value)
 	if ((double)(e->now - a->pending_since) < r->for_s * 1e6)
 		return;
 	a->since_us = e->now;
+	a->severity = r->severity;
 	buf_reset(&bus->rec);
 	put_alert_record(&bus->rec, a, true);
 	if (bus_commit(bus, NULL) == 0)

@@ -519,11 +519,13 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len)
 		rd_str(&r, name, sizeof name);
 		uint8_t firing = rd_u8(&r);
 		uint64_t since = rd_u64(&r), bits = rd_u64(&r);
+		uint8_t severity = rd_u8(&r);
 		double value;
 		memcpy(&value, &bits, sizeof value);
-		if (r.bad)
+		if (r.bad || severity > SEV_CRITICAL)
 			return -EINVAL;
-		return alerts_apply_alert(bus, rule, name, firing, (int64_t)since, value);
+		return alerts_apply_alert(bus, rule, name, firing, (int64_t)since, value,
+					  (enum rule_severity)severity);
 	}
 	case REC_SNAP_HEAD:
 		bus->counter = rd_u64(&r);

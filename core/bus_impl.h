@@ -32,7 +32,8 @@ enum record_type {
 	REC_SNAP_SEQ = 11,  /* str pair key, u64 sequence */
 	REC_SNAP_MSG = 12,  /* u8 where (1 inbox, 2 outbox), message */
 	REC_SNAP_REJECT = 13, /* u32 errno, u64 count */
-	REC_ALERT = 14,     /* str rule, str agent, u8 firing, u64 since_us, u64 value (double) */
+	REC_ALERT = 14,     /* str rule, str agent, u8 firing, u64 since_us, u64 value (double),
+			       u8 severity */
 };
 
 /* Pending messages in delivery order. Removal leaves a hole (NULL) that compaction
@@ -82,6 +83,7 @@ struct alert {
 	bool firing;
 	int64_t since_us;
 	double value;               /* at the last evaluation */
+	enum rule_severity severity; /* of the rule when it fired */
 };
 
 struct alerts {
@@ -144,7 +146,7 @@ struct agent *bus_owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid, con
 /* alerts.c: applying records, snapshots, the history log. */
 int alerts_apply_rules(struct bus *bus, const char *text, size_t len);
 int alerts_apply_alert(struct bus *bus, const char *rule, const char *agent, bool firing,
-		       int64_t since_us, double value);
+		       int64_t since_us, double value, enum rule_severity severity);
 void alerts_snapshot(struct bus *bus, int (*add)(struct bus *bus, struct buf *b), struct buf *b,
 		     int *rc);
 int alerts_open(struct bus *bus, struct bus_error *err);

@@ -4,6 +4,7 @@
  * trace. Numbers are read with strtod() only after a strict grammar check, since
  * strtod() alone would also take hex, "nan", "inf" and leading spaces. */
 #include <errno.h>
+#include <float.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -484,11 +485,28 @@ void metric_format_value(struct buf *b, double v)
 		buf_puts(b, "null");
 		return;
 	}
-	/* The fewest significant digits that read back exactly; 17 always do. */
-	for (digits = 1; digits < 17; digits++) {
+	/* Integers, the common case, print as they are. */
+	if (v == (double)(long long)v && fabs(v) < 1e15 && !(v == 0 && signbit(v))) {
+		snprintf(f, sizeof f, "%lld", (long long)v);
+		buf_puts(b, f);
+		return;
+	}
+	/* The fewest significant digits that read back exactly; 17 always do. A double
+	 * whose shortest form has k <= 15 digits prints at 15 digits as those k digits
+	 * and zeros (it lies within 1.2e-16 of them, less than half a 15th digit), so
+	 * three tries find it: 15 (then drop the zeros), 16, 17. Subnormals have fewer
+	 * bits, so for them every length is tried. */
+	for (digits = fabs(v) < DBL_MIN ? 1 : 15; digits < 17; digits++) {
 		snprintf(e, sizeof e, "%.*e", digits - 1, v);
 		if (strtod(e, NULL) == v)
 			break;
+	}
+	if (digits == 15 && fabs(v) >= DBL_MIN) {
+		const char *mant_end = strchr(e, 'e');
+		while (digits > 1 && mant_end[-1] == '0') {
+			mant_end--;
+			digits--;
+		}
 	}
 	snprintf(e, sizeof e, "%.*e", digits - 1, v);
 	/* Plain notation for 1e-4 <= |v| < 1e16 (as Python's repr), else exponent form.

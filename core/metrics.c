@@ -3,11 +3,13 @@
  * Ownership: struct metrics owns the seglog, every series (and its sketches) and
  * every view's arrays; metrics_close frees them all. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "busfs/clock.h"
 #include "busfs/json.h"
@@ -152,7 +154,8 @@ void metrics_each_agent(struct metrics *m, const char *metric, int64_t now_us,
 	for (size_t i = 0; i < m->nseries; i++)
 		if (strcmp(m->series[i]->metric, metric) == 0)
 			v[n++] = m->series[i];
-	qsort(v, n, sizeof *v, cmp_series_agent);
+	if (n)
+		qsort(v, n, sizeof *v, cmp_series_agent);
 	for (size_t i = 0; i < n;) {
 		/* A metric written with several units is several series of one agent. */
 		struct sketch acc;
@@ -190,6 +193,7 @@ static struct pview *view_get(struct metrics *m, const char *agent, bool create)
 		return NULL;
 	struct pview *v = &m->views[m->nviews++];
 	memset(v, 0, sizeof *v);
+	snprintf(v->agent, sizeof v->agent, "%s", agent);
 	return v;
 }
 
@@ -285,6 +289,61 @@ uint64_t metrics_size(struct metrics *m, const char *agent)
 void metrics_expire(struct metrics *m, int64_t now_us)
 {
 	seglog_expire(m->log, now_us);
+}
+
+/* Where each view will start once the log starts at new_start, written to
+ * STORE/metrics/views before the segments go (a crash in between leaves a base a
+ * little too high: sizes still never shrink). */
+static void write_bases(void *ctx, uint64_t new_start)
+{
+	struct metrics *m = ctx;
+	struct buf b;
+	char path[4200], tmp[4200];
+	buf_init(&b);
+	for (size_t i = 0; i < m->nviews; i++) {
+		const struct pview *v = &m->views[i];
+		size_t lo = v->head, hi = v->n;   /* the first line kept */
+		while (lo < hi) {
+			size_t mid = (lo + hi) / 2;
+			if (v->goff[mid] < new_start)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		buf_printf(&b, "%s %" PRIu64 "\n", v->agent, lo < v->n ? v->voff[lo] : v->vend);
+	}
+	snprintf(path, sizeof path, "%s/views", m->dir);
+	snprintf(tmp, sizeof tmp, "%s/views.tmp", m->dir);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	bool ok = fd >= 0 && buf_ok(&b) && write(fd, b.data, b.len) == (ssize_t)b.len;
+	if (fd >= 0)
+		close(fd);
+	if (ok)
+		rename(tmp, path);
+	else
+		unlink(tmp);
+	buf_free(&b);
+}
+
+static void read_bases(struct metrics *m)
+{
+	char path[4200], line[128];
+	snprintf(path, sizeof path, "%s/views", m->dir);
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+	if (!f) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while (fgets(line, sizeof line, f)) {
+		char name[65];
+		unsigned long long base;
+		struct pview *v;
+		if (sscanf(line, "%64s %llu", name, &base) == 2 && (v = view_get(m, name, true)))
+			v->vend = base;   /* the view's lines kept continue from here */
+	}
+	fclose(f);
 }
 
 /* ---------- adding points ---------- */
@@ -398,7 +457,6 @@ static int rebuild_line(void *ctx, uint64_t off, const char *line, size_t len)
 int metrics_open(struct metrics *m, const char *store_dir, double window_s, double retention_s,
 		 uint64_t max_bytes, int64_t now_us, struct bus_error *err)
 {
-	char dir[4096];
 	memset(m, 0, sizeof *m);
 	strmap_init(&m->series_at);
 	strmap_init(&m->view_at);
@@ -406,25 +464,29 @@ int metrics_open(struct metrics *m, const char *store_dir, double window_s, doub
 	m->window_us = (int64_t)(window_s * 1e6);
 	m->slice_us = m->window_us / METRIC_SLICES > 1000 ? m->window_us / METRIC_SLICES : 1000;
 	int64_t keep = (int64_t)(retention_s * 1e6);
-	snprintf(dir, sizeof dir, "%s/metrics", store_dir);
+	snprintf(m->dir, sizeof m->dir, "%s/metrics", store_dir);
 	struct seglog_config cfg = {
-		.dir = dir,
+		.dir = m->dir,
 		.prefix = "points",
 		.rotate_us = keep / 16 > 1000000 ? keep / 16 : 1000000,
 		.rotate_bytes = 64u << 20,
 		.keep_us = keep,
 		.keep_bytes = max_bytes,
+		.before_drop = write_bases,
+		.ctx = m,
 	};
 	int rc = seglog_open(&cfg, now_us, &m->log, err);
 	if (rc < 0)
 		return rc;
+	read_bases(m);
 	struct rebuild rb = {m, now_us, 0};
 	rc = seglog_scan(m->log, rebuild_line, &rb);
 	if (rc < 0) {
 		metrics_close(m);
-		return bus_fail(err, -rc, "cannot rebuild metric summaries from %s: %s", dir,
+		return bus_fail(err, -rc, "cannot rebuild metric summaries from %s: %s", m->dir,
 				strerror(-rc));
 	}
+	metrics_expire(m, now_us);
 	return 0;
 }
 
@@ -462,8 +524,10 @@ static struct series **sorted_series(struct metrics *m)
 	struct series **v = malloc((m->nseries + 1) * sizeof *v);
 	if (!v)
 		return NULL;
-	memcpy(v, m->series, m->nseries * sizeof *v);
-	qsort(v, m->nseries, sizeof *v, cmp_series);
+	if (m->nseries) {
+		memcpy(v, m->series, m->nseries * sizeof *v);
+		qsort(v, m->nseries, sizeof *v, cmp_series);
+	}
 	return v;
 }
 

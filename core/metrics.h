@@ -8,7 +8,9 @@
  * unit) and time slice: SLICES slices of window/SLICES each, reused round robin, so
  * the memory of a series is fixed and a summary merges at most SLICES sketches per
  * series, however many points the window holds. Everything is rebuilt from the log
- * at start. */
+ * at start, and STORE/metrics/views keeps where each agent's view began after the
+ * dropped points ("NAME OFFSET" lines, rewritten before points are dropped), so a
+ * view's size never shrinks, restarts included. */
 #ifndef BUSFS_CORE_METRICS_H
 #define BUSFS_CORE_METRICS_H
 
@@ -38,6 +40,7 @@ struct series {
 /* One agent's view: entry i is a line at log offset goff[i] and view offset voff[i];
  * entries before head have expired. */
 struct pview {
+	char agent[65];
 	uint64_t *voff, *goff;
 	size_t head, n, cap;
 	uint64_t vend;                  /* bytes ever in this view */
@@ -45,6 +48,7 @@ struct pview {
 
 struct metrics {
 	struct seglog *log;
+	char dir[4096];                 /* STORE/metrics */
 	int64_t window_us, slice_us;
 	struct strmap series_at;        /* "metric\x01agent\x01unit" -> index + 1 */
 	struct series **series;

@@ -181,8 +181,6 @@ int seglog_open(const struct seglog_config *cfg, int64_t now_us, struct seglog *
 				"cannot open %s: %s", cfg->dir, strerror(e));
 	}
 	int rc = load_segments(l, err);
-	if (rc == 0)
-		seglog_expire(l, now_us);
 	if (rc < 0) {
 		seglog_close(l);
 		return rc;
@@ -217,17 +215,22 @@ static void drop_first(struct seglog *l)
 
 int seglog_expire(struct seglog *l, int64_t now_us)
 {
-	int dropped = 0;
-	while (l->n > 0) {
-		const struct seg *s = &l->segs[0];
+	size_t n = 0;
+	uint64_t kept = l->kept;
+	while (n < l->n) {
+		const struct seg *s = &l->segs[n];
 		bool old = l->cfg.keep_us && s->last_us < now_us - l->cfg.keep_us;
-		bool big = l->cfg.keep_bytes && l->kept > l->cfg.keep_bytes && l->n > 1;
+		bool big = l->cfg.keep_bytes && kept > l->cfg.keep_bytes && n + 1 < l->n;
 		if (!old && !big)
 			break;
-		drop_first(l);
-		dropped++;
+		kept -= s->bytes;
+		n++;
 	}
-	return dropped;
+	if (n && l->cfg.before_drop)
+		l->cfg.before_drop(l->cfg.ctx, n < l->n ? l->segs[n].start : l->end);
+	for (size_t i = 0; i < n; i++)
+		drop_first(l);
+	return (int)n;
 }
 
 static int new_segment(struct seglog *l, int64_t now_us)

@@ -26,10 +26,15 @@ struct seglog_config {
 	uint64_t rotate_bytes;  /* ... nor one larger than this (0: no limit) */
 	int64_t keep_us;        /* drop segments whose last append is older (0: keep all) */
 	uint64_t keep_bytes;    /* drop the oldest segments while more is kept (0: no limit) */
+	/* Called before segments are dropped, with the offset the log will then start
+	 * at, so the caller can record what it derives from the dropped lines first. */
+	void (*before_drop)(void *ctx, uint64_t new_start);
+	void *ctx;
 };
 
 struct seglog;
 
+/* Opens the log; nothing is dropped until the first seglog_expire or append. */
 int seglog_open(const struct seglog_config *cfg, int64_t now_us, struct seglog **out,
 		struct bus_error *err);
 void seglog_close(struct seglog *l);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# busfs benchmark: one message per open+write+close, batched `send` writes, and
-# reading generated documents (health/status of BENCH_READ_AGENTS agents, one agent's
-# health), against the FUSE floor (nullfs), libfuse's passthrough_ll, and plain tmpfs.
+# busfs benchmark: one message per open+write+close, batched `send` writes, reading
+# generated documents (health/status of BENCH_READ_AGENTS agents, one agent's health),
+# metric points appended on an open fd, and reading metrics/summary.json and
+# metrics/busfs.prom with BENCH_SUMMARY_POINTS points in the summary window, against
+# the FUSE floor (nullfs), libfuse's passthrough_ll, and plain tmpfs.
 #
 #   tests/bench/bench.sh [BUSFS_BINARY]        (normally run by `make bench`)
 #
@@ -17,7 +19,19 @@
 #                     buffer until end-of-file + close)
 #   BENCH_READ_AGENTS agents registered, each with one health report,
 #                     on the busfs whose health/status is read         (1000)
+#   BENCH_METRIC_N    max points per round per target, metric append
+#                     (one open(O_WRONLY|O_APPEND), points written 1 and
+#                     100 lines per write(), close)                    (100000)
+#   BENCH_SUMMARY_POINTS  points loaded (set-up, 1000 lines per write, over
+#                     10 agents x 10 metrics) into a busfs with
+#                     --summary-window 3600 before its summary.json and
+#                     busfs.prom are read                              (1000000)
+#   BENCH_SUMMARY_N   max reads per round per target of summary.json and
+#                     busfs.prom (and their same-size stand-ins)       (500)
 #   BENCH_TIMEOUT     seconds before one client run counts as hung     (120)
+#
+# busfs is run from a copy taken at start, so that a rebuild of BUSFS during the
+# run (e.g. `make asan` rewrites ./busfs) does not change the binary mid-way.
 #
 # Needs nullfs and client in ./out (the Makefile builds them), cc, pkg-config,
 # fuse3 (fusermount3) and libfuse3-dev (for the passthrough_ll example).
@@ -37,11 +51,19 @@ ROUND_SECS=${BENCH_ROUND_SECS:-1.5}
 PROCS=${BENCH_PROCS:-4}
 READ_N=${BENCH_READ_N:-2000}
 READ_AGENTS=${BENCH_READ_AGENTS:-1000}
+METRIC_N=${BENCH_METRIC_N:-100000}
+SUM_POINTS=${BENCH_SUMMARY_POINTS:-1000000}
+SUM_N=${BENCH_SUMMARY_N:-500}
 TMO=${BENCH_TIMEOUT:-120}
 BATCH_SIZES=(1 10 100 1000)
+APPEND_SIZES=(1 100)   # metric lines per write(), metric append workload
+SUM_AGENTS=10          # agents x SUM_METRICS metrics hold the summary workload's points
+SUM_METRICS=10
+SUM_LINES=1000         # lines per write() while loading them
+SUM_GOAL_US=10000      # the goal for one read of summary.json
 EXAMPLES=/usr/share/doc/libfuse3-dev/examples
 
-for v in N BATCH_N ROUNDS PROCS READ_N READ_AGENTS TMO; do
+for v in N BATCH_N ROUNDS PROCS READ_N READ_AGENTS METRIC_N SUM_POINTS SUM_N TMO; do
 	case ${!v} in
 	'' | *[!0-9]* | 0) echo "bench: $v must be a positive integer (got '${!v}')" >&2; exit 2 ;;
 	esac
@@ -152,6 +174,17 @@ echo "busfs benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine: $(nproc) CPUs, ${model:-unknown CPU}, kernel $(uname -r), libfuse $(pkg-config --modversion fuse3 2>/dev/null || echo '?')"
 echo "settings: BENCH_N=$N BENCH_BATCH_N=$BATCH_N BENCH_ROUNDS=$ROUNDS BENCH_ROUND_SECS=$ROUND_SECS BENCH_PROCS=$PROCS"
 echo "          BENCH_READ_N=$READ_N BENCH_READ_AGENTS=$READ_AGENTS"
+echo "          BENCH_METRIC_N=$METRIC_N BENCH_SUMMARY_POINTS=$SUM_POINTS BENCH_SUMMARY_N=$SUM_N"
+# Run a copy of busfs (see the top); say when it is a sanitizer build.
+if [ -n "$BUSFS" ] && [ -x "$BUSFS" ] && [ -f "$BUSFS" ]; then
+	if cp "$BUSFS" "$WORK/busfs" 2>/dev/null; then
+		kind="plain build"
+		grep -qa -e __asan_init -e __ubsan_handle -e __tsan_init "$WORK/busfs" &&
+			kind="SANITIZER BUILD (ASan/UBSan/TSan): its figures are not representative"
+		echo "busfs: $BUSFS, $kind (run from a copy)"
+		BUSFS="$WORK/busfs"
+	fi
+fi
 echo
 
 # ---------------------------------------------------------------- targets
@@ -181,11 +214,12 @@ start_target() {
 	return 1
 }
 
-declare -A OUTBOX=() BATCHF=() STATUSF=() HEALTHF=()
+declare -A OUTBOX=() BATCHF=() STATUSF=() HEALTHF=() APPENDF=() SUMMARYF=() PROMF=()
 
 # (a) nullfs, single-threaded loop — the FUSE floor
 if start_target nullfs "$WORK/mnt-nullfs" 200 "$NULLFS" -f "$WORK/mnt-nullfs"; then
 	OUTBOX[nullfs]="$WORK/mnt-nullfs/msg"
+	APPENDF[nullfs]="$WORK/mnt-nullfs/sink"
 fi
 # (b) nullfs, fuse_session_loop_mt
 if start_target nullfs-mt "$WORK/mnt-nullfs-mt" 200 "$NULLFS" -f --mt "$WORK/mnt-nullfs-mt"; then
@@ -210,6 +244,8 @@ if msg=$(build_passthrough); then
 	if start_target passthrough_ll "$WORK/mnt-pt" 200 \
 		"$WORK/passthrough_ll" -f -o source="$SHM/pt-src" "$WORK/mnt-pt"; then
 		OUTBOX[passthrough_ll]="$WORK/mnt-pt/msg"
+		: >"$SHM/pt-src/metrics"
+		APPENDF[passthrough_ll]="$WORK/mnt-pt/metrics"
 	fi
 else
 	ORDER+=(passthrough_ll)
@@ -228,6 +264,7 @@ elif start_target busfs "$WORK/mnt-busfs" 300 "$BUSFS" -f --store "$SHM/store" \
 	if msg=$(mkdir "$B/agents/alice" "$B/agents/bob" 2>&1); then
 		OUTBOX[busfs]="$B/agents/alice/outbox/bob"
 		BATCHF[busfs]="$B/agents/alice/send"
+		APPENDF[busfs]="$B/agents/alice/metrics"
 	else
 		FAIL[busfs]="mounted, but registering agents failed: $msg"
 	fi
@@ -237,6 +274,8 @@ mkdir -p "$SHM/tmpfs"
 OUTBOX[tmpfs]="$SHM/tmpfs/msg"
 BATCHF[tmpfs]="$SHM/tmpfs/batch.jsonl"
 : >"${BATCHF[tmpfs]}"
+APPENDF[tmpfs]="$SHM/tmpfs/metrics"
+: >"${APPENDF[tmpfs]}"
 ORDER+=(tmpfs)
 
 TARGETS=(nullfs nullfs-mt passthrough_ll busfs tmpfs)
@@ -246,25 +285,35 @@ declare -A LABEL=(
 	[passthrough_ll]="passthrough_ll/tmpfs"
 	[busfs]="busfs"
 	[busfs-read]="busfs"
+	[busfs-sum]="busfs"
 	[tmpfs]="tmpfs"
 )
 # The read workloads: busfs-read is a second busfs, started for them (see below).
 READ_TARGETS=(nullfs passthrough_ll busfs-read tmpfs)
+# Metric append runs on the first busfs (agent alice); the summary reads on a third,
+# busfs-sum, that holds SUM_POINTS points.
+APPEND_TARGETS=(nullfs passthrough_ll busfs tmpfs)
+SUM_TARGETS=(nullfs passthrough_ll busfs-sum tmpfs)
 
 # ---------------------------------------------------------------- measuring
-declare -A RATES=() COUNT=() BYTESR=()
+declare -A RATES=() COUNT=() BYTESR=() SLOWEST=()
 ALLJOBS=()
 
-# run_client JOB ARGS...: one client run; sets RATE (and BYTES, the bytes per read of a
-# read run), or records the failure in FAIL[JOB].
+# run_client JOB ARGS...: one client run; sets RATE (and BYTES, the bytes per read, and
+# SLOW, the slowest read in us, of a read run; SECS, the seconds the client timed, of an
+# append run), or records the failure in FAIL[JOB].
 # (Not run in a $(...) subshell, so FAIL survives.)
 RATE=""
 BYTES=""
+SLOW=""
+SECS=""
 run_client() {
 	local job=$1 out rc
 	shift
 	RATE=""
 	BYTES=""
+	SLOW=""
+	SECS=""
 	out=$(timeout -k 5 "$TMO" "$CLIENT" "$@" 2>&1)
 	rc=$?
 	if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
@@ -276,9 +325,12 @@ run_client() {
 		FAIL[$job]=$(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')
 		return 1
 	fi
-	RATE=$(printf '%s\n' "$out" | awk '/(msgs|reads)\/s/ { r = $1 } END { print r }')
+	RATE=$(printf '%s\n' "$out" | awk '/(msgs|reads|points)\/s/ { r = $1 } END { print r }')
 	BYTES=$(printf '%s\n' "$out" | awk '/reads\/s/ { for (i = 2; i <= NF; i++)
 		if ($i ~ /^bytes\/read/) b = $(i - 1) } END { print b }')
+	SLOW=$(printf '%s\n' "$out" | awk '/reads\/s/ { for (i = 2; i < NF; i++)
+		if ($i == "slowest") s = $(i + 1) } END { print s }')
+	case $out in *points/s*) SECS=$(printf '%s\n' "$out" | awk '/points\/s/ { s = $5 } END { print s }') ;; esac
 	if [ -z "$RATE" ]; then
 		FAIL[$job]="unexpected client output: $out"
 		return 1
@@ -286,7 +338,7 @@ run_client() {
 }
 
 # job_args JOB COUNT: the client command line of a job.
-#   jobs: outbox1:T, outboxP:T, batchL:T, status:T, health:T
+#   jobs: outbox1:T, outboxP:T, batchL:T, status:T, health:T, appendL:T, summary:T, prom:T
 job_args() {
 	local job=$1 n=$2 kind=${1%%:*} t=${1#*:}
 	case $kind in
@@ -295,6 +347,9 @@ job_args() {
 	batch*) echo batch "${BATCHF[$t]}" "${kind#batch}" "$n" ;;
 	status) echo read "${STATUSF[$t]}" "$n" ;;
 	health) echo read "${HEALTHF[$t]}" "$n" ;;
+	append*) echo append "${APPENDF[$t]}" "${kind#append}" "$n" ;;
+	summary) echo read "${SUMMARYF[$t]}" "$n" ;;
+	prom) echo read "${PROMF[$t]}" "$n" ;;
 	esac
 }
 
@@ -305,14 +360,20 @@ run_job() {
 	[ -n "${FAIL[$t]:-}" ] && return 1
 	# shellcheck disable=SC2207
 	args=($(job_args "$job" "$n"))
-	case $job in batch*:tmpfs) : >"${BATCHF[tmpfs]}" ;; esac
+	case $job in
+	batch*:tmpfs) : >"${BATCHF[tmpfs]}" ;;
+	# The appended-to files start empty at every run (busfs's log of alice's points
+	# keeps growing, as it does for a real agent).
+	append*:tmpfs) : >"${APPENDF[tmpfs]}" ;;
+	append*:passthrough_ll) : >"$SHM/pt-src/metrics" ;;
+	esac
 	run_client "$job" "${args[@]}"
 }
 
 # measure TITLE MAXN JOB...: a warm-up run of each job fixes its count (about ROUND_SECS
 # long, at most MAXN), then ROUNDS rounds run the jobs interleaved A B C A B C ...
 measure() {
-	local title=$1 maxn=$2 job r n cal line
+	local title=$1 maxn=$2 job r n cal line l
 	shift 2
 	local jobs=("$@")
 	ALLJOBS+=("$@")
@@ -320,10 +381,15 @@ measure() {
 	for job in "${jobs[@]}"; do
 		n=$cal
 		# A warm-up of big batches needs more than a couple of writes.
-		case $job in batch100:* | batch1000:*) n=$((cal * 5 > maxn ? maxn : cal * 5)) ;; esac
+		case $job in batch100:* | batch1000:* | append100:*) n=$((cal * 5 > maxn ? maxn : cal * 5)) ;; esac
 		if run_job "$job" "$n"; then
 			COUNT[$job]=$(awk -v r="$RATE" -v s="$ROUND_SECS" -v m="$maxn" 'BEGIN {
 				n = (s > 0) ? int(r * s) : m; if (n < 1000) n = 1000; if (n > m) n = m; print n }')
+			# Appends: whole writes only, so that us/write is exact.
+			case $job in append*)
+				l=${job%%:*} l=${l#append}
+				[ "${COUNT[$job]}" -ge "$l" ] && COUNT[$job]=$((COUNT[$job] / l * l)) ;;
+			esac
 		fi
 	done
 	for ((r = 1; r <= ROUNDS; r++)); do
@@ -332,6 +398,7 @@ measure() {
 			if run_job "$job" "${COUNT[$job]:-$maxn}"; then
 				RATES[$job]+="$RATE "
 				[ -n "$BYTES" ] && BYTESR[$job]+="$BYTES "
+				[ -n "$SLOW" ] && SLOWEST[$job]+="$SLOW "
 				line+=" ${job#*:}=${RATE%.*}/s"
 			else
 				line+=" ${job#*:}=FAILED"
@@ -442,6 +509,97 @@ else
 	for t in "${READ_TARGETS[@]}"; do ALLJOBS+=("status:$t" "health:$t"); done
 	FAIL[status:busfs-read]="no document to size the others by: ${FAIL[busfs-read]:-}"
 fi
+
+# Metric append: alice's metrics on the first busfs, nullfs's sink, a file on
+# passthrough_ll and on tmpfs; 1 and 100 lines per write().
+APPEND_JOBS=()
+for l in "${APPEND_SIZES[@]}"; do
+	for t in "${APPEND_TARGETS[@]}"; do APPEND_JOBS+=("append$l:$t"); done
+done
+measure "metric append" "$METRIC_N" "${APPEND_JOBS[@]}"
+
+# Summary reads.  A third busfs, --summary-window 3600 --metrics-retention 7200, loaded
+# with SUM_POINTS points through agents/A/metrics, SUM_LINES lines per write(), spread
+# over SUM_AGENTS agents x SUM_METRICS metrics (set-up: timed and reported, not part of
+# the read figures).  tmpfs and passthrough_ll read copies of summary.json and
+# busfs.prom taken after the load, nullfs blob-SIZE files of the same sizes.
+SUM_LOAD_MS="" SUM_WRITE_S="" SUM_RSS0="" SUM_RSS="" SUM_STORE_KB="" SUMMARY_BYTES="" PROM_BYTES="" SUM_ERR=""
+SUM_NAGENTS=0
+vmrss() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null; }
+# setup_summary ROOT: register, load, check, copy; on failure returns 1 with SUM_ERR set.
+setup_summary() {
+	local R=$1 i a n per left t0 total msg ws=0
+	local names=()
+	SUM_NAGENTS=$((SUM_POINTS < SUM_AGENTS ? SUM_POINTS : SUM_AGENTS))
+	for ((i = 1; i <= SUM_NAGENTS; i++)); do
+		printf -v a 's%02d' "$i"
+		names+=("$a")
+	done
+	if ! msg=$(mkdir "${names[@]/#/$R/agents/}" 2>&1); then
+		SUM_ERR="mkdir agents/...: $(printf '%s' "$msg" | head -n 2 | tr '\n' ' ')"
+		return 1
+	fi
+	SUM_RSS0=$(vmrss "${PID[busfs-sum]}")
+	per=$((SUM_POINTS / SUM_NAGENTS))
+	left=$SUM_POINTS
+	t0=$(date +%s%N)
+	for ((i = 0; i < SUM_NAGENTS; i++)); do
+		n=$per
+		[ "$i" -eq $((SUM_NAGENTS - 1)) ] && n=$left
+		if ! run_client "load:busfs-sum" append "$R/agents/${names[i]}/metrics" \
+			"$SUM_LINES" "$n" "$SUM_METRICS"; then
+			SUM_ERR="loading agents/${names[i]}/metrics: ${FAIL[load:busfs-sum]}"
+			return 1
+		fi
+		ws=$(awk -v a="$ws" -v b="$SECS" 'BEGIN { print a + b }')
+		left=$((left - n))
+	done
+	SUM_LOAD_MS=$((($(date +%s%N) - t0) / 1000000))
+	SUM_WRITE_S=$ws
+	SUM_RSS=$(vmrss "${PID[busfs-sum]}")
+	SUM_STORE_KB=$(du -sk "$SHM/store-sum" 2>/dev/null | awk '{ print $1 }')
+	if ! cat "$R/metrics/summary.json" >"$SHM/tmpfs/summary.json" 2>/dev/null ||
+		! cat "$R/metrics/busfs.prom" >"$SHM/tmpfs/busfs.prom" 2>/dev/null; then
+		SUM_ERR="reading metrics/summary.json or metrics/busfs.prom failed"
+		return 1
+	fi
+	# Sanity: every point is in the window.
+	total=$(grep -o '"count":[0-9]*' "$SHM/tmpfs/summary.json" | awk -F: '{ s += $2 } END { print s + 0 }')
+	if [ "$total" != "$SUM_POINTS" ]; then
+		SUM_ERR="summary.json counts $total points, not $SUM_POINTS: $(head -c 200 "$SHM/tmpfs/summary.json")"
+		return 1
+	fi
+	SUMMARY_BYTES=$(stat -c %s "$SHM/tmpfs/summary.json")
+	PROM_BYTES=$(stat -c %s "$SHM/tmpfs/busfs.prom")
+	SUMMARYF[busfs-sum]="$R/metrics/summary.json"
+	PROMF[busfs-sum]="$R/metrics/busfs.prom"
+}
+if [ -z "$BUSFS" ] || [ ! -x "$BUSFS" ]; then
+	ORDER+=(busfs-sum)
+	FAIL[busfs-sum]="${FAIL[busfs]:-no busfs binary}"
+elif start_target busfs-sum "$WORK/mnt-busfs-sum" 300 "$BUSFS" -f --store "$SHM/store-sum" \
+	--summary-window 3600 --metrics-retention 7200 "$WORK/mnt-busfs-sum"; then
+	if setup_summary "$WORK/mnt-busfs-sum"; then
+		log "summary set-up: $SUM_POINTS points loaded in $SUM_LOAD_MS ms ($SUM_WRITE_S s in write()); summary.json $SUMMARY_BYTES B, busfs.prom $PROM_BYTES B; RSS ${SUM_RSS} kB; store ${SUM_STORE_KB} kB"
+	else
+		FAIL[busfs-sum]="summary set-up failed: $SUM_ERR"
+	fi
+fi
+if [ -n "$SUMMARY_BYTES" ]; then
+	SUMMARYF[tmpfs]="$SHM/tmpfs/summary.json"
+	PROMF[tmpfs]="$SHM/tmpfs/busfs.prom"
+	cp "$SHM/tmpfs/summary.json" "$SHM/tmpfs/busfs.prom" "$SHM/pt-src/" 2>/dev/null &&
+		SUMMARYF[passthrough_ll]="$WORK/mnt-pt/summary.json" PROMF[passthrough_ll]="$WORK/mnt-pt/busfs.prom"
+	SUMMARYF[nullfs]="$WORK/mnt-nullfs/blob-$SUMMARY_BYTES"
+	PROMF[nullfs]="$WORK/mnt-nullfs/blob-$PROM_BYTES"
+	# shellcheck disable=SC2046
+	measure "summary read" "$SUM_N" $(for t in "${SUM_TARGETS[@]}"; do echo "summary:$t"; done)
+	# shellcheck disable=SC2046
+	measure "busfs.prom read" "$SUM_N" $(for t in "${SUM_TARGETS[@]}"; do echo "prom:$t"; done)
+else
+	for t in "${SUM_TARGETS[@]}"; do ALLJOBS+=("summary:$t" "prom:$t"); done
+	FAIL[summary:busfs-sum]="no document to size the others by: ${FAIL[busfs-sum]:-}"
+fi
 T1=$(date +%s)
 
 # ---------------------------------------------------------------- table
@@ -530,6 +688,73 @@ echo
 for t in "${READ_TARGETS[@]}"; do row_read "agent health" "health:$t" health:nullfs health:tmpfs; done
 echo
 
+row_append() { # row_append WORKLOAD JOB LINES NULL_REF TMPFS_REF
+	local wl=$1 job=$2 l=$3 t=${2#*:} m why
+	m=${MED[$job]:-}
+	if [ -n "$m" ]; then
+		printf '%-16s %-22s %12.0f %10.2f %11s %9s\n' "$wl" "${LABEL[$t]}" "$m" \
+			"$(awk -v r="$m" -v l="$l" 'BEGIN { print 1e6 * l / r }')" "$(ratio "$m" "$4")" "$(ratio "$m" "$5")"
+	else
+		why="not run"
+		[ -n "${FAIL[$job]:-}" ] && why="FAILED"
+		printf '%-16s %-22s %12s %10s %11s %9s\n' "$wl" "${LABEL[$t]}" "$why" - - -
+	fi
+}
+mib() { [ -n "$1" ] && awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }' || echo "?"; }
+echo "Metric append: one open(O_WRONLY|O_APPEND), then N points written L lines per write()"
+echo "(lines like 'coordination.time 43576.1 ms phase=test', values varying, about 41 B each),"
+echo "then close. busfs: agents/alice/metrics of the first busfs (--summary-window 60,"
+echo "--metrics-retention 3600); nullfs: its sink file (every WRITE accepted and dropped,"
+echo "direct_io like busfs); passthrough_ll and tmpfs: a file emptied before each run."
+echo "us/write = L x 1e6 / points/s; x nullfs and x tmpfs compare with as many lines per write."
+echo
+printf '%-16s %-22s %12s %10s %11s %9s\n' workload target points/s "us/write" "x nullfs" "x tmpfs"
+printf '%s\n' "-------------------------------------------------------------------------------------"
+for l in "${APPEND_SIZES[@]}"; do
+	for t in "${APPEND_TARGETS[@]}"; do
+		row_append "append $l/write" "append$l:$t" "$l" "append$l:nullfs" "append$l:tmpfs"
+	done
+	echo
+done
+
+echo "Metrics documents: a third busfs (--summary-window 3600 --metrics-retention 7200)"
+if [ -n "$SUM_LOAD_MS" ]; then
+	echo "holding $SUM_POINTS points, $SUM_NAGENTS agents x $SUM_METRICS metrics, loaded through agents/A/metrics"
+	awk -v p="$SUM_POINTS" -v ms="$SUM_LOAD_MS" -v ws="$SUM_WRITE_S" -v l="$SUM_LINES" -v na="$SUM_NAGENTS" 'BEGIN {
+		printf "%d lines per write(), one writer at a time (set-up, not in the figures below):\n", l
+		printf "%.2f s in write() = %.0f points/s; %.1f s wall clock with %d client starts.\n",
+			ws, p / (ws > 0 ? ws : 1e-9), ms / 1000, na }'
+	echo "busfs server RSS (VmRSS): $(mib "$SUM_RSS0") before loading, $(mib "$SUM_RSS") after;"
+	echo "store on disk (du -sk of the store dir): $(mib "$SUM_STORE_KB")."
+else
+	echo "holding $SUM_POINTS points: set-up failed (see below)."
+fi
+echo "One read = open + read() until 0 + close, rendered at every open; tmpfs and"
+echo "passthrough_ll read copies (${SUMMARY_BYTES:-?} B and ${PROM_BYTES:-?} B), nullfs blob-SIZE files."
+echo
+printf '%-14s %-21s %10s %9s %10s %9s %8s %8s\n' workload target reads/s "us/read" bytes "+us" "x nullfs" "x tmpfs"
+printf '%s\n' "-------------------------------------------------------------------------------------------"
+for t in "${SUM_TARGETS[@]}"; do row_read "summary.json" "summary:$t" summary:nullfs summary:tmpfs; done
+echo
+for t in "${SUM_TARGETS[@]}"; do row_read "busfs.prom" "prom:$t" prom:nullfs prom:tmpfs; done
+echo
+if [ -n "${MED[summary:busfs-sum]:-}" ]; then
+	awk -v r="${MED[summary:busfs-sum]}" -v g="$SUM_GOAL_US" -v p="$SUM_POINTS" \
+		-v rates="${RATES[summary:busfs-sum]}" -v slow="${SLOWEST[summary:busfs-sum]:-}" 'BEGIN {
+		us = 1e6 / r
+		n = split(rates, a, " "); worst = 0
+		for (i = 1; i <= n; i++) if (1e6 / a[i] > worst) worst = 1e6 / a[i]
+		n = split(slow, b, " "); single = 0
+		for (i = 1; i <= n; i++) if (b[i] + 0 > single) single = b[i] + 0
+		printf "summary.json with %d points in the window, goal <= %.0f ms per read: %s\n",
+			p, g / 1000, (us <= g) ? "MET" : "NOT MET"
+		printf "  median %.2f ms per read; slowest round %.2f ms per read; slowest single read %.2f ms\n",
+			us / 1000, worst / 1000, single / 1000 }'
+else
+	echo "summary.json goal <= $((SUM_GOAL_US / 1000)) ms per read: not measured"
+fi
+echo
+
 # ---------------------------------------------------------------- failures
 # Exit status: 0 only when every target and workload was measured and every server
 # stopped cleanly.
@@ -543,7 +768,7 @@ for n in "${ORDER[@]}"; do
 		echo "$n: server ${STOPSLOW[$n]} (not a failure)"
 	fi
 done
-for t in "${TARGETS[@]}" busfs-read; do
+for t in "${TARGETS[@]}" busfs-read busfs-sum; do
 	if [ -n "${FAIL[$t]:-}" ]; then
 		echo "$t: not measured: ${FAIL[$t]}"
 		status=1
@@ -555,7 +780,7 @@ for job in "${ALLJOBS[@]}"; do
 		status=1
 	fi
 done
-if [ -n "${FAIL[busfs]:-}" ] || [ -n "${FAIL[busfs-read]:-}" ]; then
+if [ -n "${FAIL[busfs]:-}" ] || [ -n "${FAIL[busfs-read]:-}" ] || [ -n "${FAIL[busfs-sum]:-}" ]; then
 	echo "busfs FAILED (the other targets were measured without it)."
 elif [ "$status" = 0 ]; then
 	echo "all targets measured."

@@ -7,11 +7,20 @@
  *                                       LINES newline-terminated JSON records per write()
  *   client read         PATH N          N x (open(O_RDONLY) + read() with a 64 KiB buffer
  *                                       until it returns 0 + close)
+ *   client append       PATH LINES N [METRICS]
+ *                                       one open(O_WRONLY|O_APPEND), N metric points written
+ *                                       LINES lines per write(), e.g.
+ *                                       "coordination.time 123.4 ms phase=build\n", then close;
+ *                                       the values vary, and with METRICS > 1 (at most 10)
+ *                                       the lines cycle through METRICS metric names
  *
  * Prints one line: "<rate> msgs/s (<count> msgs, <seconds> s, <us> us/op)", or for
  * read "<rate> reads/s (<count> reads, <seconds> s, <us> us/op, <bytes> bytes/read)"
  * where bytes/read is the mean over the N reads of the file, followed by
- * ", <min>-<max> bytes" when not every read returned the same size.
+ * ", <min>-<max> bytes" when not every read returned the same size, and by
+ * ", slowest <us> us", the longest single open+read+close; for append
+ * "<rate> points/s (<count> points, <seconds> s, <us> us/write, <writes> writes,
+ * <bytes> bytes)".
  * Any failing system call (including a short write, EAGAIN from a full inbox,
  * ENOSPC, EINTR, ...) is fatal: a message naming the call and the error, exit 1.
  */
@@ -234,8 +243,9 @@ static int cmd_read(int argc, char **argv)
 	if (!buf)
 		die("malloc", "-", -1);
 	long long total = 0, lo = -1, hi = -1;
+	double slowest = 0;
 
-	double t0 = now();
+	double t0 = now(), ti = t0;
 	for (long i = 0; i < n; i++) {
 		int fd = open(path, O_RDONLY);
 		if (fd < 0)
@@ -256,8 +266,12 @@ static int cmd_read(int argc, char **argv)
 			lo = got;
 		if (got > hi)
 			hi = got;
+		double te = now();
+		if (te - ti > slowest)
+			slowest = te - ti;
+		ti = te;
 	}
-	double secs = now() - t0;
+	double secs = ti - t0;
 	free(buf);
 
 	if (secs <= 0)
@@ -266,8 +280,90 @@ static int cmd_read(int argc, char **argv)
 	       (double)n / secs, n, secs, secs * 1e6 / (double)n, (double)total / (double)n);
 	if (lo != hi)
 		printf(", %lld-%lld bytes", lo, hi);
-	printf(")\n");
+	printf(", slowest %.0f us)\n", slowest * 1e6);
 	fflush(stdout);
+	return 0;
+}
+
+/* Metric names of the append workload: the first one alone when METRICS is 1. */
+static const char *const metric_names[] = {
+	"coordination.time", "tasks.done",  "memory.mb",  "queue.depth", "tokens.in",
+	"tokens.out",        "cpu.percent", "errors.seen", "retries",    "latency.llm",
+};
+static const char *const metric_units[] = {
+	"ms", "count", "mb", "count", "count", "count", "percent", "count", "count", "ms",
+};
+#define N_METRIC_NAMES (sizeof metric_names / sizeof metric_names[0])
+
+static int cmd_append(int argc, char **argv)
+{
+	if (argc != 5 && argc != 6) {
+		fprintf(stderr, "usage: %s append PATH LINES N [METRICS]\n", prog);
+		return 2;
+	}
+	const char *path = argv[2];
+	long lines = parse_count(argv[3], "LINES");
+	long n = parse_count(argv[4], "N");
+	long metrics = argc == 6 ? parse_count(argv[5], "METRICS") : 1;
+	if (metrics > (long)N_METRIC_NAMES) {
+		fprintf(stderr, "%s: METRICS is at most %zu\n", prog, N_METRIC_NAMES);
+		return 2;
+	}
+
+	/* A pool of lines, built before the clock starts: a whole number of writes of LINES
+	 * lines, at least 10,000 lines, so that values vary from write to write. Writes take
+	 * consecutive slices of it and wrap around. */
+	long per = lines;
+	long pool = ((10000 + per - 1) / per) * per;
+	if (pool > n + per)
+		pool = ((n + per - 1) / per) * per;
+	size_t *off = malloc(((size_t)pool + 1) * sizeof *off);
+	size_t cap = (size_t)pool * 64, len = 0;
+	char *text = malloc(cap);
+	if (!off || !text)
+		die("malloc", "-", -1);
+	static const char *const phases[] = {"build", "test", "deploy", "review"};
+	for (long k = 0; k < pool; k++) {
+		long m = k % metrics;
+		/* A spread of values: 0.1 .. 99999.9, not monotone. */
+		unsigned long v = ((unsigned long)k * 2654435761UL) % 1000000UL;
+		off[k] = len;
+		int w = snprintf(text + len, cap - len, "%s %lu.%lu %s phase=%s\n", metric_names[m],
+				 v / 10, v % 10, metric_units[m], phases[(k / metrics) % 4]);
+		if (w <= 0 || (size_t)w >= cap - len) {
+			fprintf(stderr, "%s: metric line does not fit\n", prog);
+			return 1;
+		}
+		len += (size_t)w;
+	}
+	off[pool] = len;
+
+	int fd = open(path, O_WRONLY | O_APPEND);
+	if (fd < 0)
+		die("open", path, -1);
+	double t0 = now();
+	long sent = 0, op = 0, at = 0;
+	long long bytes = 0;
+	while (sent < n) {
+		long k = n - sent < per ? n - sent : per;
+		if (at + k > pool)
+			at = 0;
+		size_t b = off[at + k] - off[at];
+		write_all(fd, text + off[at], b, path, op++);
+		bytes += (long long)b;
+		at += k;
+		sent += k;
+	}
+	if (close(fd) != 0)
+		die("close", path, -1);
+	double secs = now() - t0;
+	if (secs <= 0)
+		secs = 1e-9;
+	printf("%.1f points/s (%ld points, %.6f s, %.2f us/write, %ld writes, %lld bytes)\n",
+	       (double)sent / secs, sent, secs, secs * 1e6 / (double)op, op, bytes);
+	fflush(stdout);
+	free(off);
+	free(text);
 	return 0;
 }
 
@@ -282,12 +378,15 @@ int main(int argc, char **argv)
 			return cmd_batch(argc, argv);
 		if (strcmp(argv[1], "read") == 0)
 			return cmd_read(argc, argv);
+		if (strcmp(argv[1], "append") == 0)
+			return cmd_append(argc, argv);
 	}
 	fprintf(stderr,
 		"usage: %s outbox PATH N\n"
 		"       %s outbox-procs P PATH N\n"
 		"       %s batch PATH LINES N\n"
-		"       %s read PATH N\n",
-		prog, prog, prog, prog);
+		"       %s read PATH N\n"
+		"       %s append PATH LINES N [METRICS]\n",
+		prog, prog, prog, prog, prog);
 	return 2;
 }

@@ -47,6 +47,9 @@ static struct timespec start_time;
  * (at most 256) pages, i.e. 1 MiB, and a larger request would get a short reply. */
 static char blob_data[1 << 20];
 
+/* The "sink" file: below the blobs, far above CREATE's counter. */
+#define SINK_INO ((fuse_ino_t)1 << 47)
+
 static int is_blob(fuse_ino_t ino)
 {
 	return ino >= BLOB_INO && ino - BLOB_INO <= BLOB_MAX_SIZE;
@@ -68,6 +71,9 @@ static void fill_attr(fuse_ino_t ino, struct stat *st)
 		st->st_nlink = 1;
 		st->st_size = (off_t)(ino - BLOB_INO);
 		st->st_blocks = (st->st_size + 511) / 512;
+	} else if (ino == SINK_INO) {
+		st->st_mode = S_IFREG | 0666;
+		st->st_nlink = 1;
 	} else {
 		st->st_mode = S_IFREG | 0644;
 		st->st_nlink = 1;
@@ -99,6 +105,17 @@ static void nl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 			fuse_reply_entry(req, &e);
 			return;
 		}
+	}
+	if (parent == FUSE_ROOT_ID && strcmp(name, "sink") == 0) {
+		struct fuse_entry_param e;
+		memset(&e, 0, sizeof e);
+		e.ino = SINK_INO;
+		e.generation = 1;
+		e.entry_timeout = 3600.0;
+		e.attr_timeout = 0.0;
+		fill_attr(e.ino, &e.attr);
+		fuse_reply_entry(req, &e);
+		return;
 	}
 	/* A plain error reply leaves no negative dentry in the kernel. */
 	fuse_reply_err(req, ENOENT);

@@ -129,8 +129,14 @@ SEGLOG_TEST(reopening_keeps_offsets_and_a_torn_line_is_cut)
     cr_assert_str_eq(read_from(0, NULL), "one\ntwo\nthree\nfour\n");
 }
 
+static void note_start(void *ctx, uint64_t start)
+{
+    *(uint64_t *)ctx = start;
+}
+
 SEGLOG_TEST(old_segments_expire_by_age_and_readers_skip_to_the_start)
 {
+    uint64_t noted = 0;
     open_log((struct seglog_config){.rotate_us = 10 * SEC, .keep_us = 30 * SEC}, 0);
     append("t0\n", 0);
     append("t5\n", 5 * SEC);
@@ -146,11 +152,17 @@ SEGLOG_TEST(old_segments_expire_by_age_and_readers_skip_to_the_start)
     cr_assert_str_eq(read_from(0, &first), "t12\nt25\n");
     cr_assert_eq(first, 6, "a read before the start is served from the start");
     cr_assert_eq(count_files(), 2);
-    /* Reopening long after drops what expired meanwhile, and keeps the offsets. */
+    /* Reopening keeps the offsets; expiring long after drops what expired meanwhile,
+     * and says first where the log will start. */
     seglog_close(log_);
     log_ = NULL;
-    open_log((struct seglog_config){.rotate_us = 10 * SEC, .keep_us = 30 * SEC}, 0);
+    open_log((struct seglog_config){.rotate_us = 10 * SEC, .keep_us = 30 * SEC,
+                                    .before_drop = note_start, .ctx = &noted}, 0);
     cr_assert_eq(seglog_end(log_), 14);
+    cr_assert_eq(seglog_start(log_), 6);
+    cr_assert_eq(seglog_expire(log_, INT64_C(1) << 62), 2, "files keep their mtime as the time of their last line");
+    cr_assert_eq(noted, 14, "everything went: the log starts at its end");
+    cr_assert_eq(seglog_start(log_), 14);
 }
 
 SEGLOG_TEST(keep_bytes_drops_the_oldest_segments_but_never_the_last)
@@ -163,6 +175,8 @@ SEGLOG_TEST(keep_bytes_drops_the_oldest_segments_but_never_the_last)
     cr_assert_eq(seglog_start(log_), 90 - seglog_bytes(log_));
     cr_assert_eq(count_files(), (int)seglog_segments(log_));
     open_log((struct seglog_config){.rotate_bytes = 10, .keep_bytes = 5}, 0);
+    cr_assert_gt(seglog_segments(log_), 1, "opening drops nothing");
+    seglog_expire(log_, 0);
     cr_assert_eq(seglog_segments(log_), 1, "the last segment stays even when too big");
 }
 
