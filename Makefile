@@ -7,6 +7,8 @@ CC       ?= cc
 PREFIX   ?= /usr/local
 DESTDIR  ?=
 BUILD    ?= build
+# The server binary; the sanitizer build keeps its own, so the two never mix.
+BIN      ?= busfs
 VERSION  := 0.1.0
 
 PKGS      := fuse3 jansson
@@ -35,7 +37,7 @@ MNT ?= bus
 .PHONY: all run test unit fstest asan bench clean install uninstall deps deps-test install-pkgs \
         reap format lint
 
-all: busfs
+all: $(BIN)
 
 deps:
 	@$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_PKGS)"
@@ -66,7 +68,7 @@ $(BUILD)/core $(BUILD)/fs $(BUILD)/tests/unit $(BUILD)/tests/fs:
 $(BUILD)/libbusfs.a: $(CORE_OBJ)
 	ar rcs $@ $^
 
-busfs: $(FS_OBJ) $(BUILD)/libbusfs.a
+$(BIN): $(FS_OBJ) $(BUILD)/libbusfs.a
 	$(CC) $(ALL_CFLAGS) -o $@ $(FS_OBJ) $(BUILD)/libbusfs.a $(LDLIBS_FS)
 
 $(BUILD)/unit-tests: $(UNIT_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libbusfs.a
@@ -93,19 +95,19 @@ reap:
 unit: $(BUILD)/unit-tests
 	$(BUILD)/unit-tests
 
-fstest: busfs $(BUILD)/fs-tests
-	BUSFS_BIN=$(CURDIR)/busfs $(BUILD)/fs-tests
+fstest: $(BIN) $(BUILD)/fs-tests
+	BUSFS_BIN=$(CURDIR)/$(BIN) $(BUILD)/fs-tests
 
 test: deps-test
 	@$(MAKE) --no-print-directory reap
-	@$(MAKE) --no-print-directory busfs $(BUILD)/unit-tests $(BUILD)/fs-tests
+	@$(MAKE) --no-print-directory $(BIN) $(BUILD)/unit-tests $(BUILD)/fs-tests
 	@rc=0; $(BUILD)/unit-tests || rc=1; \
-	  BUSFS_BIN=$(CURDIR)/busfs $(BUILD)/fs-tests || rc=1; \
+	  BUSFS_BIN=$(CURDIR)/$(BIN) $(BUILD)/fs-tests || rc=1; \
 	  $(MAKE) --no-print-directory reap; exit $$rc
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build in its own directory.
 asan:
-	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" test
+	$(MAKE) BUILD=build-asan BIN=build-asan/busfs SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" test
 
 bench: deps
 	@$(MAKE) --no-print-directory busfs
@@ -117,7 +119,7 @@ format:
 lint:
 	cppcheck --quiet --enable=warning,performance,portability --std=c11 -Iinclude core fs
 
-install: busfs
+install: $(BIN)
 	install -D -m 0755 busfs $(DESTDIR)$(PREFIX)/bin/busfs
 	install -d $(DESTDIR)$(PREFIX)/share/doc/busfs/examples
 	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/busfs/

@@ -160,3 +160,14 @@ void rd_str(struct reader *r, char *dst, size_t dstsize)
 	memcpy(dst, s, n);
 	dst[n] = '\0';
 }
+
+void buf_put_uint(struct buf *b, uint64_t v)
+{
+	char tmp[20];
+	size_t n = 0;
+	do {
+		tmp[sizeof tmp - 1 - n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	buf_append(b, tmp + sizeof tmp - n, n);
+}

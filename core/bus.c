@@ -476,6 +476,7 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len)
 			return -EINVAL;
 		a->health = (enum health_status)status;
 		a->last_seen_us = (int64_t)seen;
+		bus_time_format(a->last_seen_us, a->last_seen_text);
 		buf_reset(&a->health_reason);
 		buf_append(&a->health_reason, reason, rlen);
 		buf_reset(&a->health_extra);
@@ -488,6 +489,7 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len)
 		if (r.bad || !(a = bus_find(bus, name)))
 			return -EINVAL;
 		a->last_seen_us = (int64_t)seen;
+		bus_time_format(a->last_seen_us, a->last_seen_text);
 		return 0;
 	}
 	case REC_REJECT: {

@@ -9,6 +9,7 @@
 #include <pthread.h>
 
 #include "busfs/bus.h"
+#include "busfs/clock.h"
 #include "busfs/errlog.h"
 #include "busfs/health.h"
 #include "busfs/store.h"
@@ -66,6 +67,7 @@ struct agent {
 	/* The last health report, and when it or a heartbeat came (0: never). */
 	enum health_status health;
 	int64_t last_seen_us;
+	char last_seen_text[BUS_TIME_LEN + 1];  /* last_seen_us formatted, "" when 0 */
 	struct buf health_reason;
 	struct buf health_extra;
 	/* Scratch for one `send` write, valid only under the lock within it. */

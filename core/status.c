@@ -75,23 +75,34 @@ static enum health_status render_agent(struct bus *bus, const struct agent *a, i
 {
 	int64_t ttl = (int64_t)(bus->cfg.health_ttl_s * 1e6);
 	enum health_status s = health_effective(a->health, a->last_seen_us, now, ttl);
+	/* This runs once per agent for health/status: no printf, no gmtime. */
 	buf_putc(out, '{');
-	if (with_name)
-		buf_printf(out, "\"agent\":\"%s\",", a->name);
-	buf_printf(out, "\"status\":\"%s\",\"reason\":", health_status_name(s));
+	if (with_name) {
+		buf_puts(out, "\"agent\":\"");
+		buf_puts(out, a->name);
+		buf_puts(out, "\",");
+	}
+	buf_puts(out, "\"status\":\"");
+	buf_puts(out, health_status_name(s));
+	buf_puts(out, "\",\"reason\":");
 	json_append_string(out, a->health_reason.data ? a->health_reason.data : "",
 			   a->health_reason.len);
 	if (a->last_seen_us) {
-		char ts[BUS_TIME_LEN + 1];
 		int64_t age = now > a->last_seen_us ? now - a->last_seen_us : 0;
-		bus_time_format(a->last_seen_us, ts);
-		buf_printf(out, ",\"last_seen\":\"%s\",\"age_s\":%" PRId64 ".%03d", ts,
-			   age / 1000000, (int)(age % 1000000 / 1000));
+		int ms = (int)(age % 1000000 / 1000);
+		buf_puts(out, ",\"last_seen\":\"");
+		buf_puts(out, a->last_seen_text);
+		buf_puts(out, "\",\"age_s\":");
+		buf_put_uint(out, (uint64_t)(age / 1000000));
+		char frac[5] = {'.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10),
+				(char)('0' + ms % 10), 0};
+		buf_puts(out, frac);
 	} else {
 		buf_puts(out, ",\"last_seen\":null,\"age_s\":null");
 	}
-	buf_printf(out, ",\"state\":\"%s\",\"inbox_depth\":%zu", a->draining ? "draining" : "active",
-		   a->inbox.live);
+	buf_puts(out, a->draining ? ",\"state\":\"draining\",\"inbox_depth\":"
+				  : ",\"state\":\"active\",\"inbox_depth\":");
+	buf_put_uint(out, a->inbox.live);
 	buf_append(out, a->health_extra.data, a->health_extra.len);
 	buf_putc(out, '}');
 	return s;

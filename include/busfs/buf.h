@@ -25,6 +25,7 @@ void buf_puts(struct buf *b, const char *s);
 void buf_putc(struct buf *b, char c);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_consume(struct buf *b, size_t n);     /* drops the first n bytes */
+void buf_put_uint(struct buf *b, uint64_t v);  /* decimal text, without printf */
 static inline bool buf_ok(const struct buf *b) { return !b->failed; }
 
 /* Little-endian binary fields for store records. */

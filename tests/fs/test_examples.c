@@ -12,14 +12,23 @@
 #include <string.h>
 #include <unistd.h>
 
-/* examples/NAME next to the busfs binary under test (the repository root). */
+/* examples/NAME of the repository that holds the busfs binary under test (./busfs,
+ * or build-asan/busfs one level down). */
 static const char *example(const char *name)
 {
-    static char path[PATH_MAX];
-    char bin[PATH_MAX];
-    cr_assert(realpath(bus_bin(), bin), "realpath %s", bus_bin());
-    snprintf(path, sizeof path, "%s/examples/%s", dirname(bin), name);
-    return path;
+    static char path[PATH_MAX + 64];
+    char dir[PATH_MAX];
+    cr_assert(realpath(bus_bin(), dir), "realpath %s", bus_bin());
+    for (int up = 0; up < 3; up++) {
+        char parent[PATH_MAX];
+        snprintf(parent, sizeof parent, "%s", dirname(dir));
+        snprintf(dir, sizeof dir, "%s", parent);
+        snprintf(path, sizeof path, "%s/examples/%s", dir, name);
+        if (access(path, R_OK) == 0)
+            return path;
+    }
+    cr_assert_fail("no examples/%s near %s", name, bus_bin());
+    return NULL;
 }
 
 static int monitor_once(struct bus_cmd *r)
