@@ -198,6 +198,22 @@ int store_open(const char *dir, bool readonly, struct store **out, struct bus_er
 		rc = bus_fail(err, errno, "cannot open store %s: %s", dir, strerror(errno));
 		goto fail;
 	}
+	/* The store holds every message: it must be the server user's and closed to
+	 * others, or anyone could plant or read records. */
+	struct stat dst;
+	if (!readonly && fstat(st->dirfd, &dst) == 0) {
+		if (dst.st_uid != geteuid()) {
+			rc = bus_fail(err, EPERM, "store %s belongs to uid %u, not to uid %u that runs "
+				      "busfs", dir, (unsigned)dst.st_uid, (unsigned)geteuid());
+			goto fail;
+		}
+		if (dst.st_mode & (S_IWGRP | S_IWOTH)) {
+			rc = bus_fail(err, EPERM, "store %s is writable by %s (mode %04o); "
+				      "chmod 700 it", dir, dst.st_mode & S_IWOTH ? "everyone" : "its group",
+				      (unsigned)(dst.st_mode & 07777));
+			goto fail;
+		}
+	}
 	if (!readonly && (rc = take_lock(st, err)) < 0)
 		goto fail;
 	if ((rc = read_format(st, err)) < 0)

@@ -162,9 +162,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	case N_CTL:
 	case N_HEALTH:
 	case N_AGENT_METRICS:
-		if (writing && !owner_ok(req, &a))
+		/* Anyone may read health and metrics; ctl (0600) is its owner's. */
+		if ((writing || r.node == N_CTL) && !owner_ok(req, &a))
 			snprintf(why, sizeof why, "uid %u may not %s %s", (unsigned)uid,
-				 r.node == N_CTL ? "control" : r.node == N_HEALTH
+				 r.node == N_CTL ? (writing ? "control" : "read the state of")
+				 : r.node == N_HEALTH
 				 ? "report the health of" : "write the metrics of", a.name);
 		else if (reading && r.node != N_AGENT_METRICS)
 			doc_for_open(fs, &r, &h->doc);
@@ -469,7 +471,25 @@ static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	fuse_reply_poll(req, POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
 }
 
-/* ---------- directories: mkdir, rmdir, unlink ---------- */
+/* ---------- directories: opendir, mkdir, rmdir, unlink ---------- */
+
+/* An inbox is listed only by its agent's owner (or root), as its files are read. */
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct node_ref r = ref_of(ino);
+	struct bus_agent_info a;
+	if (r.node == N_INBOX && bus_agent_by_id(fs->bus, r.agent_id, &a) == 0 &&
+	    !owner_ok(req, &a)) {
+		char why[160];
+		snprintf(why, sizeof why, "uid %u may not list the inbox of %s",
+			 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		refuse_at(req, "opendir", ino, NULL, EACCES, why);
+		return;
+	}
+	fi->fh = 0;
+	fuse_reply_open(req, fi);
+}
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
@@ -653,6 +673,7 @@ void files_init_ops(struct fuse_lowlevel_ops *ops)
 	ops->flush = op_flush;
 	ops->release = op_release;
 	ops->poll = op_poll;
+	ops->opendir = op_opendir;
 	ops->mkdir = op_mkdir;
 	ops->rmdir = op_rmdir;
 	ops->unlink = op_unlink;

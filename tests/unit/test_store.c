@@ -768,3 +768,47 @@ STORE_TEST(a_record_that_does_not_apply_stops_the_load_with_an_error)
     records_free(&r);
     store_close(st);
 }
+
+/* ---------- ownership and mode of the store ---------- */
+
+static void assert_refused(const char *why)
+{
+    struct store *st = NULL;
+    struct bus_error err = {0};
+    int rc = store_open(store_dir, false, &st, &err);
+    cr_assert_eq(rc, -EPERM, "%s: store_open gave %d (%s)", why, rc, err.reason);
+    cr_assert_null(st);
+    cr_assert(strstr(err.reason, store_dir), "the reason names the store: %s", err.reason);
+}
+
+STORE_TEST(a_store_writable_by_others_is_refused)
+{
+    unit_path(store_dir, "store");
+    cr_assert(mkdir(store_dir, 0700) == 0 || errno == EEXIST);
+    cr_assert_eq(chmod(store_dir, 0777), 0);
+    assert_refused("mode 0777");
+    cr_assert_eq(chmod(store_dir, 0770), 0);
+    assert_refused("mode 0770");
+    cr_assert_eq(chmod(store_dir, 0755), 0);
+    struct store *st = NULL;
+    struct bus_error err = {0};
+    cr_assert_eq(store_open(store_dir, false, &st, &err), 0, "0755 is fine: %s", err.reason);
+    store_close(st);
+}
+
+STORE_TEST(a_store_owned_by_another_user_is_refused)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to give the store away");
+    unit_path(store_dir, "store");
+    struct store *st = NULL;
+    struct bus_error err = {0};
+    cr_assert_eq(store_open(store_dir, false, &st, &err), 0, "%s", err.reason);
+    store_close(st);
+    cr_assert_eq(chown(store_dir, 4242, 4242), 0);
+    assert_refused("owned by uid 4242");
+    /* A read-only check (busfs --check) of someone else's store is allowed. */
+    st = NULL;
+    cr_assert_eq(store_open(store_dir, true, &st, &err), 0, "%s", err.reason);
+    store_close(st);
+}
