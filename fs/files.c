@@ -27,9 +27,8 @@ static void refuse(fuse_req_t req, const char *op, const char *path, uint64_t ag
 	if (agent_id && bus_agent_by_id(fs->bus, agent_id, &a) == 0)
 		agent = a.name;
 	bus_log_error(fs->bus, agent, op, path, fuse_req_ctx(req)->uid, err);
-	if (fs->log_level > 0)
-		fprintf(stderr, "busfs: %s %s: %s: %s\n", op, path, bus_errno_name(err->code),
-			err->reason);
+	log_msg(err->code == EIO ? LOG_ERR : LOG_INFO, "%s %s by uid %u: %s: %s", op, path, (unsigned)fuse_req_ctx(req)->uid,
+		bus_errno_name(err->code), err->reason);
 	fuse_reply_err(req, err->code);
 }
 

@@ -12,6 +12,7 @@
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <syslog.h>
 
 #include "busfs/bus.h"
 
@@ -72,7 +73,6 @@ struct fs {
 	struct bus *bus;
 	struct fuse_session *se;
 	const char *mountpoint;
-	int log_level;
 	size_t open_files;            /* handles alive; only the dispatch thread changes it */
 	struct handle *open_list;     /* every open handle, freed at RELEASE or at exit */
 	bool stopping;                /* after SIGTERM: `next` answers end-of-file at once */
@@ -118,6 +118,13 @@ bool log_size(struct fs *fs, const struct node_ref *r, uint64_t *size);
 
 /* files.c */
 void files_close_all(struct fs *fs);
+
+/* log.c */
+int log_parse_level(const char *name);   /* LOG_ERR..LOG_DEBUG, -1 when unknown */
+void log_set_level(int prio);
+void log_use_syslog(void);
+bool log_enabled(int prio);
+void log_msg(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ticker.c */
 int ticker_start(struct fs *fs, double interval_s);

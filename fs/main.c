@@ -48,7 +48,9 @@ static void usage(FILE *out)
 		"  --clear-stale              unmount a stale mount left at MOUNTPOINT by a killed server\n"
 		"  -f, --foreground           stay in the foreground, log to stderr\n"
 		"  -d, --debug                log every FUSE request (implies -f)\n"
-		"  -v, --verbose              log every refused operation to stderr\n"
+		"  --log-level LEVEL          error, warning, info (default: every refused\n"
+		"                             operation) or debug; to stderr with -f, else syslog\n"
+		"  -v, --verbose              the same as --log-level debug\n"
 		"  -o OPT[,OPT...]            FUSE mount options (allow_other, ...)\n"
 		"  -h, --help                 this help\n"
 		"  -V, --version              the version\n"
@@ -172,6 +174,7 @@ int main(int argc, char **argv)
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
 		{"verbose", no_argument, NULL, 'v'},
+		{"log-level", required_argument, NULL, 'L'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -183,7 +186,6 @@ int main(int argc, char **argv)
 				 .summary_window_s = 60, .metrics_retention_s = 3600,
 				 .alert_interval_s = 5};
 	bool check = false, clear_stale = false, foreground = false, debug = false;
-	int verbose = 0;
 	const char *mount_opts[64];
 	size_t nopts = 0;
 	uint64_t v;
@@ -227,7 +229,17 @@ int main(int argc, char **argv)
 		case 'C': clear_stale = true; break;
 		case 'f': foreground = true; break;
 		case 'd': debug = foreground = true; break;
-		case 'v': verbose = 1; break;
+		case 'v': log_set_level(LOG_DEBUG); break;
+		case 'L': {
+			int prio = log_parse_level(optarg);
+			if (prio < 0) {
+				fprintf(stderr, "busfs: --log-level is error, warning, info or debug, "
+					"not '%s'\n", optarg);
+				return 1;
+			}
+			log_set_level(prio);
+			break;
+		}
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("busfs %s (libfuse %s)\n", BUSFS_VERSION, fuse_pkgversion()); return 0;
 		case 'o':
@@ -263,7 +275,6 @@ int main(int argc, char **argv)
 	struct fs fs;
 	memset(&fs, 0, sizeof fs);
 	fs.mountpoint = mountpoint;
-	fs.log_level = verbose || debug;
 	waiters_init(&fs);
 	struct bus_error err = {0};
 	if (bus_open(&cfg, &fs.bus, &err) < 0) {
@@ -295,14 +306,17 @@ int main(int argc, char **argv)
 	}
 	if (fuse_daemonize(foreground) != 0)
 		goto out_unmount;
+	if (!foreground)
+		log_use_syslog();
 	bus_write_pid(fs.bus);
 	if (waiters_start(&fs) < 0 || ticker_start(&fs, bus_config(fs.bus)->alert_interval_s) < 0) {
 		fprintf(stderr, "busfs: cannot start the notifier and ticker threads\n");
 		goto out_unmount;
 	}
-	if (foreground)
-		fprintf(stderr, "busfs: serving %s from store %s\n", mountpoint, cfg.store_dir);
+	log_msg(LOG_INFO, "serving %s from store %s (pid %ld)", mountpoint, cfg.store_dir,
+		(long)getpid());
 	status = fuse_session_loop(fs.se) < 0 ? 1 : 0;
+	log_msg(LOG_INFO, "stopping: readers get end-of-file, %s is unmounted", mountpoint);
 	ticker_stop(&fs);
 	waiters_shutdown(&fs);
 	serve_until_closed(&fs, 2.0);

@@ -42,7 +42,8 @@ static void assert_help_mentions(const char *option, ...)
 Test(lifecycle, help_lists_the_store_and_message_options, .timeout = BUS_TEST_TIMEOUT)
 {
     assert_help_mentions("--store", "--inbox-capacity", "--max-message-size", "--store-max-bytes",
-                         "--health-ttl", "--check", "--version", "-o", NULL);
+                         "--health-ttl", "--summary-window", "--metrics-retention",
+                         "--alert-interval", "--log-level", "--check", "--version", "-o", NULL);
 }
 
 Test(lifecycle, version_prints_a_version_and_exits_zero, .timeout = BUS_TEST_TIMEOUT)
@@ -291,4 +292,40 @@ BUS_TEST(lifecycle, restart_keeps_the_outbox_listing)
               json_array_size(after));
     json_decref(before);
     json_decref(after);
+}
+
+/* The server's log: one line per refused operation at the default level, in the
+ * foreground on stderr (the fixture's server.log); none at --log-level warning. */
+BUS_TEST(lifecycle, each_refusal_is_one_line_of_the_server_log)
+{
+    bus_agents(&bus, "alice", NULL);
+    cr_assert_eq(bus_write(AT("agents/alice/health"), "sideways\n"), EINVAL);
+    bus_sync(&bus);
+    char *log = bus_read_ok(bus.log, NULL);
+    cr_assert(strstr(log, "busfs: write agents/alice/health by uid 0: EINVAL: unknown health "
+                          "status 'sideways'"),
+              "server.log: %s", log);
+    free(log);
+}
+
+static void quiet(void)
+{
+    bus_require_fuse();
+    bus_start(&bus, "--log-level", "warning", NULL);
+}
+
+BUS_TEST_WITH(lifecycle, log_level_warning_leaves_refusals_out, quiet)
+{
+    bus_agents(&bus, "alice", NULL);
+    cr_assert_eq(bus_write(AT("agents/alice/health"), "sideways\n"), EINVAL);
+    bus_sync(&bus);
+    char *log = bus_read_ok(bus.log, NULL);
+    cr_assert_null(strstr(log, "sideways"), "server.log: %s", log);
+    free(log);
+    struct bus_cmd r;
+    cr_assert_neq(bus_exec(NULL, (char *[]){(char *)bus_bin(), "--log-level", "loud", "x", NULL},
+                           BUS_WAIT_MS, &r),
+                  0);
+    cr_assert(strstr(r.err, "--log-level"), "%s", r.err);
+    bus_cmd_free(&r);
 }
