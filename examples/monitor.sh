@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # monitor.sh — watch the health of a whole bus through one file, health/status.
 #
-# Usage: monitor.sh BUS_DIR --once        print a summary; exit 0 healthy, 1 degraded,
-#                                         2 unhealthy (stale agents count as unhealthy),
-#                                         3 when the bus cannot be read
+# Usage: monitor.sh BUS_DIR --once        print a summary (and the alerts firing); exit 0
+#                                         healthy, 1 degraded, 2 unhealthy (stale agents
+#                                         count as unhealthy), 3 when the bus cannot be read
 #        monitor.sh BUS_DIR [SECONDS]     print a line whenever the bus's status or an
 #                                         agent's status changes (every 5 s by default)
 #
@@ -25,9 +25,16 @@ summary() {
 		   + (if .value.state == "draining" then " [draining]" else "" end))' <<<"$1"
 }
 
+# One line per alert firing now, from alerts/active.json.
+alerts() {
+	jq -r '.alerts[] | "  alert \(.alert) [\(.severity)] on \(.agent): \(.value) (threshold \(.threshold)) since \(.since)"' \
+		"$bus/alerts/active.json" 2>/dev/null
+}
+
 if [ "$mode" = --once ]; then
 	doc=$(snapshot) || { echo "monitor: cannot read $bus/health/status" >&2; exit 3; }
 	summary "$doc"
+	alerts
 	case $(jq -r .status <<<"$doc") in
 	healthy) exit 0 ;;
 	degraded) exit 1 ;;
@@ -44,10 +51,12 @@ prev=""
 while :; do
 	if doc=$(snapshot); then
 		now=$(jq -c '{status, agents: (.agents | map_values(.status))}' <<<"$doc")
-		if [ "$now" != "$prev" ]; then
+		firing=$(alerts)
+		if [ "$now$firing" != "$prev" ]; then
 			echo "$(jq -r .timestamp <<<"$doc") $(summary "$doc" | head -1)"
 			summary "$doc" | tail -n +2
-			prev=$now
+			[ -z "$firing" ] || echo "$firing"
+			prev=$now$firing
 		fi
 	else
 		echo "monitor: cannot read $bus/health/status" >&2

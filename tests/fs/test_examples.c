@@ -31,12 +31,18 @@ static const char *example(const char *name)
     return NULL;
 }
 
+static void fast_alerts(void)
+{
+    bus_require_fuse();
+    bus_start(&bus, "--alert-interval", "0.1", NULL);
+}
+
 static int monitor_once(struct bus_cmd *r)
 {
     return bus_sh(&bus, r, "%s . --once", example("monitor.sh"));
 }
 
-BUS_TEST(examples, monitor_once_exits_with_the_bus_status)
+BUS_TEST_WITH(examples, monitor_once_exits_with_the_bus_status, fast_alerts)
 {
     struct bus_cmd r;
     cr_assert_eq(monitor_once(&r), 0, "no agents: healthy; said %s %s", r.out, r.err);
@@ -59,6 +65,19 @@ BUS_TEST(examples, monitor_once_exits_with_the_bus_status)
     cr_assert_eq(monitor_once(&r), 2, "said %s", r.out);
     cr_assert(strstr(r.out, "bus unhealthy"), "%s", r.out);
     bus_cmd_free(&r);
+
+    /* Alerts firing now are listed too. */
+    cr_assert_eq(bus_write(AT("alerts/rules"), "slow task.ms max > 100 critical\n"), 0);
+    cr_assert_eq(bus_append(AT("agents/alice/metrics"), "task.ms 500 ms\n"), 0);
+    bool listed = false;
+    for (int i = 0; i < 200 && !listed; i++) {
+        monitor_once(&r);
+        listed = strstr(r.out, "alert slow [critical] on alice: 500 (threshold 100)") != NULL;
+        bus_cmd_free(&r);
+        if (!listed)
+            bus_pause_ms(100);
+    }
+    cr_assert(listed, "monitor.sh never listed the firing alert");
 
     cr_assert_eq(bus_sh(&bus, &r, "%s ./nowhere --once", example("monitor.sh")), 3);
     bus_cmd_free(&r);
@@ -120,7 +139,12 @@ BUS_TEST_WITH(examples, worker_reports_health_beats_and_ends_when_drained, short
     cr_assert(strstr(out, "bob: drained after 3 message(s)"), "%s", out);
     free(out);
 
-    cr_assert_eq(bus_count(AT("agents/bob/inbox")), 0, "every message was acknowledged");
+    cr_assert_eq(bus_count(AT("agents/bob/inbox")), 0, "every message was consumed");
+    json_t *points = bus_jsonl(AT("agents/bob/metrics"));
+    cr_assert_eq(json_array_size(points), 3, "one task.ms point per message");
+    cr_assert_str_eq(bus_str(json_array_get(points, 0), "metric"), "task.ms");
+    cr_assert_str_eq(bus_str(json_array_get(points, 0), "unit"), "ms");
+    json_decref(points);
     h = bus_json_file(AT("agents/bob/health"), 0);
     cr_assert_str_eq(bus_str(h, "status"), "degraded");
     cr_assert_str_eq(bus_str(h, "reason"), "drained after 3 message(s)");
@@ -148,7 +172,7 @@ BUS_TEST(examples, node_exporter_serves_busfs_prom)
     cr_assert_eq(bus_append(AT("agents/alice/metrics"), "coordination.time 150 ms\n"), 0);
     int port = 20000 + (int)(getpid() % 20000);
     struct bus_proc ne;
-    bus_spawn(&bus, &ne, "exec bash %s . 127.0.0.1:%d 2>/dev/null", example("node_exporter.sh"),
+    bus_spawn(&bus, &ne, "exec bash %s . 127.0.0.1:%d 2>/dev/null", example("prometheus-textfile.sh"),
               port);
     struct bus_cmd r = {0};
     bool up = false;
