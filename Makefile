@@ -119,15 +119,27 @@ format:
 lint:
 	cppcheck --quiet --enable=warning,performance,portability --std=c11 -Iinclude core fs
 
+# `make install` builds $(BIN) and installs it as bin/busfs, with busfs(8) and the
+# docs (README.md, examples/: scripts 0755, the rest 0644) under share/.
+# `make uninstall` removes exactly those files, then the doc directories if empty.
 install: $(BIN)
-	install -D -m 0755 busfs $(DESTDIR)$(PREFIX)/bin/busfs
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/busfs
+	install -D -m 0644 fs/busfs.8 $(DESTDIR)$(PREFIX)/share/man/man8/busfs.8
 	install -d $(DESTDIR)$(PREFIX)/share/doc/busfs/examples
-	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/busfs/
-	cp -r examples/. $(DESTDIR)$(PREFIX)/share/doc/busfs/examples/
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/busfs/README.md
+	@for f in examples/*; do \
+	  [ -f "$$f" ] || continue; \
+	  if [ -x "$$f" ]; then m=0755; else m=0644; fi; \
+	  echo "install -m $$m $$f $(DESTDIR)$(PREFIX)/share/doc/busfs/$$f"; \
+	  install -m $$m "$$f" "$(DESTDIR)$(PREFIX)/share/doc/busfs/$$f" || exit 1; \
+	done
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/busfs
-	rm -rf $(DESTDIR)$(PREFIX)/share/doc/busfs
+	rm -f $(DESTDIR)$(PREFIX)/bin/busfs $(DESTDIR)$(PREFIX)/share/man/man8/busfs.8 \
+	  $(DESTDIR)$(PREFIX)/share/doc/busfs/README.md \
+	  $(addprefix $(DESTDIR)$(PREFIX)/share/doc/busfs/,$(wildcard examples/*))
+	rmdir $(DESTDIR)$(PREFIX)/share/doc/busfs/examples $(DESTDIR)$(PREFIX)/share/doc/busfs \
+	  2>/dev/null || true
 
 clean:
 	rm -rf build build-asan busfs

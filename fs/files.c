@@ -588,6 +588,15 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		return;
 	}
 	uid_t uid = fuse_req_ctx(req)->uid;
+	struct bus_agent_info a;
+	if ((to_set & FUSE_SET_ATTR_SIZE) && r.node >= N_AGENT_DIR &&
+	    bus_agent_by_id(fs->bus, r.agent_id, &a) == 0 && !owner_ok(req, &a)) {
+		char why[160];
+		snprintf(why, sizeof why, "uid %u may not truncate the files of %s", (unsigned)uid,
+			 a.name);
+		refuse_at(req, "truncate", ino, NULL, EACCES, why);
+		return;
+	}
 	if ((to_set & FUSE_SET_ATTR_SIZE) && r.node == N_RULES) {
 		if (uid != 0 && uid != getuid()) {
 			refuse_at(req, "truncate", ino, NULL, EACCES,

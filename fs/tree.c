@@ -27,7 +27,8 @@ struct entry {
 static const struct entry fixed_entries[] = {
 	{"README", N_README, N_ROOT, S_IFREG | 0444},
 	{"errors", N_ERRORS, N_ROOT, S_IFREG | 0444},
-	{"agents", N_AGENTS, N_ROOT, S_IFDIR | 0755},
+	/* Anyone may register an agent, only its owner may remove it: as /tmp. */
+	{"agents", N_AGENTS, N_ROOT, S_IFDIR | S_ISVTX | 0777},
 	{"health", N_HEALTH_DIR, N_ROOT, S_IFDIR | 0755},
 	{"status", N_HEALTH_STATUS, N_HEALTH_DIR, S_IFREG | 0444},
 	{"metrics", N_METRICS_DIR, N_ROOT, S_IFDIR | 0755},
