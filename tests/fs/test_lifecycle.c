@@ -329,3 +329,37 @@ BUS_TEST_WITH(lifecycle, log_level_warning_leaves_refusals_out, quiet)
     cr_assert(strstr(r.err, "--log-level"), "%s", r.err);
     bus_cmd_free(&r);
 }
+
+/* A store others could write, a store that is a symlink, or one owned by another
+ * user: busfs says so in one line and exits 1, mounting nothing. */
+Test(lifecycle, a_store_others_could_tamper_with_is_refused_in_one_line,
+     .init = bus_setup, .fini = bus_teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    char store[PATH_MAX + 16], link[PATH_MAX + 16], mnt2[PATH_MAX + 16];
+    snprintf(store, sizeof store, "%s/open-store", bus.dir);
+    snprintf(link, sizeof link, "%s/link-store", bus.dir);
+    snprintf(mnt2, sizeof mnt2, "%s/mnt2", bus.dir);
+    cr_assert(mkdir(store, 0700) == 0 && mkdir(mnt2, 0755) == 0);
+    cr_assert(chmod(store, 0777) == 0 && symlink(bus.store, link) == 0);
+    struct {
+        const char *store, *says;
+        uid_t owner;
+    } cases[] = {
+        {store, "writable by everyone", 0},
+        {link, "symbolic link", 0},
+        {store, "belongs to uid 4242", 4242},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (cases[i].owner) {
+            cr_assert(chmod(store, 0700) == 0 && chown(store, cases[i].owner, 0) == 0);
+        }
+        struct bus_cmd r;
+        int status = run_busfs(&r, "-f", "--store", cases[i].store, mnt2, NULL);
+        cr_assert_eq(status, 1, "%s: status %d", cases[i].says, status);
+        cr_assert(!bus_is_mounted(mnt2), "%s: mounted", cases[i].says);
+        cr_assert(strstr(r.err, cases[i].says), "%s: said [%s]", cases[i].says, r.err);
+        cr_assert(strchr(r.err, '\n') == r.err + strlen(r.err) - 1, "one line: [%s]", r.err);
+        bus_cmd_free(&r);
+    }
+    bus_stop(&bus);
+}
