@@ -7,11 +7,13 @@
  *
  * Ownership: the bus owns its agents; an agent owns its inbox and outbox arrays and
  * holds one message reference per entry in each. */
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "bus_impl.h"
 #include "busfs/clock.h"
@@ -1082,6 +1084,72 @@ size_t bus_errors_size(struct bus *bus, uint64_t agent_id)
 
 /* ---------- offline check ---------- */
 
+/* Files a store holds; anything else in it was put there by someone else. */
+static int check_stray(const char *dir, struct buf *report)
+{
+	static const char *const known[] = {
+		"lock", "format", "journal", "snapshot", "journal.tmp", "snapshot.tmp", "metrics",
+		"alerts", ".", "..",
+	};
+	DIR *d = opendir(dir);
+	int problems = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		bool ok = false;
+		for (size_t i = 0; i < sizeof known / sizeof known[0] && !ok; i++)
+			ok = strcmp(e->d_name, known[i]) == 0;
+		if (!ok) {
+			buf_printf(report, "FAIL: %s/%s is not a store file\n", dir, e->d_name);
+			problems++;
+		}
+	}
+	if (d)
+		closedir(d);
+	return problems;
+}
+
+struct log_check {
+	uint64_t lines, bad, first_bad;
+};
+
+static int check_line(void *ctx, uint64_t off, const char *line, size_t len)
+{
+	struct log_check *c = ctx;
+	c->lines++;
+	if (!json_is_value(line, len) || len == 0 || line[0] != '{') {
+		if (!c->bad++)
+			c->first_bad = off;
+	}
+	return 0;
+}
+
+/* A points or alerts log: contiguous segments of whole JSON lines. */
+static int check_log(const char *dir, const char *sub, const char *prefix, struct buf *report)
+{
+	char path[4200];
+	struct stat st;
+	snprintf(path, sizeof path, "%s/%s", dir, sub);
+	if (lstat(path, &st) < 0)
+		return 0;
+	struct seglog_config cfg = {.dir = path, .prefix = prefix, .readonly = true};
+	struct seglog *l = NULL;
+	struct bus_error err = {0};
+	if (!S_ISDIR(st.st_mode) || seglog_open(&cfg, 0, &l, &err) < 0) {
+		buf_printf(report, "FAIL: %s: %s\n", path, err.reason[0] ? err.reason
+							       : "not a directory");
+		return 1;
+	}
+	struct log_check c = {0};
+	seglog_scan(l, check_line, &c);
+	buf_printf(report, "%s: %" PRIu64 " line(s) in %zu segment(s), offsets %" PRIu64 "..%" PRIu64
+		   "\n", path, c.lines, seglog_segments(l), seglog_start(l), seglog_end(l));
+	seglog_close(l);
+	if (c.bad)
+		buf_printf(report, "FAIL: %s: %" PRIu64 " line(s) are not JSON objects, the first at "
+			   "offset %" PRIu64 "\n", path, c.bad, c.first_bad);
+	return c.bad ? 1 : 0;
+}
+
 int bus_check_store(const char *dir, struct buf *report)
 {
 	struct bus_config cfg = {.store_dir = dir};
@@ -1126,7 +1194,8 @@ int bus_check_store(const char *dir, struct buf *report)
 				problems++;
 			}
 			if (message_id_number(m->msg_id) != m->number || m->len == 0 ||
-			    m->envelope[m->len - 1] != '\n') {
+			    m->envelope[m->len - 1] != '\n' ||
+			    !json_is_value(m->envelope, m->len - 1) || strcmp(m->to, a->name) != 0) {
 				buf_printf(report, "FAIL: %s: message %" PRIu64 " is malformed\n",
 					   a->name, m->number);
 				problems++;
@@ -1137,6 +1206,9 @@ int bus_check_store(const char *dir, struct buf *report)
 	buf_printf(report, "%zu agent(s), %" PRIu64 " pending message(s), counter %" PRIu64
 		   ", %zu sender/recipient pair(s)\n", bus->nagents, bus->pending, bus->counter,
 		   bus->seqs.count);
+	problems += check_stray(dir, report);
+	problems += check_log(dir, "metrics", "points", report);
+	problems += check_log(dir, "alerts", "alerts", report);
 	buf_printf(report, problems ? "FAIL: %d problem(s)\n" : "OK\n", problems);
 	bus_free(bus);
 	return problems ? -EIO : 0;

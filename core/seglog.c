@@ -124,7 +124,8 @@ static int load_segments(struct seglog *l, struct bus_error *err)
 		struct stat st;
 		if (!parse_name(l, e->d_name, &s.start))
 			continue;
-		s.fd = openat(l->dirfd, e->d_name, O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+		s.fd = openat(l->dirfd, e->d_name,
+			      (l->cfg.readonly ? O_RDONLY : O_RDWR | O_APPEND) | O_NOFOLLOW | O_CLOEXEC);
 		if (s.fd < 0 || fstat(s.fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 			rc = bus_fail(err, EIO, "cannot open %s/%s: %s", l->cfg.dir, e->d_name,
 				      s.fd < 0 ? strerror(errno) : "not a regular file");
@@ -151,7 +152,7 @@ static int load_segments(struct seglog *l, struct bus_error *err)
 	if (l->n) {
 		struct seg *last = &l->segs[l->n - 1];
 		uint64_t before = last->bytes;
-		if (cut_torn_tail(last) < 0)
+		if (!l->cfg.readonly && cut_torn_tail(last) < 0)
 			return bus_fail(err, EIO, "%s: cannot cut a torn line", l->cfg.dir);
 		l->kept -= before - last->bytes;
 		l->end = last->start + last->bytes;
@@ -168,7 +169,7 @@ int seglog_open(const struct seglog_config *cfg, int64_t now_us, struct seglog *
 	l->cfg = *cfg;
 	snprintf(l->prefix, sizeof l->prefix, "%s", cfg->prefix);
 	l->dirfd = -1;
-	if (mkdir(cfg->dir, 0700) < 0 && errno != EEXIST) {
+	if (!cfg->readonly && mkdir(cfg->dir, 0700) < 0 && errno != EEXIST) {
 		int e = errno;
 		free(l);
 		return bus_fail(err, e, "cannot create %s: %s", cfg->dir, strerror(e));
@@ -215,6 +216,8 @@ static void drop_first(struct seglog *l)
 
 int seglog_expire(struct seglog *l, int64_t now_us)
 {
+	if (l->cfg.readonly)
+		return 0;
 	size_t n = 0;
 	uint64_t kept = l->kept;
 	while (n < l->n) {
@@ -252,6 +255,8 @@ static int new_segment(struct seglog *l, int64_t now_us)
 
 int seglog_append(struct seglog *l, const void *data, size_t len, int64_t now_us, uint64_t *off)
 {
+	if (l->cfg.readonly)
+		return -EROFS;
 	struct seg *s = l->n ? &l->segs[l->n - 1] : NULL;
 	bool full = s && ((l->cfg.rotate_bytes && s->bytes > 0 &&
 			   s->bytes + len > l->cfg.rotate_bytes) ||

@@ -309,6 +309,22 @@ static int walk_frames(const uint8_t *data, size_t len, bool snapshot, store_app
 	return 0;
 }
 
+/* What a crash can leave after the last whole record: one frame cut short (its
+ * length reaches past the end, or its bytes end the file but fail the checksum), or
+ * zeros. Anything else after `end` is damage, and cutting it would drop records. */
+static bool tail_is_torn(const uint8_t *data, size_t len, size_t end)
+{
+	if (end + FRAME_SIZE > len)
+		return true;
+	uint32_t rlen = get_le32(data + end);
+	if (rlen > STORE_MAX_RECORD || (uint64_t)end + FRAME_SIZE + rlen >= len)
+		return true;
+	for (size_t i = end; i < len; i++)
+		if (data[i])
+			return false;
+	return true;
+}
+
 /* Writes journal.tmp with its header and returns an append fd on it; the caller
  * renames it into place. */
 static int prepare_journal(struct store *st, uint64_t gen)
@@ -392,11 +408,17 @@ int store_load(struct store *st, store_apply_fn fn, void *ctx, struct store_load
 	}
 	if (data && jgen > snap_gen) {
 		rc = walk_frames(data, len, false, fn, ctx, &rep->journal_records, &end, &ended);
+		bool torn = rc < 0 || tail_is_torn(data, len, end);
 		munmap((void *)data, len);
 		if (rc < 0)
 			return bus_fail(err, EIO, "%s/journal: record %llu does not apply", st->dir,
 					(unsigned long long)rep->journal_records + 1);
 		rep->torn_bytes = len - end;
+		if (!torn) {
+			return bus_fail(err, EIO, "%s/journal is damaged at byte %zu, %zu bytes before "
+					"its end; that is no torn write (busfs --check tells more)",
+					st->dir, end, len - end);
+		}
 		if (st->readonly) {
 			st->journal_bytes = len;
 			st->generation = jgen;

@@ -13,6 +13,7 @@
 #ifndef BUSFS_SEGLOG_H
 #define BUSFS_SEGLOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -30,6 +31,7 @@ struct seglog_config {
 	 * at, so the caller can record what it derives from the dropped lines first. */
 	void (*before_drop)(void *ctx, uint64_t new_start);
 	void *ctx;
+	bool readonly;          /* for busfs --check: create, cut and append nothing */
 };
 
 struct seglog;

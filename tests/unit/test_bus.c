@@ -2470,3 +2470,38 @@ BUS_TEST(rejection_counters_survive_a_kill_9_and_a_restart)
     bus_stats(the_bus, &st);
     cr_assert_eq(st.rejected_total, 3, "and the snapshot keeps them too");
 }
+
+static int check_report(struct buf *report)
+{
+    buf_reset(report);
+    return bus_check_store(store_dir, report);
+}
+
+BUS_TEST(check_store_fails_on_stray_files_and_bad_log_lines)
+{
+    start(0, 0, 0);
+    agent("alice");
+    struct bus_error err = {0};
+    const char *pt = "coordination.time 150 ms\n";
+    cr_assert_eq(bus_metrics_write(the_bus, id_of("alice"), OWNER, pt, strlen(pt), &err), 0);
+    bus_close(the_bus);
+    the_bus = NULL;
+    struct buf report;
+    buf_init(&report);
+    cr_assert_eq(check_report(&report), 0, "%.*s", (int)report.len, report.data);
+
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/planted", store_dir);
+    cr_assert_eq(unit_write_file(path, "x", 1), 0);
+    cr_assert_neq(check_report(&report), 0);
+    cr_assert(memmem(report.data, report.len, "planted is not a store file", 27), "%.*s",
+              (int)report.len, report.data);
+    unlink(path);
+
+    snprintf(path, sizeof path, "%s/metrics/points-%020d.jsonl", store_dir, 0);
+    cr_assert_eq(unit_append_file(path, "not json\n", 9), 0);
+    cr_assert_neq(check_report(&report), 0);
+    cr_assert(memmem(report.data, report.len, "are not JSON objects", 20), "%.*s",
+              (int)report.len, report.data);
+    buf_free(&report);
+}

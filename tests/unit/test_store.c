@@ -399,6 +399,25 @@ STORE_TEST(a_flipped_checksum_or_length_in_the_last_frame_drops_only_that_record
     }
 }
 
+/* A crash tears only the last record; a bad record with good ones after it is damage,
+ * and cutting there would drop them: the store is refused, nothing is cut. */
+STORE_TEST(a_bad_record_before_good_ones_is_damage_not_a_torn_tail)
+{
+    init_store_dir();
+    store_with_records(3);
+    long long full = unit_file_size(store_file("journal"));
+    flip_byte(store_file("journal"), HEADER_SIZE + FRAME_SIZE + 2);  /* record 1's payload */
+    struct store *st = NULL;
+    struct bus_error err = {0};
+    cr_assert_eq(store_open(store_dir, false, &st, &err), 0);
+    struct records r = {0};
+    cr_assert_eq(store_load(st, collect, &r, NULL, &err), -EIO);
+    cr_assert(strstr(err.reason, "damaged"), "%s", err.reason);
+    records_free(&r);
+    store_close(st);
+    cr_assert_eq(unit_file_size(store_file("journal")), full, "nothing was cut");
+}
+
 STORE_TEST(a_journal_without_a_valid_header_is_an_error_not_an_empty_store)
 {
     init_store_dir();
