@@ -1,6 +1,7 @@
 /* error.c — bus_error helpers and errno names used in logs and metrics. */
 #include <errno.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "busfs/error.h"
 
@@ -41,4 +42,19 @@ const char *bus_errno_name(int code)
 	}
 	snprintf(other, sizeof other, "E%d", code);
 	return other;
+}
+
+const char *bus_shown(char out[BUS_SHOWN_MAX], const char *p, size_t n)
+{
+	size_t k = n > 40 ? 40 : n;
+	for (size_t i = 0; i < k; i++) {
+		unsigned char c = (unsigned char)p[i];
+		out[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+	}
+	if (k < n) {
+		memcpy(out + k, "...", 3);
+		k += 3;
+	}
+	out[k] = '\0';
+	return out;
 }

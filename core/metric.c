@@ -15,7 +15,6 @@
 #include "busfs/json.h"
 #include "busfs/metric.h"
 
-#define SHOWN_MAX 48  /* bytes of a token quoted in a reason, with "..." and NUL */
 
 #define NAME_RULE "[a-zA-Z_][a-zA-Z0-9_.:-], at most 128 bytes"
 #define UNIT_RULE "[A-Za-z%%_/][A-Za-z0-9%%_/.-], at most 32 bytes"
@@ -32,21 +31,6 @@ static bool is_blank(char c) { return c == ' ' || c == '\t'; }
 /* strchr() would also find the terminating NUL. */
 static bool in_set(char c, const char *set) { return c && strchr(set, c); }
 
-/* A token as shown in a reason: printable ASCII only (others as '?'), cut at 40 bytes. */
-static const char *shown(char out[SHOWN_MAX], const char *p, size_t n)
-{
-	size_t k = n > 40 ? 40 : n;
-	for (size_t i = 0; i < k; i++) {
-		unsigned char c = (unsigned char)p[i];
-		out[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
-	}
-	if (k < n) {
-		memcpy(out + k, "...", 3);
-		k += 3;
-	}
-	out[k] = '\0';
-	return out;
-}
 
 bool metric_name_valid(const char *name, size_t len)
 {
@@ -177,7 +161,7 @@ static bool next_token(const char *p, size_t len, size_t *at, const char **tok, 
 static int parse_text(const char *p, size_t len, size_t line, struct metric_point *pt,
 		      struct bus_error *err)
 {
-	char s1[SHOWN_MAX], s2[SHOWN_MAX];
+	char s1[BUS_SHOWN_MAX], s2[BUS_SHOWN_MAX];
 	const char *tok, *unit = NULL;
 	size_t n, unit_n = 0, at = 0;
 	const char *keys[METRIC_TAGS_MAX];
@@ -187,7 +171,7 @@ static int parse_text(const char *p, size_t len, size_t line, struct metric_poin
 	next_token(p, len, &at, &tok, &n);   /* the caller trimmed: a token exists */
 	if (!metric_name_valid(tok, n))
 		return bus_fail(err, EINVAL, "line %zu: metric name '%s' is invalid: use "
-				NAME_RULE, line, shown(s1, tok, n));
+				NAME_RULE, line, bus_shown(s1, tok, n));
 	memcpy(pt->name, tok, n);
 	pt->name[n] = '\0';
 
@@ -195,7 +179,7 @@ static int parse_text(const char *p, size_t len, size_t line, struct metric_poin
 		return bus_fail(err, EINVAL, "line %zu: missing value after '%s'", line, pt->name);
 	if (!metric_number_parse(tok, n, &pt->value))
 		return bus_fail(err, EINVAL, "line %zu: value '%s' is not a finite number", line,
-				shown(s1, tok, n));
+				bus_shown(s1, tok, n));
 
 	tag_begin(&pt->tags);
 	while (next_token(p, len, &at, &tok, &n)) {
@@ -203,11 +187,11 @@ static int parse_text(const char *p, size_t len, size_t line, struct metric_poin
 		if (!eq) {
 			if (unit)
 				return bus_fail(err, EINVAL, "line %zu: more than one unit "
-						"('%s' and '%s')", line, shown(s1, unit, unit_n),
-						shown(s2, tok, n));
+						"('%s' and '%s')", line, bus_shown(s1, unit, unit_n),
+						bus_shown(s2, tok, n));
 			if (!unit_valid(tok, n))
 				return bus_fail(err, EINVAL, "line %zu: unit '%s' is invalid: use "
-						UNIT_RULE, line, shown(s1, tok, n));
+						UNIT_RULE, line, bus_shown(s1, tok, n));
 			unit = tok;
 			unit_n = n;
 			continue;
@@ -215,15 +199,15 @@ static int parse_text(const char *p, size_t len, size_t line, struct metric_poin
 		size_t kn = (size_t)(eq - tok), vn = n - kn - 1;
 		if (!tag_key_valid(tok, kn))
 			return bus_fail(err, EINVAL, "line %zu: tag key '%s' is invalid: use "
-					KEY_RULE, line, shown(s1, tok, kn));
+					KEY_RULE, line, bus_shown(s1, tok, kn));
 		const char *problem = tag_value_problem(eq + 1, vn);
 		if (problem)
 			return bus_fail(err, EINVAL, "line %zu: the value of tag '%s' %s", line,
-					shown(s1, tok, kn), problem);
+					bus_shown(s1, tok, kn), problem);
 		for (int i = 0; i < ntags; i++)
 			if (key_n[i] == kn && memcmp(keys[i], tok, kn) == 0)
 				return bus_fail(err, EINVAL, "line %zu: tag '%s' is given twice",
-						line, shown(s1, tok, kn));
+						line, bus_shown(s1, tok, kn));
 		if (ntags == METRIC_TAGS_MAX)
 			return bus_fail(err, EINVAL, "line %zu: more than %d tags", line,
 					METRIC_TAGS_MAX);
@@ -269,7 +253,7 @@ static int members(const char *p, size_t len, struct json_member **m, char **key
 static int parse_tags(const struct json_member *t, size_t line, struct metric_point *pt,
 		      struct bus_error *err)
 {
-	char s1[SHOWN_MAX];
+	char s1[BUS_SHOWN_MAX];
 	struct json_member *m = NULL;
 	char *keys = NULL;
 	int rc = 0, n;
@@ -293,7 +277,7 @@ static int parse_tags(const struct json_member *t, size_t line, struct metric_po
 		const char *k = m[i].key;
 		if (!tag_key_valid(k, strlen(k))) {
 			rc = bus_fail(err, EINVAL, "line %zu: tag key '%s' is invalid: use "
-				      KEY_RULE, line, shown(s1, k, strlen(k)));
+				      KEY_RULE, line, bus_shown(s1, k, strlen(k)));
 			break;
 		}
 		json_t *v = decode_string(m[i].value, m[i].value_len);
@@ -322,7 +306,7 @@ done:
 static int parse_field(const struct json_member *f, size_t line, struct metric_point *pt,
 		       struct bus_error *err)
 {
-	char s1[SHOWN_MAX];
+	char s1[BUS_SHOWN_MAX];
 	const char *key = f->key;
 
 	if (strcmp(key, "value") == 0) {
@@ -331,14 +315,14 @@ static int parse_field(const struct json_member *f, size_t line, struct metric_p
 					line, f->value[0] == '"' ? ", not a string" : "");
 		if (!metric_number_parse(f->value, f->value_len, &pt->value))
 			return bus_fail(err, EINVAL, "line %zu: value '%s' is not a finite number",
-					line, shown(s1, f->value, f->value_len));
+					line, bus_shown(s1, f->value, f->value_len));
 		return 0;
 	}
 	if (strcmp(key, "tags") == 0)
 		return parse_tags(f, line, pt, err);
 	if (strcmp(key, "metric") != 0 && strcmp(key, "unit") != 0)
 		return bus_fail(err, EINVAL, "line %zu: unknown field \"%s\": use metric, value, "
-				"unit and tags", line, shown(s1, key, strlen(key)));
+				"unit and tags", line, bus_shown(s1, key, strlen(key)));
 
 	bool is_metric = key[0] == 'm';
 	if (!is_metric && is_null(f))
@@ -351,10 +335,10 @@ static int parse_field(const struct json_member *f, size_t line, struct metric_p
 	int rc = 0;
 	if (is_metric && !metric_name_valid(s, n)) {
 		rc = bus_fail(err, EINVAL, "line %zu: metric name '%s' is invalid: use " NAME_RULE,
-			      line, shown(s1, s, n));
+			      line, bus_shown(s1, s, n));
 	} else if (!is_metric && n && !unit_valid(s, n)) {
 		rc = bus_fail(err, EINVAL, "line %zu: unit '%s' is invalid: use " UNIT_RULE, line,
-			      shown(s1, s, n));
+			      bus_shown(s1, s, n));
 	} else {
 		char *dst = is_metric ? pt->name : pt->unit;
 		memcpy(dst, s, n);

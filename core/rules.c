@@ -5,7 +5,6 @@
 
 #include "busfs/rules.h"
 
-#define SHOWN_MAX 48  /* bytes of a token quoted in a reason, with "..." and NUL */
 #define FORM "NAME METRIC STAT OP THRESHOLD [SEVERITY] [for=SECONDS]"
 
 static const char *const stat_names[] = {
@@ -128,21 +127,6 @@ void rule_format(struct buf *b, const struct rule *r)
 	buf_putc(b, '\n');
 }
 
-/* A token as shown in a reason: printable ASCII only (others as '?'), cut at 40 bytes. */
-static const char *shown(char out[SHOWN_MAX], const char *p, size_t n)
-{
-	size_t k = n > 40 ? 40 : n;
-	for (size_t i = 0; i < k; i++) {
-		unsigned char c = (unsigned char)p[i];
-		out[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
-	}
-	if (k < n) {
-		memcpy(out + k, "...", 3);
-		k += 3;
-	}
-	out[k] = '\0';
-	return out;
-}
 
 static bool rule_name_valid(const char *p, size_t n)
 {
@@ -199,7 +183,7 @@ static int parse_line(const char *p, size_t len, size_t line, struct rule *r,
 		      struct bus_error *err)
 {
 	static const char *const fields[] = {"NAME", "METRIC", "STAT", "OP", "THRESHOLD"};
-	char s1[SHOWN_MAX];
+	char s1[BUS_SHOWN_MAX];
 	struct token t[TOKENS_MAX];
 	size_t n = tokens(p, len, t, TOKENS_MAX);
 	int k;
@@ -210,26 +194,26 @@ static int parse_line(const char *p, size_t len, size_t line, struct rule *r,
 	if (!rule_name_valid(t[0].p, t[0].n))
 		return bus_fail(err, EINVAL, "line %zu: rule name '%s' is invalid: use "
 				"[A-Za-z_][A-Za-z0-9_.-], at most 64 bytes", line,
-				shown(s1, t[0].p, t[0].n));
+				bus_shown(s1, t[0].p, t[0].n));
 	memcpy(r->name, t[0].p, t[0].n);
 	r->name[t[0].n] = '\0';
 	if (!metric_name_valid(t[1].p, t[1].n))
 		return bus_fail(err, EINVAL, "line %zu: metric name '%s' is invalid: use "
 				"[a-zA-Z_][a-zA-Z0-9_.:-], at most 128 bytes", line,
-				shown(s1, t[1].p, t[1].n));
+				bus_shown(s1, t[1].p, t[1].n));
 	memcpy(r->metric, t[1].p, t[1].n);
 	r->metric[t[1].n] = '\0';
 	if ((k = word(stat_names, COUNT(stat_names), t[2].p, t[2].n)) < 0)
 		return bus_fail(err, EINVAL, "line %zu: unknown statistic '%s': use count, min, "
-				"max, avg, p50, p95, p99 or rate", line, shown(s1, t[2].p, t[2].n));
+				"max, avg, p50, p95, p99 or rate", line, bus_shown(s1, t[2].p, t[2].n));
 	r->stat = (enum rule_stat)k;
 	if ((k = word(op_names, COUNT(op_names), t[3].p, t[3].n)) < 0)
 		return bus_fail(err, EINVAL, "line %zu: unknown comparison '%s': use >, >=, < "
-				"or <=", line, shown(s1, t[3].p, t[3].n));
+				"or <=", line, bus_shown(s1, t[3].p, t[3].n));
 	r->op = (enum rule_op)k;
 	if (!metric_number_parse(t[4].p, t[4].n, &r->threshold))
 		return bus_fail(err, EINVAL, "line %zu: threshold '%s' is not a finite number",
-				line, shown(s1, t[4].p, t[4].n));
+				line, bus_shown(s1, t[4].p, t[4].n));
 
 	bool have_severity = false, have_for = false;
 	r->severity = SEV_WARNING;
@@ -246,14 +230,14 @@ static int parse_line(const char *p, size_t len, size_t line, struct rule *r,
 			if (!metric_number_parse(t[i].p + 4, t[i].n - 4, &r->for_s) ||
 			    r->for_s < 0)
 				return bus_fail(err, EINVAL, "line %zu: '%s' needs a number of "
-						"seconds >= 0", line, shown(s1, t[i].p, t[i].n));
+						"seconds >= 0", line, bus_shown(s1, t[i].p, t[i].n));
 			if (r->for_s == 0)
 				r->for_s = 0;   /* not -0 */
 			have_for = true;
 		} else {
 			return bus_fail(err, EINVAL, "line %zu: unexpected '%s': after THRESHOLD "
 					"come an optional info, warning or critical and an "
-					"optional for=SECONDS", line, shown(s1, t[i].p, t[i].n));
+					"optional for=SECONDS", line, bus_shown(s1, t[i].p, t[i].n));
 		}
 	}
 	return 0;
