@@ -27,19 +27,34 @@ double bus_clock_monotonic(void)
 
 void bus_time_format(int64_t us, char *out)
 {
-	time_t secs = (time_t)(us / 1000000);
+	/* Timestamps come in bursts within one second (a batch of sends, a document):
+	 * each thread keeps the text of the last second it formatted. */
+	static _Thread_local int64_t cached_secs = INT64_MIN;
+	static _Thread_local char cached[20];   /* "2026-11-23T05:05:12" */
+	int64_t secs = us / 1000000;
 	long frac = (long)(us % 1000000);
 	if (frac < 0) {
 		frac += 1000000;
 		secs--;
 	}
-	struct tm tm;
-	gmtime_r(&secs, &tm);
-	char tmp[96];
-	snprintf(tmp, sizeof tmp, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ",
-		 (tm.tm_year + 1900) % 10000, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-		 tm.tm_sec, frac);
-	memcpy(out, tmp, BUS_TIME_LEN);
+	if (secs != cached_secs) {
+		time_t t = (time_t)secs;
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		char tmp[96];
+		snprintf(tmp, sizeof tmp, "%04d-%02d-%02dT%02d:%02d:%02d",
+			 (tm.tm_year + 1900) % 10000, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+			 tm.tm_min, tm.tm_sec);
+		memcpy(cached, tmp, 19);
+		cached_secs = secs;
+	}
+	memcpy(out, cached, 19);
+	out[19] = '.';
+	for (int i = 25; i >= 20; i--) {
+		out[i] = (char)('0' + frac % 10);
+		frac /= 10;
+	}
+	out[26] = 'Z';
 	out[BUS_TIME_LEN] = '\0';
 }
 

@@ -76,15 +76,32 @@ uint64_t message_parse_file_name(const char *name, char *msg_id)
 
 void message_id_format(char *out, uint32_t store_id, int64_t time_us, uint64_t number)
 {
-	time_t secs = (time_t)(time_us / 1000000);
-	struct tm tm;
-	gmtime_r(&secs, &tm);
-	char tmp[128];
-	snprintf(tmp, sizeof tmp, "MSG-%04d%02d%02d-%02d%02d%02d-%08x-%020" PRIu64,
-		 (tm.tm_year + 1900) % 10000, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-		 tm.tm_sec, store_id, number);
-	memcpy(out, tmp, BUS_MSG_ID_LEN);
-	out[BUS_MSG_ID_LEN] = '\0';
+	/* MSG-YYYYMMDD-HHMMSS-<store id>-<counter>, the date and time from the RFC 3339
+	 * text (which caches its second). */
+	static const char hex[] = "0123456789abcdef";
+	char ts[BUS_TIME_LEN + 1];
+	bus_time_format(time_us, ts);
+	char *p = out;
+	memcpy(p, "MSG-", 4);
+	p += 4;
+	memcpy(p, ts, 4);
+	memcpy(p + 4, ts + 5, 2);
+	memcpy(p + 6, ts + 8, 2);
+	p[8] = '-';
+	memcpy(p + 9, ts + 11, 2);
+	memcpy(p + 11, ts + 14, 2);
+	memcpy(p + 13, ts + 17, 2);
+	p[15] = '-';
+	p += 16;
+	for (int i = 7; i >= 0; i--)
+		*p++ = hex[(store_id >> (4 * i)) & 0xf];
+	*p++ = '-';
+	for (int i = 19; i >= 0; i--) {
+		p[i] = (char)('0' + number % 10);
+		number /= 10;
+	}
+	p += 20;
+	*p = '\0';
 }
 
 /* Record layout: u64 number, u64 sequence, u8 flags, str to, str from, str msg_id,
@@ -109,15 +126,23 @@ void message_encode(struct buf *rec, const struct envelope *env)
 	buf_put_u32(rec, 0);
 	size_t start = rec->len;
 
-	buf_printf(rec,
-		   "{\"version\":1,\"msg_id\":\"%s\",\"from\":\"%s\",\"to\":\"%s\","
-		   "\"timestamp\":\"%s\",\"sequence\":%" PRIu64 ",\"type\":",
-		   id, env->from, env->to, ts, env->sequence);
+	/* Once per message on the send path: plain appends, no printf. */
+	buf_puts(rec, "{\"version\":1,\"msg_id\":\"");
+	buf_puts(rec, id);
+	buf_puts(rec, "\",\"from\":\"");
+	buf_puts(rec, env->from);
+	buf_puts(rec, "\",\"to\":\"");
+	buf_puts(rec, env->to);
+	buf_puts(rec, "\",\"timestamp\":\"");
+	buf_puts(rec, ts);
+	buf_puts(rec, "\",\"sequence\":");
+	buf_put_uint(rec, env->sequence);
+	buf_puts(rec, ",\"type\":");
 	buf_append(rec, env->type_token, env->type_len);
 	buf_puts(rec, ",\"payload\":");
 	buf_append(rec, env->payload, env->payload_len);
-	buf_printf(rec, ",\"requires_ack\":%s,\"priority\":\"%s\"",
-		   env->requires_ack ? "true" : "false", env->urgent ? "urgent" : "normal");
+	buf_puts(rec, env->requires_ack ? ",\"requires_ack\":true" : ",\"requires_ack\":false");
+	buf_puts(rec, env->urgent ? ",\"priority\":\"urgent\"" : ",\"priority\":\"normal\"");
 	if (env->corr_token) {
 		buf_puts(rec, ",\"correlation_id\":");
 		uint32_t off = (uint32_t)(rec->len - start);

@@ -154,6 +154,32 @@ STORE_TEST(crc32_matches_the_standard_check_value)
 {
     cr_assert_eq(crc32_compute("123456789", 9), 0xcbf43926u);
     cr_assert_eq(crc32_compute("", 0), 0);
+    const char *fox = "The quick brown fox jumps over the lazy dog";
+    cr_assert_eq(crc32_compute(fox, strlen(fox)), 0x414fa339u);
+}
+
+/* The eight-bytes-a-step CRC agrees with the plain bitwise definition at every
+ * length and alignment. */
+STORE_TEST(crc32_agrees_with_the_bitwise_definition)
+{
+    static unsigned char data[4096 + 8];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof data; i++) {
+        x = x * 1103515245u + 12345u;
+        data[i] = (unsigned char)(x >> 16);
+    }
+    for (size_t start = 0; start < 8; start++) {
+        for (size_t n = 0; n < 300; n += 7) {
+            uint32_t c = 0xffffffffu;
+            for (size_t i = 0; i < n; i++) {
+                c ^= data[start + i];
+                for (int k = 0; k < 8; k++)
+                    c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+            }
+            cr_assert_eq(crc32_compute(data + start, n), c ^ 0xffffffffu, "start %zu, %zu bytes",
+                         start, n);
+        }
+    }
 }
 
 STORE_TEST(a_new_store_has_a_format_file_and_keeps_its_id)
