@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "busfs/metric.h"
 #include "fs.h"
 
 static struct fs *fs_of(fuse_req_t req) { return fuse_req_userdata(req); }
@@ -356,6 +357,44 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 /* ---------- WRITE, FLUSH, RELEASE ---------- */
 
+/* Metric points are lines, but writers do not always write whole lines: `cat` of a
+ * large file writes 128 KiB at a time. A write stores the lines it completes; the
+ * bytes after its last newline wait in h->pending for the next write, or for the
+ * close, where they are the last line (which needs no newline). */
+static int metrics_write(struct fs *fs, struct handle *h, uid_t uid, const char *data,
+			 size_t size, struct bus_error *err)
+{
+	const char *p = data;
+	size_t n = size;
+	if (h->pending.len) {
+		buf_append(&h->pending, data, size);
+		if (!buf_ok(&h->pending))
+			return bus_fail(err, ENOMEM, "out of memory");
+		p = h->pending.data;
+		n = h->pending.len;
+	}
+	size_t whole = n;
+	while (whole && p[whole - 1] != '\n')
+		whole--;
+	if (n - whole > METRIC_LINE_MAX + 2) {
+		buf_reset(&h->pending);
+		return bus_fail(err, EINVAL, "a metric line is longer than %d bytes",
+				METRIC_LINE_MAX);
+	}
+	int rc = whole ? bus_metrics_write(fs->bus, h->agent_id, uid, p, whole, err) : 0;
+	if (rc < 0) {
+		buf_reset(&h->pending);
+		return rc;
+	}
+	if (p == h->pending.data) {
+		buf_consume(&h->pending, whole);
+	} else {
+		buf_reset(&h->pending);
+		buf_append(&h->pending, p + whole, n - whole);
+	}
+	return buf_ok(&h->pending) ? 0 : bus_fail(err, ENOMEM, "out of memory");
+}
+
 static bool blank(const char *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -376,8 +415,8 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 	/* A report or command is one write, but some writers send its newline by itself
 	 * (an unbuffered print(), printf's second line): after an accepted write, a write
 	 * of only blanks in the same open file is that tail, not an empty report. */
-	if ((h->node == N_HEALTH || h->node == N_CTL || h->node == N_AGENT_METRICS ||
-	     h->node == N_RULES) && h->wrote && blank(data, size)) {
+	if ((h->node == N_HEALTH || h->node == N_CTL || h->node == N_RULES ||
+	     (h->node == N_AGENT_METRICS && !h->pending.len)) && h->wrote && blank(data, size)) {
 		fuse_reply_write(req, size);
 		return;
 	}
@@ -396,7 +435,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		rc = bus_health_report(fs->bus, h->agent_id, uid, data, size, &err);
 		break;
 	case N_AGENT_METRICS:
-		rc = bus_metrics_write(fs->bus, h->agent_id, uid, data, size, &err);
+		rc = metrics_write(fs, h, uid, data, size, &err);
 		break;
 	case N_RULES:
 		/* One open file is one change of the rules, however many writes carry it
@@ -438,6 +477,17 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return;
 		}
 		h->cleared = h->saved = true;
+	}
+	if (h->node == N_AGENT_METRICS && h->pending.len) {
+		/* The last line of what this file wrote, without its newline. */
+		int rc = blank(h->pending.data, h->pending.len)
+			 ? 0 : bus_metrics_write(fs->bus, h->agent_id, fuse_req_ctx(req)->uid,
+						  h->pending.data, h->pending.len, &err);
+		buf_reset(&h->pending);
+		if (rc < 0) {
+			refuse(req, "flush", h->path, h->agent_id, &err);
+			return;
+		}
 	}
 	if (h->node == N_PAIR && bus_draft_flush(fs->bus, h->draft, &err) < 0) {
 		/* The write that was refused already logged its reason; a store failure here

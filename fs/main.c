@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,6 +272,27 @@ int main(int argc, char **argv)
 	const char *mountpoint = argv[optind];
 	if (check_mountpoint(mountpoint, clear_stale) < 0)
 		return 1;
+	/* libfuse changes to / once mounted, so a relative mountpoint would not be found
+	 * again at unmount: the mount would outlive the server. */
+	char abs_mnt[PATH_MAX];
+	if (!realpath(mountpoint, abs_mnt)) {
+		fprintf(stderr, "busfs: cannot resolve mountpoint %s: %s\n", mountpoint,
+			strerror(errno));
+		return 1;
+	}
+	mountpoint = abs_mnt;
+	/* The same for the store: some of its files are opened by path later. */
+	char abs_store[PATH_MAX + 1];
+	if (cfg.store_dir[0] != '/') {
+		char cwd[PATH_MAX];
+		if (!getcwd(cwd, sizeof cwd) ||
+		    snprintf(abs_store, sizeof abs_store, "%s/%s", cwd, cfg.store_dir) >=
+			    (int)sizeof abs_store) {
+			fprintf(stderr, "busfs: cannot resolve store %s\n", cfg.store_dir);
+			return 1;
+		}
+		cfg.store_dir = abs_store;
+	}
 
 	struct fs fs;
 	memset(&fs, 0, sizeof fs);

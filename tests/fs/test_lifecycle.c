@@ -363,3 +363,42 @@ Test(lifecycle, a_store_others_could_tamper_with_is_refused_in_one_line,
     }
     bus_stop(&bus);
 }
+
+/* libfuse changes to / once mounted: a relative mountpoint and store must still be
+ * found at the clean stop (`make run` mounts ./bus). */
+Test(lifecycle, a_relative_mountpoint_and_store_are_unmounted_at_sigterm,
+     .init = bus_setup, .fini = bus_teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    char mnt2[PATH_MAX + 16];
+    snprintf(mnt2, sizeof mnt2, "%s/rel", bus.dir);
+    cr_assert(mkdir(mnt2, 0755) == 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(bus.dir) < 0)
+            _exit(126);
+        bus_close_fds_from(3);
+        execl(bus_bin(), "busfs", "-f", "--store", "rel-store", "rel", (char *)NULL);
+        _exit(127);
+    }
+    bool up = false;
+    for (int i = 0; i < 200 && !up; i++) {
+        up = bus_is_mounted(mnt2);
+        if (!up)
+            bus_pause_ms(25);
+    }
+    cr_assert(up, "busfs never mounted rel");
+    char agent[PATH_MAX + 64];
+    snprintf(agent, sizeof agent, "%s/agents/alice", mnt2);
+    cr_assert_eq(mkdir(agent, 0755), 0);
+    snprintf(agent, sizeof agent, "%s/agents/alice/metrics", mnt2);
+    cr_assert_eq(bus_append(agent, "x 1\n"), 0);
+    kill(pid, SIGTERM);
+    int status = bus_wait_child(pid, BUS_WAIT_MS);
+    cr_assert_eq(status, 0, "busfs exited %d", status);
+    cr_assert(!bus_is_mounted(mnt2), "the relative mount outlived the server");
+    char store[PATH_MAX + 32];
+    snprintf(store, sizeof store, "%s/rel-store/journal", bus.dir);
+    cr_assert_eq(access(store, F_OK), 0, "the store was made where it was asked for");
+    bus_stop(&bus);
+}

@@ -1802,3 +1802,48 @@ BUS_TEST(metrics, concurrent_writers_lose_nothing_and_summary_stays_whole)
     prom_free(&pr);
     free(log);
 }
+
+/* Writers do not always write whole lines: `cat` of a large file writes 128 KiB at a
+ * time, an unbuffered print() writes a line and then its newline. The lines a write
+ * completes are stored at once; a last line without a newline at close. */
+BUS_TEST(metrics, lines_split_across_writes_are_joined)
+{
+    bus_agents(&bus, "alice", NULL);
+    char src[PATH_MAX + 16];
+    snprintf(src, sizeof src, "%s/points.txt", bus.dir);
+    FILE *f = fopen(src, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < 20000; i++)
+        fprintf(f, "split.point %d.25 ms phase=p%d\n", i, i % 7);
+    cr_assert_eq(fclose(f), 0);
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&bus, &r, "cat %s > agents/alice/metrics", src), 0, "%s", r.err);
+    bus_cmd_free(&r);
+    cr_assert_eq(bus_jsonl_count(AT("agents/alice/metrics")), 20000);
+
+    int fd = open(AT("agents/alice/metrics"), O_WRONLY | O_APPEND);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "half.line 4", 11), 11);
+    cr_assert_eq(write(fd, "2 ms\n", 5), 5);
+    cr_assert_eq(write(fd, "no.newline 7", 12), 12);
+    cr_assert_eq(close(fd), 0);
+    json_t *all = bus_jsonl(AT("agents/alice/metrics"));
+    size_t n = json_array_size(all);
+    cr_assert_eq(n, 20002);
+    cr_assert_str_eq(bus_str(json_array_get(all, n - 2), "metric"), "half.line");
+    cr_assert(json_real_value(json_object_get(json_array_get(all, n - 2), "value")) == 42.0 ||
+              json_integer_value(json_object_get(json_array_get(all, n - 2), "value")) == 42);
+    cr_assert_str_eq(bus_str(json_array_get(all, n - 1), "metric"), "no.newline");
+    json_decref(all);
+
+    /* A bad last line is refused at close, with its reason. */
+    size_t errs = bus_jsonl_count(AT("errors"));
+    fd = open(AT("agents/alice/metrics"), O_WRONLY | O_APPEND);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "bad line here", 13), 13);
+    errno = 0;
+    cr_assert_eq(close(fd), -1, "close stored a bad line");
+    cr_assert_eq(errno, EINVAL);
+    bus_assert_logged(AT("errors"), errs, "a bad last line refused at close");
+    cr_assert_eq(bus_jsonl_count(AT("agents/alice/metrics")), 20002);
+}
