@@ -470,7 +470,7 @@ void metric_format_value(struct buf *b, double v)
 		return;
 	}
 	/* Integers, the common case, print as they are. */
-	if (v == (double)(long long)v && fabs(v) < 1e15 && !(v == 0 && signbit(v))) {
+	if (fabs(v) < 1e15 && v == (double)(long long)v && !(v == 0 && signbit(v))) {
 		snprintf(f, sizeof f, "%lld", (long long)v);
 		buf_puts(b, f);
 		return;
