@@ -288,6 +288,19 @@ void json_append_string(struct buf *b, const char *s, size_t len)
 	size_t run = 0;
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x80) {
+			/* Valid UTF-8 passes; any other byte becomes U+FFFD, so the result is
+			 * always JSON (file names and quoted input can be any bytes). */
+			int n = utf8_seq((const unsigned char *)s + i, len - i);
+			if (n > 0) {
+				i += (size_t)n - 1;
+				continue;
+			}
+			buf_append(b, s + run, i - run);
+			buf_puts(b, "\xef\xbf\xbd");
+			run = i + 1;
+			continue;
+		}
 		if (c >= 0x20 && c != '"' && c != '\\')
 			continue;
 		buf_append(b, s + run, i - run);

@@ -26,7 +26,8 @@ bool json_is_value(const char *p, size_t len);
  * removed; every other byte is kept (p must hold one valid value). */
 void json_append_compact(struct buf *b, const char *p, size_t len);
 
-/* Appends s as a JSON string literal, quotes included. */
+/* Appends s as a JSON string literal, quotes included. Bytes that are not valid UTF-8
+ * (a cut sequence, a lone surrogate) become U+FFFD, so the result is always JSON. */
 void json_append_string(struct buf *b, const char *s, size_t len);
 
 /* One member of a top-level object: the raw key token and the raw value extent. */

@@ -673,3 +673,19 @@ JSON_TEST(base64_appends_after_existing_content)
         cr_assert_eq(b.data[i], 'A');
     buf_free(&b);
 }
+
+Test(json, append_string_replaces_bytes_that_are_not_utf8, .timeout = 30)
+{
+    struct buf b;
+    buf_init(&b);
+    /* a cut 3-byte sequence, a lone byte, an encoded surrogate, then valid text */
+    json_append_string(&b, "a\xe2\x82" "b\xff" "c\xed\xa0\x80" "d\xc3\xa9", 12);
+    cr_assert_eq(b.len, strlen("\"a\xef\xbf\xbd\xef\xbf\xbd" "b\xef\xbf\xbd" "c\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "d\xc3\xa9\""),
+                 "%.*s", (int)b.len, b.data);
+    cr_assert(json_is_value(b.data, b.len), "%.*s", (int)b.len, b.data);
+    json_t *v = json_loadb(b.data, b.len, JSON_DECODE_ANY, NULL);
+    cr_assert_not_null(v, "jansson reads it back");
+    cr_assert(strstr(json_string_value(v), "d\xc3\xa9"), "valid text is kept");
+    json_decref(v);
+    buf_free(&b);
+}
