@@ -381,7 +381,9 @@ static int set_sequence(struct bus *bus, const char *from, const char *to, uint6
 static int deliver(struct bus *bus, struct bus_message *m, bool count)
 {
 	struct agent *to = bus_find(bus, m->to);
-	if (!to || inbox_add(&to->inbox, m) < 0) {
+	/* Numbers are handed out in order and never twice: a record that breaks that
+	 * comes from a damaged store. */
+	if (!to || m->number <= bus->counter || inbox_add(&to->inbox, m) < 0) {
 		message_unref(m);
 		return -EINVAL;
 	}
@@ -472,6 +474,8 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len)
 		uint8_t status = rd_u8(&r);
 		uint64_t seen = rd_u64(&r);
 		size_t rlen = 0, xlen = 0;
+		if (seen > (uint64_t)INT64_MAX / 2)
+			return -EINVAL;
 		const char *reason = rd_bytes(&r, &rlen);
 		const char *extra = rd_bytes(&r, &xlen);
 		if (r.bad || status > HEALTH_UNHEALTHY || !(a = bus_find(bus, name)))
@@ -488,7 +492,7 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len)
 	case REC_BEAT: {
 		rd_str(&r, name, sizeof name);
 		uint64_t seen = rd_u64(&r);
-		if (r.bad || !(a = bus_find(bus, name)))
+		if (r.bad || seen > (uint64_t)INT64_MAX / 2 || !(a = bus_find(bus, name)))
 			return -EINVAL;
 		a->last_seen_us = (int64_t)seen;
 		bus_time_format(a->last_seen_us, a->last_seen_text);
@@ -549,8 +553,12 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len)
 		struct bus_message *m = message_decode(&r);
 		if (!m)
 			return -EINVAL;
-		if (m->number > bus->counter)
-			bus->counter = m->number;
+		/* A snapshot lists each message once, in number order, within its counter. */
+		if (m->number <= bus->snap_last || m->number > bus->counter) {
+			message_unref(m);
+			return -EINVAL;
+		}
+		bus->snap_last = m->number;
 		int rc = 0;
 		if (where & 2) {
 			struct agent *from = bus_find(bus, m->from);

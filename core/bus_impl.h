@@ -110,6 +110,7 @@ struct bus {
 
 	struct strmap seqs;          /* "from\x01to" -> last sequence */
 	uint64_t counter;            /* last delivery number = msg_id counter */
+	uint64_t snap_last;          /* while loading: the last snapshot message's number */
 	uint64_t pending;
 	uint64_t delivered_total;
 	uint64_t rejected_total;

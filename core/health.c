@@ -163,7 +163,8 @@ int health_parse(const char *data, size_t len, struct health_report *r, struct b
 enum health_status health_effective(enum health_status reported, int64_t last_seen_us,
 				    int64_t now_us, int64_t ttl_us)
 {
-	if (last_seen_us && now_us - last_seen_us > ttl_us)
+	/* now - ttl cannot overflow (both are sane times); now - last_seen could. */
+	if (last_seen_us && last_seen_us < now_us - ttl_us)
 		return HEALTH_STALE;
 	return reported;
 }

@@ -45,6 +45,8 @@ static struct series *series_get(struct metrics *m, const char *metric, const ch
 		s->slice_k[i] = INT64_MIN;
 		sketch_init(&s->slice[i]);
 	}
+	s->past_k = INT64_MIN;
+	sketch_init(&s->past);
 	m->series[m->nseries++] = s;
 	return s;
 }
@@ -53,6 +55,7 @@ static void series_free(struct series *s)
 {
 	for (int i = 0; i < METRIC_SLICES; i++)
 		sketch_free(&s->slice[i]);
+	sketch_free(&s->past);
 	free(s);
 }
 
@@ -73,6 +76,8 @@ static int series_add(struct metrics *m, struct series *s, double v, int64_t ts,
 		}
 		if (sketch_add(&s->slice[i], v) < 0)
 			return -ENOMEM;
+		if (k < s->past_k)
+			s->past_k = INT64_MIN;   /* a finished slice changed (a rebuild, a clock step) */
 	}
 	s->count_total++;
 	s->sum_total += v;
@@ -80,15 +85,28 @@ static int series_add(struct metrics *m, struct series *s, double v, int64_t ts,
 }
 
 /* Adds the series' sketches of the current window to acc. */
-static int series_window(const struct metrics *m, const struct series *s, int64_t now,
+static int series_window(const struct metrics *m, struct series *s, int64_t now,
 			 struct sketch *acc)
 {
 	int64_t now_k = slice_of(m, now);
-	for (int i = 0; i < METRIC_SLICES; i++) {
-		int64_t k = s->slice_k[i];
-		if (k > now_k - METRIC_SLICES && k <= now_k && sketch_merge(acc, &s->slice[i]) < 0)
-			return -ENOMEM;
+	if (s->past_k != now_k) {
+		sketch_reset(&s->past);
+		s->past_k = now_k;
+		for (int i = 0; i < METRIC_SLICES; i++) {
+			int64_t k = s->slice_k[i];
+			if (k > now_k - METRIC_SLICES && k < now_k &&
+			    sketch_merge(&s->past, &s->slice[i]) < 0) {
+				s->past_k = INT64_MIN;
+				return -ENOMEM;
+			}
+		}
 	}
+	if (sketch_merge(acc, &s->past) < 0)
+		return -ENOMEM;
+	const struct sketch *cur = &s->slice[(now_k >= 0 ? now_k : 0) % METRIC_SLICES];
+	if (s->slice_k[(now_k >= 0 ? now_k : 0) % METRIC_SLICES] == now_k &&
+	    sketch_merge(acc, cur) < 0)
+		return -ENOMEM;
 	return 0;
 }
 
@@ -129,7 +147,7 @@ void metrics_window(struct metrics *m, const char *metric, const char *agent, in
 	struct sketch acc;
 	sketch_init(&acc);
 	for (size_t i = 0; i < m->nseries; i++) {
-		const struct series *s = m->series[i];
+		struct series *s = m->series[i];
 		if (strcmp(s->metric, metric) == 0 && (!agent || strcmp(s->agent, agent) == 0))
 			series_window(m, s, now_us, &acc);
 	}
@@ -613,7 +631,7 @@ void metrics_prom_render(struct metrics *m, int64_t now_us, struct buf *out)
 		      "over the summary window, sum and count since the oldest kept point.\n"
 		      "# TYPE busfs_user_metric summary\n");
 	for (size_t i = 0; v && i < m->nseries; i++) {
-		const struct series *s = v[i];
+		struct series *s = v[i];
 		struct sketch acc;
 		sketch_init(&acc);
 		series_window(m, s, now_us, &acc);

@@ -35,6 +35,11 @@ struct series {
 	double sum_total;
 	int64_t slice_k[METRIC_SLICES]; /* which slice (time / slice_us) each sketch holds */
 	struct sketch slice[METRIC_SLICES];
+	/* The window's finished slices merged, for the current slice past_k: a reading
+	 * then merges two sketches, not thirty. Invalid (INT64_MIN) when a point lands in
+	 * a finished slice, which only a rebuild at start does. */
+	int64_t past_k;
+	struct sketch past;
 };
 
 /* One agent's view: entry i is a line at log offset goff[i] and view offset voff[i];
