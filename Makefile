@@ -35,7 +35,7 @@ FST_SRC  := $(wildcard tests/fs/*.c)
 MNT ?= bus
 
 .PHONY: all run test unit fstest asan bench clean install uninstall deps deps-test install-pkgs \
-        reap format lint
+        reap format lint crash soak
 
 all: $(BIN)
 
@@ -89,7 +89,7 @@ run: deps
 
 # Leftover mounts and servers of an interrupted test run are reaped before and after.
 reap:
-	@grep -o ' [^ ]*busfs-test[^ ]* fuse' /proc/self/mountinfo 2>/dev/null | awk '{print $$1}' | \
+	@grep -o -E ' [^ ]*busfs-(test|crash)[^ ]* fuse' /proc/self/mountinfo 2>/dev/null | awk '{print $$1}' | \
 	  while read -r m; do fusermount3 -uz "$$m" 2>/dev/null || umount -l "$$m" 2>/dev/null; done; true
 
 unit: $(BUILD)/unit-tests
@@ -101,8 +101,10 @@ fstest: $(BIN) $(BUILD)/fs-tests
 test: deps-test
 	@$(MAKE) --no-print-directory reap
 	@$(MAKE) --no-print-directory $(BIN) $(BUILD)/unit-tests $(BUILD)/fs-tests
+	@$(if $(SAN),,$(MAKE) --no-print-directory $(BUILD)/crashloop)
 	@rc=0; $(BUILD)/unit-tests || rc=1; \
 	  BUSFS_BIN=$(CURDIR)/$(BIN) $(BUILD)/fs-tests || rc=1; \
+	  $(if $(SAN),,$(CRASH_SHORT) || rc=1;) \
 	  $(MAKE) --no-print-directory reap; exit $$rc
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build in its own directory.
@@ -141,5 +143,75 @@ uninstall:
 	rmdir $(DESTDIR)$(PREFIX)/share/doc/busfs/examples $(DESTDIR)$(PREFIX)/share/doc/busfs \
 	  2>/dev/null || true
 
+# ---------- the crash loop (tests/crash) ----------
+# Writers send while busfs is kill -9'd and restarted on the same store; then every
+# inbox must hold every recorded message exactly once, in sequence, and
+# `busfs --check` must pass. `make test` runs the short loop (about 30 s, 20 kills);
+# `make soak` the long one (8 writers, 1,000,000 messages, a kill every ~2 s).
+CRASH_SRC   := $(wildcard tests/crash/*.c)
+CRASH_SHORT  = $(BUILD)/crashloop --quiet --writers 4 --kills 20 --interval 700 --rate 5000 \
+               $(CURDIR)/$(BIN)
+
+$(BUILD)/crashloop: $(CRASH_SRC) tests/crash/crashloop.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -o $@ $(CRASH_SRC) $(LDLIBS_CORE)
+
+crash: $(BIN) $(BUILD)/crashloop
+	$(CRASH_SHORT)
+
+soak: $(BIN) $(BUILD)/crashloop
+	$(BUILD)/crashloop --writers 8 --agents 10 --kills 100 --messages 1000000 \
+	  --interval 2000 --rate 5000 $(CURDIR)/$(BIN)
+
 clean:
-	rm -rf build build-asan busfs
+	rm -rf build build-asan build-fuzz busfs
+
+# ---------- fuzzing: libFuzzer harnesses of every parser (tests/fuzz) ----------
+# `make fuzz` builds tests/fuzz/fuzz_*.c with the core into build-fuzz/ (clang,
+# libFuzzer, ASan, UBSan), runs each harness for FUZZ_SECONDS on a copy of its seed
+# corpus (build-fuzz/corpus/<harness>, which keeps what earlier runs found), prints
+# the executions per harness and fails if any harness crashed. Crash inputs and logs
+# land in build-fuzz/artifacts/<harness>/ and build-fuzz/logs/<harness>.log.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_BUILD   := build-fuzz
+FUZZ_PKGS    := clang libclang-rt-14-dev libjansson-dev pkg-config
+FUZZ_SAN     := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+                -fno-omit-frame-pointer
+FUZZ_CFLAGS   = -std=c11 $(WARN) -g -O1 $(FUZZ_SAN) -pthread \
+                $(shell pkg-config --cflags jansson 2>/dev/null)
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
+FUZZ_OBJ     := $(CORE_SRC:%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/tests/fuzz/common.o
+
+.PHONY: fuzz
+
+fuzz:
+	@$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(FUZZ_PKGS)"
+	@$(MAKE) --no-print-directory $(FUZZ_BINS)
+	@rc=0; for h in $(FUZZ_NAMES); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$h $(FUZZ_BUILD)/artifacts/$$h $(FUZZ_BUILD)/logs; \
+	  cp tests/fuzz/corpus/$$h/* $(FUZZ_BUILD)/corpus/$$h/ 2>/dev/null; \
+	  dict=; [ -f tests/fuzz/$$h.dict ] && dict=-dict=tests/fuzz/$$h.dict; \
+	  log=$(FUZZ_BUILD)/logs/$$h.log; \
+	  UBSAN_OPTIONS=print_stacktrace=1 ./$(FUZZ_BUILD)/fuzz_$$h -max_total_time=$(FUZZ_SECONDS) \
+	    -print_final_stats=1 -timeout=30 -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$h/ \
+	    $$dict $(FUZZ_BUILD)/corpus/$$h >$$log 2>&1; st=$$?; \
+	  execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log | tail -1); \
+	  rate=$$(sed -n 's/^stat::average_exec_per_sec: *//p' $$log | tail -1); \
+	  if [ $$st -eq 0 ]; then \
+	    printf 'fuzz %-12s ok       %12s executions (%s exec/s)\n' $$h "$${execs:-?}" "$${rate:-?}"; \
+	  else \
+	    rc=1; \
+	    printf 'fuzz %-12s CRASHED  %12s executions (%s exec/s), exit %s; see %s\n' \
+	      $$h "$${execs:-?}" "$${rate:-?}" $$st $$log; \
+	    grep -a -E 'busfs-fuzz: |runtime error|ERROR: |^SUMMARY|Test unit written to' $$log | sed 's/^/    /'; \
+	  fi; \
+	done; exit $$rc
+
+$(FUZZ_BUILD)/%.o: %.c $(wildcard include/busfs/*.h core/*.h tests/fuzz/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -c -o $@ $<
+
+$(FUZZ_BINS): $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $^ $(LDLIBS_CORE)
