@@ -372,11 +372,10 @@ static void eval_rule(struct eval *e)
 	struct bus *bus = e->bus;
 	const char *metric = e->rule->metric;
 	if (strcmp(metric, GAUGE_STALE) == 0 || strcmp(metric, GAUGE_FILL) == 0) {
-		int64_t ttl = (int64_t)(bus->cfg.health_ttl_s * 1e6);
 		for (size_t i = 0; i < bus->nagents; i++) {
 			const struct agent *a = bus->by_name[i];
 			double v = metric[6] == 'a'
-				? (health_effective(a->health, a->last_seen_us, e->now, ttl) == HEALTH_STALE)
+				? (bus_agent_health(bus, a, e->now) == HEALTH_STALE)
 				: (double)a->inbox.live / (double)bus->cfg.inbox_capacity;
 			fire_or_resolve(e, a->name, v);
 		}

@@ -155,6 +155,9 @@ void alerts_snapshot(struct bus *bus, int (*add)(struct bus *bus, struct buf *b)
 int alerts_open(struct bus *bus, struct bus_error *err);
 void alerts_close(struct bus *bus);
 
+/* The agent's health status at now_us (stale and unknown included). */
+enum health_status bus_agent_health(const struct bus *bus, const struct agent *a, int64_t now_us);
+
 /* Appends a REC_HEALTH record holding the agent's current health to b. */
 void bus_put_health(struct buf *b, const struct agent *a);
 

@@ -108,7 +108,6 @@ void bus_prom_render(struct bus *bus, struct buf *out)
 	unsigned counts[HEALTH_NSTATUS] = {0};
 	bus_lock(bus);
 	int64_t now = bus_clock_now_us();
-	int64_t ttl = (int64_t)(bus->cfg.health_ttl_s * 1e6);
 
 	family(out, "busfs_messages_delivered_total", "counter",
 	       "Messages delivered to inboxes (acks and every broadcast copy included).");
@@ -136,7 +135,7 @@ void bus_prom_render(struct bus *bus, struct buf *out)
 	buf_printf(out, "busfs_inbox_capacity %u\n", bus->cfg.inbox_capacity);
 	for (size_t i = 0; i < bus->nagents; i++) {
 		const struct agent *a = bus->by_name[i];
-		counts[health_effective(a->health, a->last_seen_us, now, ttl)]++;
+		counts[bus_agent_health(bus, a, now)]++;
 	}
 	family(out, "busfs_agents", "gauge", "Registered agents by health status.");
 	for (int s = HEALTH_HEALTHY; s <= HEALTH_NSTATUS; s++) {

@@ -11,6 +11,12 @@
 #include "busfs/clock.h"
 #include "busfs/json.h"
 
+enum health_status bus_agent_health(const struct bus *bus, const struct agent *a, int64_t now_us)
+{
+	return health_effective(a->health, a->last_seen_us, now_us,
+				(int64_t)(bus->cfg.health_ttl_s * 1e6));
+}
+
 void bus_put_health(struct buf *b, const struct agent *a)
 {
 	buf_put_u8(b, REC_HEALTH);
@@ -73,8 +79,7 @@ int bus_health_beat(struct bus *bus, uint64_t agent_id, uid_t uid, struct bus_er
 static enum health_status render_agent(struct bus *bus, const struct agent *a, int64_t now,
 				       bool with_name, struct buf *out)
 {
-	int64_t ttl = (int64_t)(bus->cfg.health_ttl_s * 1e6);
-	enum health_status s = health_effective(a->health, a->last_seen_us, now, ttl);
+	enum health_status s = bus_agent_health(bus, a, now);
 	/* This runs once per agent for health/status: no printf, no gmtime. */
 	buf_putc(out, '{');
 	if (with_name) {
