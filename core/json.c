@@ -252,9 +252,9 @@ bool json_is_value(const char *p, size_t len)
 void json_append_compact(struct buf *b, const char *p, size_t len)
 {
 	size_t start = 0, end = len;
-	while (start < end && strchr(" \t\r\n", p[start]))
+	while (start < end && json_space(p[start]))
 		start++;
-	while (end > start && strchr(" \t\r\n", p[end - 1]))
+	while (end > start && json_space(p[end - 1]))
 		end--;
 	if (!memchr(p + start, '\n', end - start) && !memchr(p + start, '\r', end - start)) {
 		buf_append(b, p + start, end - start);
@@ -347,8 +347,24 @@ static long decode_string(const char *p, size_t len, char *dst)
 			i += 4;
 			if (cp == 0)
 				return -1;
-			/* Keys busfs knows are ASCII; others only need to stay distinct, so each
-			 * \\u unit is written as UTF-8 (a surrogate as its own 3 bytes). */
+			/* A high surrogate followed by an escaped low one is one code point
+			 * (U+10000 and up, 4 bytes of UTF-8). A lone surrogate stays its own 3
+			 * bytes: the key stays distinct, and is shown as U+FFFD. */
+			if (cp >= 0xd800 && cp < 0xdc00 && i + 6 < len && p[i + 1] == '\\' &&
+			    p[i + 2] == 'u') {
+				unsigned lo = 0;
+				for (int k = 3; k <= 6; k++)
+					lo = lo << 4 | (unsigned)hexval(p[i + k]);
+				if (lo >= 0xdc00 && lo < 0xe000) {
+					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+					i += 6;
+					dst[o++] = (char)(0xf0 | cp >> 18);
+					dst[o++] = (char)(0x80 | ((cp >> 12) & 0x3f));
+					dst[o++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+					dst[o++] = (char)(0x80 | (cp & 0x3f));
+					break;
+				}
+			}
 			if (cp < 0x80) {
 				dst[o++] = (char)cp;
 			} else if (cp < 0x800) {

@@ -94,6 +94,13 @@ HEALTH_TEST(escaped_strings_are_decoded_into_the_reason_and_keys_are_reencoded)
     cr_assert_str_eq(extra(), ",\"key\":\"v\"");
 }
 
+HEALTH_TEST(a_key_escaped_as_a_surrogate_pair_keeps_its_character)
+{
+    /* U+1F600 escaped as \ud83d\ude00 is one character: the field keeps it. */
+    cr_assert_eq(parse("{\"status\":\"healthy\",\"\\ud83d\\ude00\":1}"), 0, "%s", err.reason);
+    cr_assert_str_eq(extra(), ",\"\xf0\x9f\x98\x80\":1");
+}
+
 HEALTH_TEST(a_reason_of_exactly_1024_bytes_is_accepted)
 {
     char text[16 + HEALTH_REASON_MAX];

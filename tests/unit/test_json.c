@@ -509,6 +509,23 @@ JSON_TEST(object_members_decodes_escaped_keys)
     free(ms.keys);
 }
 
+JSON_TEST(object_members_joins_escaped_surrogate_pairs)
+{
+    /* U+1F600 escaped as a pair is one code point, the same key as its raw UTF-8;
+     * a lone surrogate is kept (it shows as U+FFFD when written) and stays distinct. */
+    struct members ms;
+    split(&ms, "{\"\\ud83d\\ude00\":1,\"\\ud83d\":2,\"x\\ud83dy\":3,\"\\ude00\\ud83d\":4}", 16);
+    cr_assert_eq(ms.n, 4);
+    assert_member(&ms, 0, "\xf0\x9f\x98\x80", "1");
+    assert_member(&ms, 1, "\xed\xa0\xbd", "2");
+    assert_member(&ms, 2, "x\xed\xa0\xbdy", "3");
+    assert_member(&ms, 3, "\xed\xb8\x80\xed\xa0\xbd", "4");
+    free(ms.keys);
+    split(&ms, "{\"\\ud83d\\ude00\":1,\"\xf0\x9f\x98\x80\":2}", 16);
+    cr_assert_eq(ms.n, -EINVAL, "an escaped pair and its UTF-8 are the same key");
+    free(ms.keys);
+}
+
 JSON_TEST(object_members_rejects_duplicate_keys)
 {
     struct members ms;
