@@ -401,12 +401,16 @@ static int deliver(struct bus *bus, struct bus_message *m, bool count)
 	return set_sequence(bus, m->from, m->to, m->sequence);
 }
 
-static int apply_record(void *ctx, const uint8_t *rec, size_t len)
+static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_snapshot)
 {
 	struct bus *bus = ctx;
 	struct reader r = {rec, len, 1, false};
 	char name[BUS_NAME_MAX + 1];
 	struct agent *a;
+
+	/* Snapshot records restate the state; in a journal one would repeat it. */
+	if (!from_snapshot && rec[0] >= REC_SNAP_HEAD && rec[0] <= REC_SNAP_REJECT)
+		return -EINVAL;
 
 	switch (rec[0]) {
 	case REC_AGENT_ADD: {
@@ -604,7 +608,7 @@ int bus_commit(struct bus *bus, struct bus_error *err)
 	int rc = store_append(bus->store, bus->rec.data, bus->rec.len);
 	if (rc < 0)
 		return bus_fail(err, EIO, "the store could not record the change: %s", strerror(-rc));
-	rc = apply_record(bus, (const uint8_t *)bus->rec.data, bus->rec.len);
+	rc = apply_record(bus, (const uint8_t *)bus->rec.data, bus->rec.len, false);
 	if (rc < 0)
 		return bus_fail(err, EIO, "internal error applying a committed record");
 	/* Reclaim journal space before it takes a large share of --store-max-bytes. */

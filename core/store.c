@@ -313,7 +313,7 @@ static int walk_frames(const uint8_t *data, size_t len, bool snapshot, store_app
 			*ended = true;
 			break;
 		}
-		int rc = fn(ctx, data + off + FRAME_SIZE, rlen);
+		int rc = fn(ctx, data + off + FRAME_SIZE, rlen, snapshot);
 		if (rc < 0) {
 			*valid_end = off;
 			return rc;

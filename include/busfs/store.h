@@ -26,8 +26,9 @@
 
 struct store;
 
-/* Called for every valid record, in order, from the snapshot then the journal. */
-typedef int (*store_apply_fn)(void *ctx, const uint8_t *rec, size_t len);
+/* Called for every valid record, in order, from the snapshot (from_snapshot true)
+ * then the journal. */
+typedef int (*store_apply_fn)(void *ctx, const uint8_t *rec, size_t len, bool from_snapshot);
 
 struct store_load_report {
 	uint64_t snapshot_records;

@@ -32,8 +32,9 @@ struct records {
     struct buf rec[256];
 };
 
-static int collect(void *ctx, const uint8_t *rec, size_t len)
+static int collect(void *ctx, const uint8_t *rec, size_t len, bool from_snapshot)
 {
+    (void)from_snapshot;
     struct records *r = ctx;
     cr_assert_lt(r->n, 256);
     buf_init(&r->rec[r->n]);
@@ -786,8 +787,9 @@ STORE_TEST(a_symlink_planted_inside_the_store_is_not_followed)
     cr_assert_lt(store_open(store_dir, false, &st, &err), 0);
 }
 
-static int fail_third(void *ctx, const uint8_t *rec, size_t len)
+static int fail_third(void *ctx, const uint8_t *rec, size_t len, bool from_snapshot)
 {
+    (void)from_snapshot;
     (void)rec;
     (void)len;
     int *calls = ctx;
