@@ -354,11 +354,21 @@ static void read_bases(struct metrics *m)
 			close(fd);
 		return;
 	}
+	/* "NAME BASE\n": BASE is decimal digits only (no sign, below 2^63); any other
+	 * line is ignored, and that view starts at the oldest point kept. */
 	while (fgets(line, sizeof line, f)) {
-		char name[65];
-		unsigned long long base;
+		char name[65], *sp = strchr(line, ' '), *end;
 		struct pview *v;
-		if (sscanf(line, "%64s %llu", name, &base) == 2 && (v = view_get(m, name, true)))
+		if (!sp || sp == line || (size_t)(sp - line) >= sizeof name || sp[1] < '0' ||
+		    sp[1] > '9')
+			continue;
+		errno = 0;
+		unsigned long long base = strtoull(sp + 1, &end, 10);
+		if (errno || base > INT64_MAX || (*end != '\n' && *end != '\0'))
+			continue;
+		memcpy(name, line, (size_t)(sp - line));
+		name[sp - line] = '\0';
+		if ((v = view_get(m, name, true)))
 			v->vend = base;   /* the view's lines kept continue from here */
 	}
 	fclose(f);
