@@ -483,7 +483,7 @@ int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pe
 	/* Split what this write completes into records; an unfinished one waits. */
 	size_t pos = 0;
 	for (;;) {
-		while (pos < pending->len && strchr(" \t\r\n", pending->data[pos]))
+		while (pos < pending->len && json_space(pending->data[pos]))
 			pos++;
 		if (pos >= pending->len) {
 			consumed = pos;
@@ -665,9 +665,9 @@ int bus_ctl(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data, siz
 	    struct bus_error *err)
 {
 	char cmd[128];
-	while (len && strchr(" \t\r\n", data[len - 1]))
+	while (len && json_space(data[len - 1]))
 		len--;
-	while (len && strchr(" \t", data[0])) {
+	while (len && (data[0] == ' ' || data[0] == '\t')) {
 		data++;
 		len--;
 	}

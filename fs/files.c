@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "busfs/json.h"
 #include "busfs/metric.h"
 #include "fs.h"
 
@@ -398,7 +399,7 @@ static int metrics_write(struct fs *fs, struct handle *h, uid_t uid, const char 
 static bool blank(const char *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		if (!strchr(" \t\r\n", p[i]) || !p[i])
+		if (!json_space(p[i]))
 			return false;
 	return true;
 }

@@ -14,6 +14,12 @@
 
 #define JSON_MAX_DEPTH 512
 
+/* JSON's four whitespace characters (and never NUL, which strchr would match). */
+static inline bool json_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
 /* Scans one JSON value starting at p[*pos] (leading whitespace skipped).
  * Returns 0 and sets *pos past the value, -EAGAIN if the input ends inside the
  * value (more bytes may complete it), -EINVAL if it can never be valid. */

@@ -1690,6 +1690,29 @@ BUS_TEST(ctl_refuses_bad_commands_and_other_uids)
     cr_assert_eq(bus_ctl(the_bus, id_of("alice"), OWNER, "drain", 5, &err), 0, "idempotent");
 }
 
+BUS_TEST(a_nul_byte_is_not_blank_in_ctl_or_send)
+{
+    /* NUL is no whitespace: a command or a record followed by NULs is refused whole. */
+    start(0, 0, 0);
+    agent("alice");
+    agent("bob");
+    struct bus_error err = {0};
+    cr_assert_eq(bus_ctl(the_bus, id_of("alice"), OWNER, "drain\0", 6, &err), -EINVAL);
+    cr_assert_eq(bus_ctl(the_bus, id_of("alice"), OWNER, "\0drain", 6, &err), -EINVAL);
+    cr_assert_not(info_of("alice").draining);
+    static const char rec[] = "{\"to\":\"bob\",\"payload\":\"x\"}\n\0{\"to\":\"bob\",\"payload\":\"y\"}\n";
+    struct buf pending;
+    buf_init(&pending);
+    unsigned n = 99;
+    cr_assert_eq(bus_send_write(the_bus, id_of("alice"), OWNER, &pending, rec, sizeof rec - 1, &n,
+                                &err),
+                 -EINVAL);
+    buf_free(&pending);
+    cr_assert_eq(n, 0, "nothing of a refused write is sent");
+    cr_assert_eq(depth_of("bob"), 0);
+    send_json_ok("alice", "{\"to\":\"bob\",\"payload\":\"x\"}\n \t\r\n{\"to\":\"bob\",\"payload\":\"y\"}\n", 2);
+}
+
 BUS_TEST(ctl_render_shows_the_agents_state_as_json)
 {
     start(0, 0, 0);
