@@ -77,6 +77,23 @@ $(BUILD)/unit-tests: $(UNIT_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libbusfs.a
 $(BUILD)/fs-tests: $(FST_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libbusfs.a
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS_CORE) $(LDLIBS_TEST)
 
+# Every libFuzzer harness, linked with tests/fuzz/replay.c instead of libFuzzer, runs
+# over its seed corpus and the reproducers in tests/fuzz/crashes in `make test`.
+REPLAY_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+REPLAY_BINS  := $(REPLAY_NAMES:%=$(BUILD)/fuzz-replay-%)
+REPLAY_CMD    = for h in $(REPLAY_NAMES); do \
+	  $(BUILD)/fuzz-replay-$$h tests/fuzz/corpus/$$h $$([ -d tests/fuzz/crashes/$$h ] && echo tests/fuzz/crashes/$$h) \
+	    || { echo "fuzz-replay-$$h: FAILED"; exit 1; }; done
+
+$(BUILD)/tests/fuzz:
+	@mkdir -p $@
+
+$(BUILD)/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/common.h $(wildcard include/busfs/*.h core/*.h) | $(BUILD)/tests/fuzz
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/fuzz-replay-%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o $(BUILD)/tests/fuzz/common.o $(BUILD)/libbusfs.a
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS_CORE)
+
 run: deps
 	@$(MAKE) --no-print-directory busfs
 	@mkdir -p $(MNT)
@@ -100,9 +117,10 @@ fstest: $(BIN) $(BUILD)/fs-tests
 
 test: deps-test
 	@$(MAKE) --no-print-directory reap
-	@$(MAKE) --no-print-directory $(BIN) $(BUILD)/unit-tests $(BUILD)/fs-tests
+	@$(MAKE) --no-print-directory $(BIN) $(BUILD)/unit-tests $(BUILD)/fs-tests $(REPLAY_BINS)
 	@$(if $(SAN),,$(MAKE) --no-print-directory $(BUILD)/crashloop)
 	@rc=0; $(BUILD)/unit-tests || rc=1; \
+	  ( $(REPLAY_CMD) ) || rc=1; \
 	  BUSFS_BIN=$(CURDIR)/$(BIN) $(BUILD)/fs-tests || rc=1; \
 	  $(if $(SAN),,$(CRASH_SHORT) || rc=1;) \
 	  $(MAKE) --no-print-directory reap; exit $$rc
