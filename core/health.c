@@ -95,11 +95,11 @@ static int parse_object(const char *p, size_t len, struct health_report *r,
 	if (!keys)
 		return bus_fail(err, ENOMEM, "out of memory");
 	int n = json_object_members(p, len, m, HEALTH_FIELDS_MAX + 2, keys);
-	int rc = 0;
+	int rc = 0, extras = 0;
 	bool have_status = false;
 	if (n < 0)
 		rc = bus_fail(err, EINVAL, "a JSON health report must be an object with unique keys "
-			      "and at most %d fields", HEALTH_FIELDS_MAX + 2);
+			      "and at most %d fields besides status and reason", HEALTH_FIELDS_MAX);
 	for (int i = 0; i < n && rc == 0; i++) {
 		const char *key = m[i].key;
 		if (strcmp(key, "status") == 0 || strcmp(key, "reason") == 0) {
@@ -125,6 +125,11 @@ static int parse_object(const char *p, size_t len, struct health_report *r,
 				rc = bus_fail(err, EINVAL, "\"%s\" is set by busfs, not by a report", key);
 		if (rc < 0)
 			break;
+		if (++extras > HEALTH_FIELDS_MAX) {
+			rc = bus_fail(err, EINVAL, "a JSON health report has at most %d fields "
+				      "besides status and reason", HEALTH_FIELDS_MAX);
+			break;
+		}
 		buf_putc(&r->extra, ',');
 		json_append_string(&r->extra, key, strlen(key));
 		buf_putc(&r->extra, ':');

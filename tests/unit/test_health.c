@@ -196,14 +196,27 @@ HEALTH_TEST(a_report_over_64_kib_is_refused)
     free(text);
 }
 
-HEALTH_TEST(more_than_64_extra_fields_are_refused)
+static int parse_with_extras(int extras, bool with_reason)
 {
     char text[8192];
-    size_t at = (size_t)sprintf(text, "{\"status\":\"healthy\"");
-    for (int i = 0; i < HEALTH_FIELDS_MAX + 2; i++)
+    size_t at = (size_t)sprintf(text, "{\"status\":\"healthy\"%s",
+                                with_reason ? ",\"reason\":\"r\"" : "");
+    for (int i = 0; i < extras; i++)
         at += (size_t)sprintf(text + at, ",\"f%d\":%d", i, i);
     strcpy(text + at, "}");
-    cr_assert_eq(parse(text), -EINVAL);
+    return parse(text);
+}
+
+HEALTH_TEST(more_than_64_extra_fields_are_refused)
+{
+    cr_assert_eq(parse_with_extras(HEALTH_FIELDS_MAX, true), 0, "%s", err.reason);
+    cr_assert_eq(parse_with_extras(HEALTH_FIELDS_MAX, false), 0, "%s", err.reason);
+    cr_assert_eq(parse_with_extras(HEALTH_FIELDS_MAX + 1, false), -EINVAL,
+                 "65 extra fields, no reason");
+    cr_assert(strstr(err.reason, "at most 64 fields besides status and reason"), "%s",
+              err.reason);
+    cr_assert_eq(parse_with_extras(HEALTH_FIELDS_MAX + 1, true), -EINVAL);
+    cr_assert_eq(parse_with_extras(HEALTH_FIELDS_MAX + 2, false), -EINVAL);
 }
 
 /* ---------- the status at a moment, and the worst-of rule ---------- */
