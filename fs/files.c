@@ -490,6 +490,15 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return;
 		}
 	}
+	if (h->node == N_SEND && h->pending.len && !blank(h->pending.data, h->pending.len)) {
+		/* Whole records were sent as they arrived; what is left is an unfinished one,
+		 * and closing ends it. */
+		bus_fail(&err, EINVAL, "the file ended inside a send record (%zu bytes, dropped): "
+			 "a record is one whole JSON object", h->pending.len);
+		buf_reset(&h->pending);
+		refuse(req, "flush", h->path, h->agent_id, &err);
+		return;
+	}
 	if (h->node == N_PAIR && bus_draft_flush(fs->bus, h->draft, &err) < 0) {
 		/* The write that was refused already logged its reason; a store failure here
 		 * is new and is logged now. */
@@ -646,6 +655,11 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		snprintf(why, sizeof why, "uid %u may not truncate the files of %s", (unsigned)uid,
 			 a.name);
 		refuse_at(req, "truncate", ino, NULL, EACCES, why);
+		return;
+	}
+	if ((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size != 0) {
+		refuse_at(req, "truncate", ino, NULL, EACCES,
+			  "truncating to a non-zero size means nothing here (only to 0)");
 		return;
 	}
 	if ((to_set & FUSE_SET_ATTR_SIZE) && r.node == N_RULES) {
