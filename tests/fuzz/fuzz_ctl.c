@@ -15,10 +15,7 @@
  * an ack carrying its msg_id and correlation_id; a refused command changes nothing.
  * agents/alice/ctl renders as one line of valid JSON; a refusal, logged as the FUSE
  * layer logs it, is one valid JSON line in `errors`, carrying the reason.
- *
- * Note: bus_ctl trims with strchr(" \t\r\n", c), which also matches c == '\0', so NUL
- * bytes at either end count as blanks ("drain\0" drains). The model does the same;
- * it is reported, not asserted.
+ * A NUL byte is never a blank: "drain\0" is refused.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -57,9 +54,10 @@ static int model(const char *p, size_t n, uid_t uid, const struct bus_message *o
 		 bool *drain, bool *resume, bool *ack)
 {
 	*drain = *resume = *ack = false;
-	while (n && strchr(" \t\r\n", p[n - 1]))   /* '\0' too, as bus_ctl does */
+	/* Blanks are spaces, tabs, CR and LF only: a NUL is never trimmed. */
+	while (n && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r' || p[n - 1] == '\n'))
 		n--;
-	while (n && strchr(" \t", p[0])) {
+	while (n && (p[0] == ' ' || p[0] == '\t')) {
 		p++;
 		n--;
 	}
