@@ -125,9 +125,14 @@ struct agent *bus_find_id(struct bus *bus, uint64_t id)
 	return id < bus->by_id_cap ? bus->by_id[id] : NULL;
 }
 
+/* "FROM\x01TO" (both names are valid, so at most 2 * BUS_NAME_MAX + 1 bytes). */
 static void pair_key(char *key, const char *from, const char *to)
 {
-	snprintf(key, 2 * BUS_NAME_MAX + 2, "%s\x01%s", from, to);
+	size_t f = strnlen(from, BUS_NAME_MAX), t = strnlen(to, BUS_NAME_MAX);
+	memcpy(key, from, f);
+	key[f] = '\x01';
+	memcpy(key + f + 1, to, t);
+	key[f + 1 + t] = '\0';
 }
 
 uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to)

@@ -4,6 +4,7 @@
  * exhaust the stack. It distinguishes "incomplete" from "invalid" because a `send`
  * record may arrive split across writes. */
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "busfs/json.h"
@@ -74,11 +75,34 @@ static int hexval(char c)
 	return -1;
 }
 
+/* Whether any of 8 bytes is a control character, '"', '\\' or not ASCII (each test
+ * is exact: a lane's borrow only reaches lanes above one that matched). */
+static inline bool special8(const unsigned char *p)
+{
+	const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+	uint64_t v, q, b;
+	memcpy(&v, p, sizeof v);
+	q = v ^ (ones * '"');
+	b = v ^ (ones * '\\');
+	return (((v - ones * 0x20) & ~v) | ((q - ones) & ~q) | ((b - ones) & ~b) | v) & highs;
+}
+
 static int scan_string(struct scan *s)
 {
 	s->pos++; /* opening quote */
 	while (s->pos < s->len) {
-		unsigned char c = (unsigned char)s->p[s->pos];
+		/* Printable ASCII other than '"' and '\\' is most of any string: skip it in
+		 * a tight loop before looking at what ends or escapes it. */
+		const unsigned char *u = (const unsigned char *)s->p;
+		size_t i = s->pos, end = s->len;
+		while (i + 8 <= end && !special8(u + i))
+			i += 8;
+		while (i < end && u[i] >= 0x20 && u[i] < 0x80 && u[i] != '"' && u[i] != '\\')
+			i++;
+		s->pos = i;
+		if (i >= end)
+			break;
+		unsigned char c = u[i];
 		if (c == '"') {
 			s->pos++;
 			return 0;
@@ -90,10 +114,10 @@ static int scan_string(struct scan *s)
 				return -EAGAIN;
 			char e = s->p[s->pos + 1];
 			if (e == 'u') {
-				for (int i = 0; i < 4; i++) {
-					if (s->pos + 2 + i >= s->len)
+				for (int k = 0; k < 4; k++) {
+					if (s->pos + 2 + k >= s->len)
 						return -EAGAIN;
-					if (hexval(s->p[s->pos + 2 + i]) < 0)
+					if (hexval(s->p[s->pos + 2 + k]) < 0)
 						return -EINVAL;
 				}
 				s->pos += 6;

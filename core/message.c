@@ -20,10 +20,17 @@ void message_unref(struct bus_message *m)
 		free(m);
 }
 
+/* "<number, 20 digits>-<msg_id>.json", cut at BUS_FILE_NAME_LEN. */
 void message_file_name(const struct bus_message *m, char *out)
 {
 	char tmp[128];
-	snprintf(tmp, sizeof tmp, "%020" PRIu64 "-%s.json", m->number, m->msg_id);
+	uint64_t v = m->number;
+	for (int i = 19; i >= 0; i--, v /= 10)
+		tmp[i] = (char)('0' + v % 10);
+	tmp[20] = '-';
+	size_t idl = strnlen(m->msg_id, sizeof tmp - 27);
+	memcpy(tmp + 21, m->msg_id, idl);
+	memcpy(tmp + 21 + idl, ".json", 6);
 	memcpy(out, tmp, BUS_FILE_NAME_LEN);
 	out[BUS_FILE_NAME_LEN] = '\0';
 }
