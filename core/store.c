@@ -279,7 +279,9 @@ static int map_file(struct store *st, const char *name, const uint8_t **data, si
 	} else if (!S_ISREG(sb.st_mode)) {
 		rc = -EINVAL;
 	} else if (sb.st_size > 0) {
-		void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		/* Every byte is read once: mapping it all at once saves a fault per page. */
+		void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd,
+			       0);
 		if (m == MAP_FAILED) {
 			rc = -errno;
 		} else {
