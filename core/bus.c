@@ -23,10 +23,21 @@
 
 void bus_lock(struct bus *bus) { pthread_mutex_lock(&bus->lock); }
 
+/* Unmarks the agents in the list of agents to wake (under the lock). */
+static void wake_flags_clear(struct bus *bus)
+{
+	for (size_t i = 0; i < bus->wake_n; i++) {
+		struct agent *a = bus_find_id(bus, bus->wake_ids[i]);
+		if (a)
+			a->wake_queued = false;
+	}
+}
+
 void bus_unlock_and_wake(struct bus *bus)
 {
 	uint64_t small[16];
 	uint64_t *ids = small;
+	wake_flags_clear(bus);
 	size_t n = bus->wake_n;
 	if (n > 16) {
 		ids = bus->wake_ids;
@@ -46,11 +57,14 @@ void bus_unlock_and_wake(struct bus *bus)
 		free(ids);
 }
 
+/* Each agent is queued once per change, without searching the list: a broadcast to
+ * every agent stays linear. (An agent deleted while queued is not found again; its
+ * id is never reused.) */
 static void want_wake(struct bus *bus, uint64_t id)
 {
-	for (size_t i = 0; i < bus->wake_n; i++)
-		if (bus->wake_ids[i] == id)
-			return;
+	struct agent *a = bus_find_id(bus, id);
+	if (a && a->wake_queued)
+		return;
 	if (bus->wake_n == bus->wake_cap) {
 		size_t cap = bus->wake_cap ? bus->wake_cap * 2 : 16;
 		uint64_t *p = realloc(bus->wake_ids, cap * sizeof *p);
@@ -60,6 +74,8 @@ static void want_wake(struct bus *bus, uint64_t id)
 		bus->wake_cap = cap;
 	}
 	bus->wake_ids[bus->wake_n++] = id;
+	if (a)
+		a->wake_queued = true;
 }
 
 bool bus_name_valid(const char *name)
@@ -805,6 +821,7 @@ int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *e
 		bus_free(bus);
 		return rc;
 	}
+	wake_flags_clear(bus);
 	bus->wake_n = 0;
 	if (!bus->cfg.store_max_bytes)
 		bus->cfg.store_max_bytes = store_fs_free(bus->store) / 2;

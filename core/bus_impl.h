@@ -74,6 +74,7 @@ struct agent {
 	uint32_t batch_count;
 	uint64_t batch_seq;
 	bool batch_touched;
+	bool wake_queued;       /* its id is in bus->wake_ids */
 };
 
 /* An alert of one rule for one agent: pending (its condition holds, `for=` has not
