@@ -202,21 +202,23 @@ struct bus_message *message_decode(struct reader *r)
 	const char *env = rd_bytes(r, &len);
 	if (r->bad || !env || len == 0 || number == 0 || (uint64_t)corr_off + corr_len > len)
 		return NULL;
-	struct bus_message *m = malloc(sizeof *m + len + 1);
+	size_t tl = strlen(to) + 1, fl = strlen(from) + 1, il = strlen(id) + 1;
+	struct bus_message *m = malloc(sizeof *m + len + 1 + tl + fl + il);
 	if (!m)
 		return NULL;
 	atomic_init(&m->refs, 1);
 	m->number = number;
 	m->sequence = sequence;
 	m->requires_ack = flags & 1;
-	memcpy(m->to, to, sizeof to);
-	memcpy(m->from, from, sizeof from);
-	memcpy(m->msg_id, id, sizeof id);
 	m->corr_off = corr_off;
 	m->corr_len = corr_len;
 	m->len = len;
 	memcpy(m->envelope, env, len);
 	m->envelope[len] = '\0';
+	char *tail = m->envelope + len + 1;
+	m->to = memcpy(tail, to, tl);
+	m->from = memcpy(tail + tl, from, fl);
+	m->msg_id = memcpy(tail + tl + fl, id, il);
 	return m;
 }
 

@@ -115,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(message_id_number(id) == num, "file name %s: msg_id %s", s, id);
 		struct bus_message *m = calloc(1, sizeof *m + 1);
 		m->number = num;
-		memcpy(m->msg_id, id, sizeof m->msg_id);
+		m->msg_id = id;
 		char name[BUS_FILE_NAME_LEN + 1];
 		message_file_name(m, name);
 		FUZZ_CHECK(strcmp(name, s) == 0, "file name %s is rebuilt as %s", s, name);

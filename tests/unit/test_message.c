@@ -104,11 +104,11 @@ MESSAGE_TEST(msg_id_number_rejects_ids_whose_date_time_or_store_id_are_not_digit
 
 static struct bus_message *fake_message(uint64_t number, const char *id)
 {
-    struct bus_message *m = calloc(1, sizeof *m + 2);
+    struct bus_message *m = calloc(1, sizeof *m + 2 + strlen(id) + 1);
     cr_assert_not_null(m);
     atomic_init(&m->refs, 1);
     m->number = number;
-    snprintf(m->msg_id, sizeof m->msg_id, "%s", id);
+    m->msg_id = strcpy(m->envelope + 2, id);
     m->len = 1;
     m->envelope[0] = '\n';
     return m;
