@@ -3,7 +3,12 @@
 # generated documents (health/status of BENCH_READ_AGENTS agents, one agent's health),
 # metric points appended on an open fd, and reading metrics/summary.json and
 # metrics/busfs.prom with BENCH_SUMMARY_POINTS points in the summary window, against
-# the FUSE floor (nullfs), libfuse's passthrough_ll, and plain tmpfs.
+# the FUSE floor (nullfs), libfuse's passthrough_ll, and plain tmpfs.  Then: wake-up
+# latency of a reader blocked on agents/B/next (against a reader blocked on an inotify
+# fd over tmpfs), `echo x > outbox/B` as a whole shell process (against the same on
+# nullfs, tmpfs and /dev/null), and a busfs's memory with BENCH_MEM_AGENTS x
+# BENCH_MEM_PER pending messages and its start-up time recovering them, after a clean
+# stop and after kill -9 (journal replay).
 #
 #   tests/bench/bench.sh [BUSFS_BINARY]        (normally run by `make bench`)
 #
@@ -28,7 +33,22 @@
 #                     busfs.prom are read                              (1000000)
 #   BENCH_SUMMARY_N   max reads per round per target of summary.json and
 #                     busfs.prom (and their same-size stand-ins)       (500)
-#   BENCH_TIMEOUT     seconds before one client run counts as hung     (120)
+#   BENCH_WAKE_N      wake-up samples per round per target             (2000)
+#                     (a reader blocked in read() of agents/carol/next, a
+#                     sender's open(outbox/carol, O_CREAT|O_WRONLY) +
+#                     write 200 B + close; latency = before the open() to
+#                     the read() returning; the reader acks each message)
+#   BENCH_SHELL_N     max spawns per round per target, shell workload  (500)
+#                     (SHELL -c 'echo x > FILE' spawned and waited for)
+#   BENCH_SHELL       the shell of the shell workload             (/bin/sh)
+#   BENCH_MEM_AGENTS  agents of the memory and recovery busfs          (1000)
+#   BENCH_MEM_PER     pending messages per agent there, loaded through
+#                     `send`, 1000 records per write()                 (100)
+#   BENCH_SKIP        workloads not to run, comma- or space-separated, of
+#                     outbox batch wake shell reads append summary memory
+#                     (for quick iterations; skipped rows say "not run") ('')
+#   BENCH_TIMEOUT     seconds before one client run counts as hung,
+#                     and a busfs start-up as failed                    (120)
 #
 # busfs is run from a copy taken at start, so that a rebuild of BUSFS during the
 # run (e.g. `make asan` rewrites ./busfs) does not change the binary mid-way.
@@ -55,6 +75,18 @@ METRIC_N=${BENCH_METRIC_N:-100000}
 SUM_POINTS=${BENCH_SUMMARY_POINTS:-1000000}
 SUM_N=${BENCH_SUMMARY_N:-500}
 TMO=${BENCH_TIMEOUT:-120}
+WAKE_N=${BENCH_WAKE_N:-2000}
+SHELL_N=${BENCH_SHELL_N:-500}
+SHELL_BIN=${BENCH_SHELL:-/bin/sh}
+MEM_AGENTS=${BENCH_MEM_AGENTS:-1000}
+MEM_PER=${BENCH_MEM_PER:-100}
+SKIP=" ${BENCH_SKIP:-} "
+SKIP=${SKIP//,/ }
+MEM_LINES=1000         # records per write() while loading the memory busfs
+WAKE_GOAL_X=1.2        # goal: wake-up p50 <= this x one send
+WAKE_GOAL_P99_US=2000  # goal: wake-up p99
+MEM_GOAL_MIB=64        # goal: RSS with MEM_AGENTS x MEM_PER pending messages
+START_GOAL_MS=1000     # goal: start-up recovering them
 BATCH_SIZES=(1 10 100 1000)
 APPEND_SIZES=(1 100)   # metric lines per write(), metric append workload
 SUM_AGENTS=10          # agents x SUM_METRICS metrics hold the summary workload's points
@@ -63,7 +95,8 @@ SUM_LINES=1000         # lines per write() while loading them
 SUM_GOAL_US=10000      # the goal for one read of summary.json
 EXAMPLES=/usr/share/doc/libfuse3-dev/examples
 
-for v in N BATCH_N ROUNDS PROCS READ_N READ_AGENTS METRIC_N SUM_POINTS SUM_N TMO; do
+for v in N BATCH_N ROUNDS PROCS READ_N READ_AGENTS METRIC_N SUM_POINTS SUM_N TMO WAKE_N SHELL_N \
+	MEM_AGENTS MEM_PER; do
 	case ${!v} in
 	'' | *[!0-9]* | 0) echo "bench: $v must be a positive integer (got '${!v}')" >&2; exit 2 ;;
 	esac
@@ -73,7 +106,17 @@ case $ROUND_SECS in
 '' | *[!0-9.]* | *.*.*) echo "bench: BENCH_ROUND_SECS must be a number of seconds (got '$ROUND_SECS')" >&2; exit 2 ;;
 esac
 
+for w in $SKIP; do
+	case $w in
+	outbox | batch | wake | shell | reads | append | summary | memory) ;;
+	*) echo "bench: BENCH_SKIP: unknown workload '$w' (outbox batch wake shell reads append summary memory)" >&2; exit 2 ;;
+	esac
+done
+[ -x "$SHELL_BIN" ] || { echo "bench: BENCH_SHELL=$SHELL_BIN is not an executable" >&2; exit 2; }
+
 log() { printf '%s\n' "$*" >&2; }
+# skip WORKLOAD: true when BENCH_SKIP names it.
+skip() { [[ $SKIP == *" $1 "* ]]; }
 
 [ -x "$NULLFS" ] && [ -x "$CLIENT" ] || {
 	log "bench: $NULLFS or $CLIENT missing; run 'make -C $HERE build'"
@@ -175,6 +218,8 @@ echo "machine: $(nproc) CPUs, ${model:-unknown CPU}, kernel $(uname -r), libfuse
 echo "settings: BENCH_N=$N BENCH_BATCH_N=$BATCH_N BENCH_ROUNDS=$ROUNDS BENCH_ROUND_SECS=$ROUND_SECS BENCH_PROCS=$PROCS"
 echo "          BENCH_READ_N=$READ_N BENCH_READ_AGENTS=$READ_AGENTS"
 echo "          BENCH_METRIC_N=$METRIC_N BENCH_SUMMARY_POINTS=$SUM_POINTS BENCH_SUMMARY_N=$SUM_N"
+echo "          BENCH_WAKE_N=$WAKE_N BENCH_SHELL_N=$SHELL_N BENCH_SHELL=$SHELL_BIN"
+echo "          BENCH_MEM_AGENTS=$MEM_AGENTS BENCH_MEM_PER=$MEM_PER BENCH_TIMEOUT=$TMO${BENCH_SKIP:+ BENCH_SKIP=$BENCH_SKIP}"
 # Run a copy of busfs (see the top); say when it is a sanitizer build.
 if [ -n "$BUSFS" ] && [ -x "$BUSFS" ] && [ -f "$BUSFS" ]; then
 	if cp "$BUSFS" "$WORK/busfs" 2>/dev/null; then
@@ -214,12 +259,14 @@ start_target() {
 	return 1
 }
 
-declare -A OUTBOX=() BATCHF=() STATUSF=() HEALTHF=() APPENDF=() SUMMARYF=() PROMF=()
+declare -A OUTBOX=() BATCHF=() STATUSF=() HEALTHF=() APPENDF=() SUMMARYF=() PROMF=() SHELLF=()
+declare -A WAKEARGS=()
 
 # (a) nullfs, single-threaded loop — the FUSE floor
 if start_target nullfs "$WORK/mnt-nullfs" 200 "$NULLFS" -f "$WORK/mnt-nullfs"; then
 	OUTBOX[nullfs]="$WORK/mnt-nullfs/msg"
 	APPENDF[nullfs]="$WORK/mnt-nullfs/sink"
+	SHELLF[nullfs]="$WORK/mnt-nullfs/msg"
 fi
 # (b) nullfs, fuse_session_loop_mt
 if start_target nullfs-mt "$WORK/mnt-nullfs-mt" 200 "$NULLFS" -f --mt "$WORK/mnt-nullfs-mt"; then
@@ -261,10 +308,12 @@ elif [ ! -x "$BUSFS" ]; then
 elif start_target busfs "$WORK/mnt-busfs" 300 "$BUSFS" -f --store "$SHM/store" \
 	--inbox-capacity 100000000 --store-max-bytes 4000000000 "$WORK/mnt-busfs"; then
 	B="$WORK/mnt-busfs"
-	if msg=$(mkdir "$B/agents/alice" "$B/agents/bob" 2>&1); then
+	if msg=$(mkdir "$B/agents/alice" "$B/agents/bob" "$B/agents/carol" 2>&1); then
 		OUTBOX[busfs]="$B/agents/alice/outbox/bob"
 		BATCHF[busfs]="$B/agents/alice/send"
 		APPENDF[busfs]="$B/agents/alice/metrics"
+		SHELLF[busfs]="$B/agents/alice/outbox/bob"
+		WAKEARGS[busfs]="next $B/agents/carol/next $B/agents/alice/outbox/carol $B/agents/carol/ctl"
 	else
 		FAIL[busfs]="mounted, but registering agents failed: $msg"
 	fi
@@ -276,6 +325,10 @@ BATCHF[tmpfs]="$SHM/tmpfs/batch.jsonl"
 : >"${BATCHF[tmpfs]}"
 APPENDF[tmpfs]="$SHM/tmpfs/metrics"
 : >"${APPENDF[tmpfs]}"
+SHELLF[tmpfs]="$SHM/tmpfs/shellmsg"
+mkdir -p "$SHM/tmpfs/wake"
+WAKEARGS[tmpfs]="inotify $SHM/tmpfs/wake"
+SHELLF[devnull]=/dev/null
 ORDER+=(tmpfs)
 
 TARGETS=(nullfs nullfs-mt passthrough_ll busfs tmpfs)
@@ -286,7 +339,9 @@ declare -A LABEL=(
 	[busfs]="busfs"
 	[busfs-read]="busfs"
 	[busfs-sum]="busfs"
+	[busfs-mem]="busfs"
 	[tmpfs]="tmpfs"
+	[devnull]="/dev/null (spawn only)"
 )
 # The read workloads: busfs-read is a second busfs, started for them (see below).
 READ_TARGETS=(nullfs passthrough_ll busfs-read tmpfs)
@@ -294,6 +349,10 @@ READ_TARGETS=(nullfs passthrough_ll busfs-read tmpfs)
 # busfs-sum, that holds SUM_POINTS points.
 APPEND_TARGETS=(nullfs passthrough_ll busfs tmpfs)
 SUM_TARGETS=(nullfs passthrough_ll busfs-sum tmpfs)
+# Wake-up: busfs's next against inotify on tmpfs; shell: busfs against nullfs, tmpfs and
+# /dev/null (the spawn alone).
+WAKE_TARGETS=(busfs tmpfs)
+SHELL_TARGETS=(nullfs busfs tmpfs devnull)
 
 # ---------------------------------------------------------------- measuring
 declare -A RATES=() COUNT=() BYTESR=() SLOWEST=()
@@ -307,6 +366,7 @@ RATE=""
 BYTES=""
 SLOW=""
 SECS=""
+OUT=""
 run_client() {
 	local job=$1 out rc
 	shift
@@ -325,7 +385,8 @@ run_client() {
 		FAIL[$job]=$(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')
 		return 1
 	fi
-	RATE=$(printf '%s\n' "$out" | awk '/(msgs|reads|points)\/s/ { r = $1 } END { print r }')
+	RATE=$(printf '%s\n' "$out" | awk '/(msgs|reads|points|wakes)\/s/ { r = $1 } END { print r }')
+	OUT=$out
 	BYTES=$(printf '%s\n' "$out" | awk '/reads\/s/ { for (i = 2; i <= NF; i++)
 		if ($i ~ /^bytes\/read/) b = $(i - 1) } END { print b }')
 	SLOW=$(printf '%s\n' "$out" | awk '/reads\/s/ { for (i = 2; i < NF; i++)
@@ -350,6 +411,7 @@ job_args() {
 	append*) echo append "${APPENDF[$t]}" "${kind#append}" "$n" ;;
 	summary) echo read "${SUMMARYF[$t]}" "$n" ;;
 	prom) echo read "${PROMF[$t]}" "$n" ;;
+	shell) echo shell "$SHELL_BIN" "${SHELLF[$t]}" "$n" ;;
 	esac
 }
 
@@ -414,13 +476,69 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END {
 jobs_for() { local k=$1 t; for t in "${TARGETS[@]}"; do echo "$k:$t"; done; }
 
 T0=$(date +%s)
-# shellcheck disable=SC2046
-measure "outbox 1 proc" "$N" $(jobs_for outbox1)
-# shellcheck disable=SC2046
-measure "outbox $PROCS procs" "$N" $(jobs_for outboxP)
+if ! skip outbox; then
+	# shellcheck disable=SC2046
+	measure "outbox 1 proc" "$N" $(jobs_for outbox1)
+	# shellcheck disable=SC2046
+	measure "outbox $PROCS procs" "$N" $(jobs_for outboxP)
+fi
 BATCH_JOBS=()
 for l in "${BATCH_SIZES[@]}"; do BATCH_JOBS+=("batch$l:busfs" "batch$l:tmpfs"); done
-measure "batch" "$BATCH_N" "${BATCH_JOBS[@]}"
+skip batch || measure "batch" "$BATCH_N" "${BATCH_JOBS[@]}"
+
+# Wake-up latency.  A reader process blocked in read() of agents/carol/next on the first
+# busfs; the sender (the client itself) waits until the reader sleeps in that read(),
+# takes CLOCK_MONOTONIC, and sends one message with open(outbox/carol,
+# O_CREAT|O_WRONLY) + write(200 B) + close.  Latency: from that clock reading to the
+# reader's read() returning (shared memory).  When the sender's close() has returned,
+# the reader acks the message through agents/carol/ctl (`next` does not consume) and
+# opens `next` again.  The reference: a reader blocked in read() of an inotify fd
+# (IN_CLOSE_WRITE) on a tmpfs directory, the sender creating a file there, the reader
+# unlinking it.  WAKE_N samples per round per target, rounds interleaved; the table
+# shows percentiles of all the samples of all rounds.
+declare -A WAKE_P50=() WAKE_P99=() WAKE_MAX=() WAKE_SEND=() WAKE_NS=()
+# wake_stats FILE: "count p50 p99 max send-p50" (us, nearest rank) of a samples file.
+wake_stats() {
+	local n p50 p99 max send
+	read -r n p50 p99 max < <(awk '{ print $1 }' "$1" | sort -g | awk '{ a[NR] = $1 } END {
+		k50 = int(0.5 * NR + 0.999999); k99 = int(0.99 * NR + 0.999999)
+		print NR, a[k50], a[k99], a[NR] }')
+	send=$(awk '{ print $2 }' "$1" | sort -g | awk '{ a[NR] = $1 } END { print a[int(0.5 * NR + 0.999999)] }')
+	echo "$n $p50 $p99 $max $send"
+}
+if ! skip wake; then
+	for t in "${WAKE_TARGETS[@]}"; do
+		ALLJOBS+=("wake:$t")
+		rm -f "$WORK/wake-$t.samples"
+		[ -n "${FAIL[$t]:-}" ] || [ -z "${WAKEARGS[$t]:-}" ] && continue
+		# Warm-up, not recorded.
+		# shellcheck disable=SC2086
+		run_client "wake:$t" wake ${WAKEARGS[$t]} $((WAKE_N < 200 ? WAKE_N : 200))
+	done
+	for ((r = 1; r <= ROUNDS; r++)); do
+		line="wake-up round $r/$ROUNDS:"
+		for t in "${WAKE_TARGETS[@]}"; do
+			[ -n "${FAIL[$t]:-}" ] || [ -n "${FAIL[wake:$t]:-}" ] || [ -z "${WAKEARGS[$t]:-}" ] && continue
+			# shellcheck disable=SC2086
+			if run_client "wake:$t" wake ${WAKEARGS[$t]} "$WAKE_N" "$WORK/wake-$t.samples"; then
+				line+=" $t=$(printf '%s' "$OUT" | sed -n 's/.*(\(.*\)).*/\1/p' | cut -d, -f2-4)"
+			else
+				line+=" $t=FAILED"
+			fi
+		done
+		log "$line"
+	done
+	for t in "${WAKE_TARGETS[@]}"; do
+		[ -n "${FAIL[wake:$t]:-}" ] || [ ! -s "$WORK/wake-$t.samples" ] && continue
+		read -r "WAKE_NS[$t]" "WAKE_P50[$t]" "WAKE_P99[$t]" "WAKE_MAX[$t]" "WAKE_SEND[$t]" < <(wake_stats "$WORK/wake-$t.samples")
+	done
+fi
+
+# Shell path: one process per message, SHELL -c 'echo x > FILE' spawned with
+# posix_spawn and waited for: outbox/bob of the first busfs, nullfs's msg, a tmpfs file,
+# and /dev/null (the process alone).
+# shellcheck disable=SC2046
+skip shell || measure "shell echo" "$SHELL_N" $(for t in "${SHELL_TARGETS[@]}"; do echo "shell:$t"; done)
 
 # Reads.  A busfs of its own, started now, so that its bus holds exactly READ_AGENTS
 # agents (not alice and bob with their backlog) and every report is fresh: the reports
@@ -482,7 +600,9 @@ setup_reads() {
 	READ_AGENT1=${names[0]}
 	HEALTHF[busfs-read]="$R/agents/${names[0]}/health"
 }
-if [ -z "$BUSFS" ] || [ ! -x "$BUSFS" ]; then
+if skip reads; then
+	:
+elif [ -z "$BUSFS" ] || [ ! -x "$BUSFS" ]; then
 	ORDER+=(busfs-read)
 	FAIL[busfs-read]="${FAIL[busfs]:-no busfs binary}"
 elif start_target busfs-read "$WORK/mnt-busfs-read" 300 "$BUSFS" -f --store "$SHM/store-read" \
@@ -505,7 +625,7 @@ if [ -n "$STATUS_BYTES" ]; then
 	measure "status read" "$READ_N" $(for t in "${READ_TARGETS[@]}"; do echo "status:$t"; done)
 	# shellcheck disable=SC2046
 	measure "agent health" "$READ_N" $(for t in "${READ_TARGETS[@]}"; do echo "health:$t"; done)
-else
+elif ! skip reads; then
 	for t in "${READ_TARGETS[@]}"; do ALLJOBS+=("status:$t" "health:$t"); done
 	FAIL[status:busfs-read]="no document to size the others by: ${FAIL[busfs-read]:-}"
 fi
@@ -516,7 +636,7 @@ APPEND_JOBS=()
 for l in "${APPEND_SIZES[@]}"; do
 	for t in "${APPEND_TARGETS[@]}"; do APPEND_JOBS+=("append$l:$t"); done
 done
-measure "metric append" "$METRIC_N" "${APPEND_JOBS[@]}"
+skip append || measure "metric append" "$METRIC_N" "${APPEND_JOBS[@]}"
 
 # Summary reads.  A third busfs, --summary-window 3600 --metrics-retention 7200, loaded
 # with SUM_POINTS points through agents/A/metrics, SUM_LINES lines per write(), spread
@@ -574,7 +694,9 @@ setup_summary() {
 	SUMMARYF[busfs-sum]="$R/metrics/summary.json"
 	PROMF[busfs-sum]="$R/metrics/busfs.prom"
 }
-if [ -z "$BUSFS" ] || [ ! -x "$BUSFS" ]; then
+if skip summary; then
+	:
+elif [ -z "$BUSFS" ] || [ ! -x "$BUSFS" ]; then
 	ORDER+=(busfs-sum)
 	FAIL[busfs-sum]="${FAIL[busfs]:-no busfs binary}"
 elif start_target busfs-sum "$WORK/mnt-busfs-sum" 300 "$BUSFS" -f --store "$SHM/store-sum" \
@@ -596,9 +718,125 @@ if [ -n "$SUMMARY_BYTES" ]; then
 	measure "summary read" "$SUM_N" $(for t in "${SUM_TARGETS[@]}"; do echo "summary:$t"; done)
 	# shellcheck disable=SC2046
 	measure "busfs.prom read" "$SUM_N" $(for t in "${SUM_TARGETS[@]}"; do echo "prom:$t"; done)
-else
+elif ! skip summary; then
 	for t in "${SUM_TARGETS[@]}"; do ALLJOBS+=("summary:$t" "prom:$t"); done
 	FAIL[summary:busfs-sum]="no document to size the others by: ${FAIL[busfs-sum]:-}"
+fi
+
+# Memory and recovery.  A fourth busfs with default options and a store of its own:
+# MEM_AGENTS agents, MEM_PER pending messages each, loaded through agents/m0001/send with
+# MEM_LINES records per write().  VmRSS before and after; then kill -9, the stale mount
+# removed, and the start-up time recovering the messages (journal replay); then ROUNDS
+# times a clean stop (fusermount3 -u, wait for the exit) and the start-up time again.
+# Start-up time: from just before the exec of busfs -f to the first successful
+# stat(MNT/health/status) (client startup, polling every 0.5 ms); each recovered server
+# must show every message pending in health/status.
+MEM_ERR="" MEM_RSS0="" MEM_RSS1="" MEM_RSS2="" MEM_RSS3="" MEM_RSS4="" MEM_LOAD_RATE=""
+MEM_START0="" MEM_KILL_MS="" MEM_CLEAN_MS="" MEM_STOP_MS="" MEM_JOURNAL="" MEM_SNAP="" MEM_STORE_KB=""
+MEM_CJOURNAL="" MEM_CSNAP=""
+STARTMS=""
+# start_timed NAME MOUNTPOINT COMMAND...: start a -f server through `client startup`;
+# sets STARTMS (ms from exec to a successful stat of MOUNTPOINT/health/status).
+start_timed() {
+	local name=$1 m=$2 res="$WORK/$1.startup" i r
+	shift 2
+	mkdir -p "$m"
+	rm -f "$res"
+	STARTMS=""
+	"$CLIENT" startup "$m/health/status" "$TMO" "$res" -- "$@" >>"$WORK/$name.log" 2>&1 </dev/null &
+	PID[$name]=$!
+	MNT[$name]=$m
+	[[ " ${ORDER[*]} " == *" $name "* ]] || ORDER+=("$name")
+	for ((i = 0; i < TMO * 50 + 100; i++)); do
+		[ -s "$res" ] && break
+		sleep 0.02
+	done
+	r=$(cat "$res" 2>/dev/null)
+	case $r in
+	[0-9]*) STARTMS=$r; return 0 ;;
+	esac
+	MEM_ERR="start-up failed (${r:-no answer within ${TMO}s}): $(tail -n 3 "$WORK/$name.log" | tr '\n' ' ')"
+	return 1
+}
+# mem_pending: messages_pending of the memory busfs's health/status.
+mem_pending() { grep -o '"messages_pending":[0-9]*' "$WORK/mnt-busfs-mem/health/status" 2>/dev/null | cut -d: -f2; }
+mem_check() { # mem_check WHEN
+	local p
+	p=$(mem_pending)
+	[ "$p" = $((MEM_AGENTS * MEM_PER)) ] && return 0
+	MEM_ERR="$1: health/status shows ${p:-no} messages pending, not $((MEM_AGENTS * MEM_PER))"
+	return 1
+}
+setup_memory() {
+	local R="$WORK/mnt-busfs-mem" st="$SHM/store-mem" names=() i a w p t0 ms
+	local cmd=("$BUSFS" -f --store "$st" "$R")
+	start_timed busfs-mem "$R" "${cmd[@]}" || return 1
+	MEM_START0=$STARTMS
+	MEM_RSS0=$(vmrss "${PID[busfs-mem]}")
+	w=${#MEM_AGENTS}
+	[ "$w" -lt 4 ] && w=4
+	for ((i = 1; i <= MEM_AGENTS; i++)); do
+		printf -v a 'm%0*d' "$w" "$i"
+		names+=("$a")
+	done
+	if ! msg=$(mkdir "${names[@]/#/$R/agents/}" 2>&1); then
+		MEM_ERR="mkdir agents/...: $(printf '%s' "$msg" | head -n 2 | tr '\n' ' ')"
+		return 1
+	fi
+	MEM_RSS1=$(vmrss "${PID[busfs-mem]}")
+	if ! run_client "load:busfs-mem" fanout "$R/agents/${names[0]}/send" m "$w" "$MEM_AGENTS" \
+		"$MEM_PER" "$MEM_LINES"; then
+		MEM_ERR="loading through agents/${names[0]}/send: ${FAIL[load:busfs-mem]}"
+		return 1
+	fi
+	MEM_LOAD_RATE=$RATE
+	mem_check "after loading" || return 1
+	MEM_RSS2=$(vmrss "${PID[busfs-mem]}")
+	MEM_STORE_KB=$(du -sk "$st" 2>/dev/null | awk '{ print $1 }')
+	# kill -9, then recover.
+	p=${PID[busfs-mem]}
+	kill -KILL "$p" 2>/dev/null
+	wait "$p" 2>/dev/null
+	unset "PID[busfs-mem]"
+	fusermount3 -uz "$R" 2>/dev/null || umount -l "$R" 2>/dev/null
+	if is_mounted "$R"; then
+		MEM_ERR="the stale mount after kill -9 could not be removed"
+		return 1
+	fi
+	MEM_JOURNAL=$(stat -c %s "$st/journal" 2>/dev/null || echo 0)
+	MEM_SNAP=$(stat -c %s "$st/snapshot" 2>/dev/null || echo 0)
+	start_timed busfs-mem "$R" "${cmd[@]}" || { MEM_ERR="after kill -9: $MEM_ERR"; return 1; }
+	MEM_KILL_MS=$STARTMS
+	mem_check "recovered after kill -9" || return 1
+	MEM_RSS3=$(vmrss "${PID[busfs-mem]}")
+	log "memory: kill -9 + restart: up in $MEM_KILL_MS ms, RSS $MEM_RSS3 kB"
+	for ((i = 1; i <= ROUNDS; i++)); do
+		t0=$(date +%s%N)
+		stop_target busfs-mem || { MEM_ERR="clean stop $i failed"; return 1; }
+		ms=$((($(date +%s%N) - t0) / 1000000))
+		if [ -n "${STOPFAIL[busfs-mem]:-}" ]; then
+			MEM_ERR="clean stop $i: server ${STOPFAIL[busfs-mem]}"
+			return 1
+		fi
+		MEM_STOP_MS+="$ms "
+		MEM_CJOURNAL=$(stat -c %s "$st/journal" 2>/dev/null || echo 0)
+		MEM_CSNAP=$(stat -c %s "$st/snapshot" 2>/dev/null || echo 0)
+		start_timed busfs-mem "$R" "${cmd[@]}" || { MEM_ERR="after clean stop $i: $MEM_ERR"; return 1; }
+		MEM_CLEAN_MS+="$STARTMS "
+		mem_check "recovered after clean stop $i" || return 1
+		log "memory: clean stop $i/$ROUNDS took $ms ms; restart: up in $STARTMS ms"
+	done
+	MEM_RSS4=$(vmrss "${PID[busfs-mem]}")
+}
+if skip memory; then
+	:
+elif [ -z "$BUSFS" ] || [ ! -x "$BUSFS" ]; then
+	ORDER+=(busfs-mem)
+	FAIL[busfs-mem]="${FAIL[busfs]:-no busfs binary}"
+elif setup_memory; then
+	log "memory: $((MEM_AGENTS * MEM_PER)) messages loaded at ${MEM_LOAD_RATE%.*} msgs/s; RSS $MEM_RSS0 -> $MEM_RSS1 -> $MEM_RSS2 kB"
+else
+	FAIL[busfs-mem]="memory and recovery: $MEM_ERR"
 fi
 T1=$(date +%s)
 
@@ -671,6 +909,63 @@ for l in "${BATCH_SIZES[@]}"; do
 	done
 done
 echo
+
+# Wake-up table.
+us_of() { [ -n "${MED[$1]:-}" ] && awk -v r="${MED[$1]}" 'BEGIN { printf "%.1f", 1e6 / r }'; }
+echo "Wake-up: a reader process blocked in read() of agents/carol/next (first busfs); the"
+echo "sender waits until it sleeps there, then open(outbox/carol, O_CREAT|O_WRONLY) +"
+echo "write(200 B) + close. Latency = CLOCK_MONOTONIC just before the open() to the reader's"
+echo "read() returning; the reader acks each message (ctl) after the sender's close(). tmpfs:"
+echo "a reader blocked in read() of an inotify fd (IN_CLOSE_WRITE), the sender creating a"
+echo "file there. All samples of all rounds ($WAKE_N per round). send = the sender's own"
+echo "open+write+close in these samples (median); x send = p50 / send; x outbox = p50 / the"
+echo "us/op of 'outbox 1 proc' on the same target."
+echo
+printf '%-16s %-22s %8s %9s %9s %9s %9s %7s %8s\n' workload target samples "p50 us" "p99 us" "max us" "send us" "x send" "x outbox"
+printf '%s\n' "---------------------------------------------------------------------------------------------------"
+for t in "${WAKE_TARGETS[@]}"; do
+	lab="${LABEL[$t]} (next)"
+	[ "$t" = tmpfs ] && lab="tmpfs (inotify)"
+	if [ -n "${WAKE_P50[$t]:-}" ]; then
+		ob=$(us_of "outbox1:$t")
+		printf '%-16s %-22s %8s %9.1f %9.1f %9.1f %9.1f %7s %8s\n' "wake-up" "$lab" "${WAKE_NS[$t]}" \
+			"${WAKE_P50[$t]}" "${WAKE_P99[$t]}" "${WAKE_MAX[$t]}" "${WAKE_SEND[$t]}" \
+			"$(awk -v a="${WAKE_P50[$t]}" -v b="${WAKE_SEND[$t]}" 'BEGIN { printf "%.2f", a / b }')" \
+			"$( [ -n "$ob" ] && awk -v a="${WAKE_P50[$t]}" -v b="$ob" 'BEGIN { printf "%.2f", a / b }' || echo -)"
+	else
+		why="not run"
+		[ -n "${FAIL[wake:$t]:-}" ] && why="FAILED"
+		printf '%-16s %-22s %8s %9s %9s %9s %9s %7s %8s\n' "wake-up" "$lab" "$why" - - - - - -
+	fi
+done
+if [ -n "${WAKE_P50[busfs]:-}" ]; then
+	awk -v p50="${WAKE_P50[busfs]}" -v p99="${WAKE_P99[busfs]}" -v s="${WAKE_SEND[busfs]}" \
+		-v ob="$(us_of outbox1:busfs)" -v gx="$WAKE_GOAL_X" -v g99="$WAKE_GOAL_P99_US" 'BEGIN {
+		printf "busfs wake-up p50 <= %.1f x one send: %s (%.2f x the send in these samples, %.1f us",
+			gx, (p50 <= gx * s) ? "MET" : "NOT MET", p50 / s, s
+		if (ob != "") printf "; %.2f x outbox 1 proc, %.1f us", p50 / ob, ob
+		printf ")\n"
+		printf "busfs wake-up p99 <= %.0f ms: %s (%.2f ms)\n", g99 / 1000,
+			(p99 <= g99) ? "MET" : "NOT MET", p99 / 1000 }'
+else
+	echo "busfs wake-up goals: not measured"
+fi
+echo
+
+# Shell table.
+echo "Shell: one process per message: $SHELL_BIN -c 'echo x > FILE' spawned (posix_spawn) and"
+echo "waited for; FILE = agents/alice/outbox/bob of the first busfs, nullfs's msg, a tmpfs"
+echo "file, /dev/null. us/op is the whole process; x nullfs and x tmpfs are rate ratios."
+echo
+printf '%-16s %-22s %12s %10s %11s %9s\n' workload target "cmds/s" "us/op" "x nullfs" "x tmpfs"
+printf '%s\n' "-------------------------------------------------------------------------------------"
+for t in "${SHELL_TARGETS[@]}"; do row "shell echo >" "shell:$t" shell:nullfs shell:tmpfs; done
+if [ -n "${MED[shell:busfs]:-}" ] && [ -n "${MED[shell:tmpfs]:-}" ]; then
+	awk -v b="${MED[shell:busfs]}" -v t="${MED[shell:tmpfs]}" 'BEGIN {
+		printf "busfs adds %.0f us (%.1f%%) to a shell command that writes a tmpfs file.\n",
+			1e6 / b - 1e6 / t, (t / b - 1) * 100 }'
+fi
+echo
 echo "Reads: one read = open(O_RDONLY) + read() into a 64 KiB buffer until it returns 0 +"
 echo "close. busfs (a second mount, --health-ttl 3600) reads health/status with"
 echo "$READ_AGENTS agents that each reported once (healthy / 'degraded disk 91% full' /"
@@ -726,6 +1021,8 @@ if [ -n "$SUM_LOAD_MS" ]; then
 			ws, p / (ws > 0 ? ws : 1e-9), ms / 1000, na }'
 	echo "busfs server RSS (VmRSS): $(mib "$SUM_RSS0") before loading, $(mib "$SUM_RSS") after;"
 	echo "store on disk (du -sk of the store dir): $(mib "$SUM_STORE_KB")."
+elif skip summary; then
+	echo "holding $SUM_POINTS points: not run (BENCH_SKIP)."
 else
 	echo "holding $SUM_POINTS points: set-up failed (see below)."
 fi
@@ -755,6 +1052,50 @@ else
 fi
 echo
 
+# Memory and recovery.
+echo "Memory and recovery: a fourth busfs (default options, its own store on tmpfs) with"
+echo "$MEM_AGENTS agents x $MEM_PER pending messages, loaded through agents/m0001/send"
+echo "($MEM_LINES records of about 180 B per write()${MEM_LOAD_RATE:+, ${MEM_LOAD_RATE%.*} msgs/s})."
+echo "Start-up = from just before the exec of busfs -f to the first successful stat of"
+echo "MNT/health/status (polled every 0.5 ms); every restart showed all messages pending."
+echo
+mem_row() { # mem_row WHAT VALUE GOAL VERDICT
+	printf '%-44s %-8s %12s %10s %8s\n' "$1" busfs "${2:-not run}" "${3:--}" "${4:--}"
+}
+kib_mib() { [ -n "$1" ] && awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+ms_fmt() { [ -n "$1" ] && awk -v m="$1" 'BEGIN { printf "%.1f ms", m }'; }
+verdict() { # verdict VALUE GOAL
+	[ -n "$1" ] || return 0
+	awk -v v="$1" -v g="$2" 'BEGIN { print (v <= g) ? "MET" : "NOT MET" }'
+}
+printf '%-44s %-8s %12s %10s %8s\n' measurement target value goal verdict
+printf '%s\n' "-------------------------------------------------------------------------------------"
+mem_row "RSS, started on an empty store" "$(kib_mib "$MEM_RSS0")"
+mem_row "RSS, $MEM_AGENTS agents registered" "$(kib_mib "$MEM_RSS1")"
+mem_row "RSS, $MEM_AGENTS x $MEM_PER messages pending" "$(kib_mib "$MEM_RSS2")" "<= $MEM_GOAL_MIB MiB" \
+	"$(verdict "$MEM_RSS2" $((MEM_GOAL_MIB * 1024)))"
+mem_row "RSS, recovered after kill -9" "$(kib_mib "$MEM_RSS3")"
+mem_row "RSS, recovered after clean stop" "$(kib_mib "$MEM_RSS4")"
+mem_row "store on disk (du -sk), loaded" "$(kib_mib "$MEM_STORE_KB")"
+echo
+CLEAN_MED=$(printf '%s' "$MEM_CLEAN_MS" | median 2>/dev/null)
+CLEAN_MAX=$(printf '%s' "$MEM_CLEAN_MS" | tr ' ' '\n' | grep . | sort -g | tail -n 1)
+STOP_MED=$(printf '%s' "$MEM_STOP_MS" | median 2>/dev/null)
+mem_row "start-up, empty store" "$(ms_fmt "$MEM_START0")"
+mem_row "start-up after kill -9 (journal replay)" "$(ms_fmt "$MEM_KILL_MS")" "<= $START_GOAL_MS ms" \
+	"$(verdict "$MEM_KILL_MS" "$START_GOAL_MS")"
+mem_row "start-up after clean stop, median" "$(ms_fmt "$CLEAN_MED")" "<= $START_GOAL_MS ms" \
+	"$(verdict "$CLEAN_MED" "$START_GOAL_MS")"
+mem_row "start-up after clean stop, slowest" "$(ms_fmt "$CLEAN_MAX")" "<= $START_GOAL_MS ms" \
+	"$(verdict "$CLEAN_MAX" "$START_GOAL_MS")"
+mem_row "clean stop, fusermount3 -u to exit, median" "$(ms_fmt "$STOP_MED")"
+if [ -n "$MEM_KILL_MS" ]; then
+	echo "Replayed after kill -9: journal $(kib_mib $((MEM_JOURNAL / 1024))), snapshot $(kib_mib $((MEM_SNAP / 1024)));"
+	echo "loaded after a clean stop: journal $(kib_mib $((MEM_CJOURNAL / 1024))), snapshot $(kib_mib $((MEM_CSNAP / 1024)))."
+	echo "Clean restarts: $(printf '%s' "$MEM_CLEAN_MS" | wc -w) (ms: ${MEM_CLEAN_MS% })."
+fi
+echo
+
 # ---------------------------------------------------------------- failures
 # Exit status: 0 only when every target and workload was measured and every server
 # stopped cleanly.
@@ -768,7 +1109,7 @@ for n in "${ORDER[@]}"; do
 		echo "$n: server ${STOPSLOW[$n]} (not a failure)"
 	fi
 done
-for t in "${TARGETS[@]}" busfs-read busfs-sum; do
+for t in "${TARGETS[@]}" busfs-read busfs-sum busfs-mem; do
 	if [ -n "${FAIL[$t]:-}" ]; then
 		echo "$t: not measured: ${FAIL[$t]}"
 		status=1
@@ -780,7 +1121,8 @@ for job in "${ALLJOBS[@]}"; do
 		status=1
 	fi
 done
-if [ -n "${FAIL[busfs]:-}" ] || [ -n "${FAIL[busfs-read]:-}" ] || [ -n "${FAIL[busfs-sum]:-}" ]; then
+if [ -n "${FAIL[busfs]:-}" ] || [ -n "${FAIL[busfs-read]:-}" ] || [ -n "${FAIL[busfs-sum]:-}" ] ||
+	[ -n "${FAIL[busfs-mem]:-}" ]; then
 	echo "busfs FAILED (the other targets were measured without it)."
 elif [ "$status" = 0 ]; then
 	echo "all targets measured."

@@ -14,23 +14,64 @@
  *                                       the values vary, and with METRICS > 1 (at most 10)
  *                                       the lines cycle through METRICS metric names
  *
+ *   client wake next NEXT OUTBOX CTL N [SAMPLES]
+ *                                       wake-up latency: a forked reader blocks in read()
+ *                                       of NEXT (agents/B/next); the sender (this process)
+ *                                       waits until the reader sleeps in that read(), then
+ *                                       open(OUTBOX, O_CREAT|O_WRONLY) + write 200 B + close.
+ *                                       Latency = from just before the open() to the
+ *                                       reader's read() returning (CLOCK_MONOTONIC, shared
+ *                                       memory). Once the sender's close() returned, the
+ *                                       reader consumes the message
+ *                                       ("ack <msg_id>" written to CTL), closes NEXT and
+ *                                       opens it again for the next sample. N samples.
+ *   client wake inotify DIR N [SAMPLES] the same with the reader blocked in read() of an
+ *                                       inotify fd watching DIR for IN_CLOSE_WRITE, the
+ *                                       sender creating DIR/msg; the reader unlinks it.
+ *                                       SAMPLES: a file each sample is appended to, one
+ *                                       line "<latency us> <send us>"
+ *   client fanout   PATH PREFIX WIDTH AGENTS PER LINES
+ *                                       one open(O_WRONLY|O_APPEND) of a `send` file,
+ *                                       AGENTS x PER records {"to":"<PREFIX><k>",...}
+ *                                       (k = 1..AGENTS in turn, zero-padded to WIDTH
+ *                                       digits), LINES records per write(), close
+ *   client startup  PATH TIMEOUT RESULT -- PROGRAM ARGS...
+ *                                       start-up time: execs PROGRAM (so it keeps this
+ *                                       process's pid); a detached helper polls
+ *                                       stat(PATH) every 0.5 ms and writes to RESULT the
+ *                                       milliseconds from just before the exec to the
+ *                                       first successful stat, or "exited" when PROGRAM
+ *                                       died first, "timeout" after TIMEOUT seconds
+ *   client shell    SHELL PATH N        N x spawn SHELL -c 'echo x > "$1"' sh PATH and wait;
+ *                                       a non-zero exit status is fatal
+ *
  * Prints one line: "<rate> msgs/s (<count> msgs, <seconds> s, <us> us/op)", or for
  * read "<rate> reads/s (<count> reads, <seconds> s, <us> us/op, <bytes> bytes/read)"
  * where bytes/read is the mean over the N reads of the file, followed by
  * ", <min>-<max> bytes" when not every read returned the same size, and by
  * ", slowest <us> us", the longest single open+read+close; for append
  * "<rate> points/s (<count> points, <seconds> s, <us> us/write, <writes> writes,
- * <bytes> bytes)".
+ * <bytes> bytes)"; for wake "<rate> wakes/s (<count> wakes, p50 <us> us, p99 <us> us,
+ * max <us> us, send p50 <us> us)", the send being the sender's open+write+close.
  * Any failing system call (including a short write, EAGAIN from a full inbox,
  * ENOSPC, EINTR, ...) is fatal: a message naming the call and the error, exit 1.
  */
 #define _GNU_SOURCE
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -367,6 +408,444 @@ static int cmd_append(int argc, char **argv)
 	return 0;
 }
 
+/* ---------- wake: latency from a send to a blocked reader's read() returning ---------- */
+
+#define WAKE_WAIT_MS 30000 /* a sample that takes longer than this is a hang */
+
+struct wake_shared {
+	_Atomic double t0;   /* the current sample's start, set by the sender */
+	double lat[];        /* per sample, set by the reader */
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double pct(const double *sorted, long n, double p)
+{
+	long k = (long)(p * (double)n + 0.999999) - 1; /* nearest rank */
+	if (k < 0)
+		k = 0;
+	if (k >= n)
+		k = n - 1;
+	return sorted[k];
+}
+
+/* The reader's state letter from /proc/PID/stat ('S': asleep, i.e. blocked in read()). */
+static char proc_state(int fd)
+{
+	char buf[512];
+	ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
+	if (r <= 0)
+		return '?';
+	buf[r] = '\0';
+	char *p = strrchr(buf, ')');
+	return p && p[1] == ' ' ? p[2] : '?';
+}
+
+/* Wait for one byte from the reader; 0 on EOF/timeout. */
+static char wait_byte(int fd)
+{
+	struct pollfd pf = {.fd = fd, .events = POLLIN};
+	int r;
+	do
+		r = poll(&pf, 1, WAKE_WAIT_MS);
+	while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return 0;
+	char c;
+	ssize_t n;
+	do
+		n = read(fd, &c, 1);
+	while (n < 0 && errno == EINTR);
+	return n == 1 ? c : 0;
+}
+
+static void wake_reader_next(const char *next, const char *ctl, long n,
+			     struct wake_shared *sh, int ready, int sent)
+{
+	char *buf = malloc(READ_BUF);
+	if (!buf)
+		die("malloc", "-", -1);
+	for (long i = 0; i < n; i++) {
+		int fd = open(next, O_RDONLY);
+		if (fd < 0)
+			die("open", next, i);
+		if (write(ready, "r", 1) != 1)
+			die("write", "ready pipe", i);
+		ssize_t r = read(fd, buf, READ_BUF - 1);
+		double t1 = now();
+		if (r < 0)
+			die("read", next, i);
+		sh->lat[i] = t1 - atomic_load(&sh->t0);
+		if (r == 0) {
+			fprintf(stderr, "%s: read(%s) at op %ld: end-of-file, no message\n", prog,
+				next, i);
+			exit(1);
+		}
+		buf[r] = '\0';
+		/* Consume only after the sender's close() returned: its send stays undisturbed. */
+		if (wait_byte(sent) != 's') {
+			fprintf(stderr, "%s: the sender did not finish sample %ld\n", prog, i);
+			exit(1);
+		}
+		/* Consume it: "ack <msg_id>" to ctl, so the next read blocks again. */
+		char *id = strstr(buf, "\"msg_id\":\"");
+		char *end = id ? strchr(id + 10, '"') : NULL;
+		if (!id || !end || end - (id + 10) > 200) {
+			fprintf(stderr, "%s: no msg_id in the envelope read from %s: %.200s\n",
+				prog, next, buf);
+			exit(1);
+		}
+		char ack[256];
+		int len = snprintf(ack, sizeof ack, "ack %.*s\n", (int)(end - (id + 10)), id + 10);
+		int c = open(ctl, O_WRONLY);
+		if (c < 0)
+			die("open", ctl, i);
+		write_all(c, ack, (size_t)len, ctl, i);
+		if (close(c) != 0)
+			die("close", ctl, i);
+		if (close(fd) != 0)
+			die("close", next, i);
+	}
+	free(buf);
+}
+
+static void wake_reader_inotify(const char *dir, const char *file, long n,
+				struct wake_shared *sh, int ready, int sent)
+{
+	int fd = inotify_init1(IN_CLOEXEC);
+	if (fd < 0)
+		die("inotify_init1", dir, -1);
+	if (inotify_add_watch(fd, dir, IN_CLOSE_WRITE) < 0)
+		die("inotify_add_watch", dir, -1);
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	for (long i = 0; i < n; i++) {
+		if (write(ready, "r", 1) != 1)
+			die("write", "ready pipe", i);
+		ssize_t r = read(fd, buf, sizeof buf);
+		double t1 = now();
+		if (r <= 0)
+			die("read", "inotify fd", i);
+		sh->lat[i] = t1 - atomic_load(&sh->t0);
+		if (wait_byte(sent) != 's') {
+			fprintf(stderr, "%s: the sender did not finish sample %ld\n", prog, i);
+			exit(1);
+		}
+		if (unlink(file) != 0) /* consume */
+			die("unlink", file, i);
+	}
+	close(fd);
+}
+
+static int cmd_wake(int argc, char **argv)
+{
+	int is_next = argc >= 3 && strcmp(argv[2], "next") == 0;
+	int is_ino = argc >= 3 && strcmp(argv[2], "inotify") == 0;
+	if (!((is_next && (argc == 7 || argc == 8)) || (is_ino && (argc == 5 || argc == 6)))) {
+		fprintf(stderr, "usage: %s wake next NEXT OUTBOX CTL N [SAMPLES]\n"
+				"       %s wake inotify DIR N [SAMPLES]\n", prog, prog);
+		return 2;
+	}
+	const char *target, *next = NULL, *ctl = NULL, *samples;
+	char file[4096];
+	long n;
+	if (is_next) {
+		next = argv[3];
+		target = argv[4];
+		ctl = argv[5];
+		n = parse_count(argv[6], "N");
+		samples = argc == 8 ? argv[7] : NULL;
+	} else {
+		snprintf(file, sizeof file, "%s/msg", argv[3]);
+		target = file;
+		n = parse_count(argv[4], "N");
+		samples = argc == 6 ? argv[5] : NULL;
+		unlink(file);
+	}
+
+	size_t shsz = sizeof(struct wake_shared) + (size_t)n * sizeof(double);
+	struct wake_shared *sh = mmap(NULL, shsz, PROT_READ | PROT_WRITE,
+				      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (sh == MAP_FAILED)
+		die("mmap", "-", -1);
+	double *send = malloc((size_t)n * sizeof *send);
+	if (!send)
+		die("malloc", "-", -1);
+	int rp[2], sp[2]; /* reader -> sender: ready/done; sender -> reader: sent */
+	if (pipe(rp) != 0 || pipe(sp) != 0)
+		die("pipe", "-", -1);
+
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork", "-", -1);
+	if (pid == 0) {
+		close(rp[0]);
+		close(sp[1]);
+		prog = "client wake reader";
+		/* A sender that dies must not leave the reader parked on the mount for good. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1)
+			_exit(1);
+		if (is_next)
+			wake_reader_next(next, ctl, n, sh, rp[1], sp[0]);
+		else
+			wake_reader_inotify(argv[3], file, n, sh, rp[1], sp[0]);
+		if (write(rp[1], "d", 1) != 1)
+			_exit(1);
+		_exit(0);
+	}
+	close(rp[1]);
+	close(sp[0]);
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	int statfd = open(path, O_RDONLY);
+	if (statfd < 0)
+		die("open", path, -1);
+
+	char body[OUTBOX_BODY];
+	for (size_t k = 0; k < sizeof body - 1; k++)
+		body[k] = (char)('a' + k % 26);
+	body[sizeof body - 1] = '\n';
+
+	int failed = 0;
+	long unparked = 0;
+	double tstart = now();
+	for (long i = 0; i < n; i++) {
+		if (wait_byte(rp[0]) != 'r') {
+			fprintf(stderr, "%s: the reader did not get ready for sample %ld (it failed or "
+					"hung for %d s)\n", prog, i, WAKE_WAIT_MS / 1000);
+			failed = 1;
+			break;
+		}
+		/* Until the reader sleeps in its read() (at most 1 s, then send anyway). */
+		double dl = now() + 1.0;
+		while (proc_state(statfd) != 'S') {
+			if (now() > dl) {
+				unparked++;
+				break;
+			}
+			sched_yield();
+		}
+		double t0 = now();
+		atomic_store(&sh->t0, t0);
+		int fd = open(target, O_CREAT | O_WRONLY, 0644);
+		if (fd < 0)
+			die("open", target, i);
+		write_all(fd, body, sizeof body, target, i);
+		if (close(fd) != 0)
+			die("close", target, i);
+		send[i] = now() - t0;
+		if (write(sp[1], "s", 1) != 1)
+			die("write", "sent pipe", i);
+	}
+	if (!failed && wait_byte(rp[0]) != 'd') {
+		fprintf(stderr, "%s: the reader did not finish (it failed or hung for %d s)\n",
+			prog, WAKE_WAIT_MS / 1000);
+		failed = 1;
+	}
+	double secs = now() - tstart;
+	if (failed)
+		kill(pid, SIGKILL);
+	int st;
+	if (waitpid(pid, &st, 0) < 0)
+		die("waitpid", "-", -1);
+	if (failed || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		fprintf(stderr, "%s: wake reader failed\n", prog);
+		return 1;
+	}
+	close(statfd);
+	close(rp[0]);
+	close(sp[1]);
+
+	if (samples) {
+		FILE *f = fopen(samples, "a");
+		if (!f)
+			die("fopen", samples, -1);
+		for (long i = 0; i < n; i++)
+			fprintf(f, "%.3f %.3f\n", sh->lat[i] * 1e6, send[i] * 1e6);
+		if (fclose(f) != 0)
+			die("fclose", samples, -1);
+	}
+	double *lat = malloc((size_t)n * sizeof *lat);
+	if (!lat)
+		die("malloc", "-", -1);
+	memcpy(lat, sh->lat, (size_t)n * sizeof *lat);
+	qsort(lat, (size_t)n, sizeof *lat, cmp_double);
+	qsort(send, (size_t)n, sizeof *send, cmp_double);
+	if (secs <= 0)
+		secs = 1e-9;
+	printf("%.1f wakes/s (%ld wakes, p50 %.1f us, p99 %.1f us, max %.1f us, send p50 %.1f us",
+	       (double)n / secs, n, pct(lat, n, 0.5) * 1e6, pct(lat, n, 0.99) * 1e6,
+	       lat[n - 1] * 1e6, pct(send, n, 0.5) * 1e6);
+	if (unparked)
+		printf(", %ld samples sent before the reader slept", unparked);
+	printf(")\n");
+	fflush(stdout);
+	free(lat);
+	free(send);
+	munmap(sh, shsz);
+	return 0;
+}
+
+/* ---------- fanout: many recipients through one `send` fd ---------- */
+
+static int cmd_fanout(int argc, char **argv)
+{
+	if (argc != 8) {
+		fprintf(stderr, "usage: %s fanout PATH PREFIX WIDTH AGENTS PER LINES\n", prog);
+		return 2;
+	}
+	const char *path = argv[2], *prefix = argv[3];
+	long width = parse_count(argv[4], "WIDTH");
+	long agents = parse_count(argv[5], "AGENTS");
+	long per = parse_count(argv[6], "PER");
+	long lines = parse_count(argv[7], "LINES");
+	if (strlen(prefix) > 32 || width > 16) {
+		fprintf(stderr, "%s: PREFIX at most 32 characters, WIDTH at most 16\n", prog);
+		return 2;
+	}
+	char text[151];
+	for (int k = 0; k < 150; k++)
+		text[k] = (char)('a' + k % 26);
+	text[150] = '\0';
+	size_t cap = (size_t)lines * 256;
+	char *buf = malloc(cap);
+	if (!buf)
+		die("malloc", "-", -1);
+
+	int fd = open(path, O_WRONLY | O_APPEND);
+	if (fd < 0)
+		die("open", path, -1);
+	long n = agents * per, sent = 0, op = 0;
+	double t0 = now();
+	while (sent < n) {
+		size_t len = 0;
+		long k;
+		for (k = 0; k < lines && sent + k < n; k++)
+			len += (size_t)snprintf(buf + len, cap - len,
+						"{\"to\":\"%s%0*ld\",\"payload\":\"%s\"}\n", prefix,
+						(int)width, (sent + k) % agents + 1, text);
+		write_all(fd, buf, len, path, op++);
+		sent += k;
+	}
+	if (close(fd) != 0)
+		die("close", path, -1);
+	report(sent, now() - t0);
+	free(buf);
+	return 0;
+}
+
+/* ---------- startup: exec a server, time until stat(PATH) succeeds ---------- */
+
+static void put_result(const char *result, const char *text)
+{
+	char tmp[4200];
+	snprintf(tmp, sizeof tmp, "%s.tmp", result);
+	FILE *f = fopen(tmp, "w");
+	if (!f)
+		_exit(1);
+	fputs(text, f);
+	if (fclose(f) != 0 || rename(tmp, result) != 0)
+		_exit(1);
+}
+
+static int cmd_startup(int argc, char **argv)
+{
+	if (argc < 7 || strcmp(argv[5], "--") != 0) {
+		fprintf(stderr, "usage: %s startup PATH TIMEOUT RESULT -- PROGRAM ARGS...\n", prog);
+		return 2;
+	}
+	const char *path = argv[2], *result = argv[4];
+	long tmo = parse_count(argv[3], "TIMEOUT");
+	pid_t server = getpid();
+	char statpath[64];
+	snprintf(statpath, sizeof statpath, "/proc/%d/stat", (int)server);
+	int statfd = open(statpath, O_RDONLY | O_CLOEXEC);
+	if (statfd < 0)
+		die("open", statpath, -1);
+
+	double t0 = now();
+	pid_t a = fork();
+	if (a < 0)
+		die("fork", "-", -1);
+	if (a == 0) {
+		/* Detach: the helper is a grandchild, so the server never has a child to reap. */
+		pid_t b = fork();
+		if (b != 0)
+			_exit(b < 0);
+		int nul = open("/dev/null", O_RDWR);
+		if (nul >= 0) {
+			dup2(nul, 0);
+			dup2(nul, 1);
+			dup2(nul, 2);
+		}
+		double dl = t0 + (double)tmo;
+		struct stat st;
+		for (;;) {
+			if (stat(path, &st) == 0) {
+				char msg[64];
+				snprintf(msg, sizeof msg, "%.3f\n", (now() - t0) * 1e3);
+				put_result(result, msg);
+				_exit(0);
+			}
+			char s = proc_state(statfd);
+			if (s == '?' || s == 'Z' || s == 'X') {
+				put_result(result, "exited\n");
+				_exit(0);
+			}
+			if (now() > dl) {
+				put_result(result, "timeout\n");
+				_exit(0);
+			}
+			struct timespec ts = {0, 500000};
+			nanosleep(&ts, NULL);
+		}
+	}
+	int st;
+	if (waitpid(a, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		die("fork", "helper", -1);
+	execv(argv[6], argv + 6);
+	die("execv", argv[6], -1);
+	return 1;
+}
+
+/* ---------- shell: echo x > PATH as a whole process ---------- */
+
+extern char **environ;
+
+static int cmd_shell(int argc, char **argv)
+{
+	if (argc != 5) {
+		fprintf(stderr, "usage: %s shell SHELL PATH N\n", prog);
+		return 2;
+	}
+	const char *sh = argv[2], *path = argv[3];
+	long n = parse_count(argv[4], "N");
+	char *args[] = {(char *)"sh", (char *)"-c", (char *)"echo x > \"$1\"", (char *)"sh",
+			(char *)path, NULL};
+	double t0 = now();
+	for (long i = 0; i < n; i++) {
+		pid_t pid;
+		int rc = posix_spawn(&pid, sh, NULL, NULL, args, environ);
+		if (rc != 0) {
+			errno = rc;
+			die("posix_spawn", sh, i);
+		}
+		int st;
+		if (waitpid(pid, &st, 0) < 0)
+			die("waitpid", sh, i);
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+			fprintf(stderr, "%s: %s -c 'echo x > %s' failed at op %ld (status %d)\n", prog,
+				sh, path, i, st);
+			exit(1);
+		}
+	}
+	report(n, now() - t0);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2) {
@@ -380,13 +859,26 @@ int main(int argc, char **argv)
 			return cmd_read(argc, argv);
 		if (strcmp(argv[1], "append") == 0)
 			return cmd_append(argc, argv);
+		if (strcmp(argv[1], "wake") == 0)
+			return cmd_wake(argc, argv);
+		if (strcmp(argv[1], "fanout") == 0)
+			return cmd_fanout(argc, argv);
+		if (strcmp(argv[1], "startup") == 0)
+			return cmd_startup(argc, argv);
+		if (strcmp(argv[1], "shell") == 0)
+			return cmd_shell(argc, argv);
 	}
 	fprintf(stderr,
 		"usage: %s outbox PATH N\n"
 		"       %s outbox-procs P PATH N\n"
 		"       %s batch PATH LINES N\n"
 		"       %s read PATH N\n"
-		"       %s append PATH LINES N [METRICS]\n",
-		prog, prog, prog, prog, prog);
+		"       %s append PATH LINES N [METRICS]\n"
+		"       %s wake next NEXT OUTBOX CTL N [SAMPLES]\n"
+		"       %s wake inotify DIR N [SAMPLES]\n"
+		"       %s fanout PATH PREFIX WIDTH AGENTS PER LINES\n"
+		"       %s startup PATH TIMEOUT RESULT -- PROGRAM ARGS...\n"
+		"       %s shell SHELL PATH N\n",
+		prog, prog, prog, prog, prog, prog, prog, prog, prog, prog);
 	return 2;
 }
