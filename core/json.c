@@ -26,6 +26,27 @@ static void skip_ws(struct scan *s)
 	}
 }
 
+/* Whether any of 8 bytes is a control character, '"', '\\' or not ASCII (each test
+ * is exact: a lane's borrow only reaches lanes above one that matched). */
+static inline bool special8(const unsigned char *p)
+{
+	const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+	uint64_t v, q, b;
+	memcpy(&v, p, sizeof v);
+	q = v ^ (ones * '"');
+	b = v ^ (ones * '\\');
+	return (((v - ones * 0x20) & ~v) | ((q - ones) & ~q) | ((b - ones) & ~b) | v) & highs;
+}
+
+/* Whether 8 bytes are all ASCII other than NUL. */
+static inline bool ascii8(const unsigned char *p)
+{
+	const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+	uint64_t v;
+	memcpy(&v, p, sizeof v);
+	return !((((v - ones) & ~v) | v) & highs);
+}
+
 /* Length of the UTF-8 sequence at p (1..4) or 0 when invalid; -1 when cut short. */
 static int utf8_seq(const unsigned char *p, size_t avail)
 {
@@ -57,6 +78,10 @@ bool utf8_text_valid(const char *p, size_t len)
 	const unsigned char *u = (const unsigned char *)p;
 	size_t i = 0;
 	while (i < len) {
+		if (i + 8 <= len && ascii8(u + i)) {
+			i += 8;
+			continue;
+		}
 		if (u[i] == 0)
 			return false;
 		int n = utf8_seq(u + i, len - i);
@@ -73,18 +98,6 @@ static int hexval(char c)
 	if (c >= 'a' && c <= 'f') return c - 'a' + 10;
 	if (c >= 'A' && c <= 'F') return c - 'A' + 10;
 	return -1;
-}
-
-/* Whether any of 8 bytes is a control character, '"', '\\' or not ASCII (each test
- * is exact: a lane's borrow only reaches lanes above one that matched). */
-static inline bool special8(const unsigned char *p)
-{
-	const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
-	uint64_t v, q, b;
-	memcpy(&v, p, sizeof v);
-	q = v ^ (ones * '"');
-	b = v ^ (ones * '\\');
-	return (((v - ones * 0x20) & ~v) | ((q - ones) & ~q) | ((b - ones) & ~b) | v) & highs;
 }
 
 static int scan_string(struct scan *s)
@@ -311,6 +324,11 @@ void json_append_string(struct buf *b, const char *s, size_t len)
 	buf_putc(b, '"');
 	size_t run = 0;
 	for (size_t i = 0; i < len; i++) {
+		/* Runs of bytes that need no escape are copied as they are. */
+		while (i + 8 <= len && !special8((const unsigned char *)s + i))
+			i += 8;
+		if (i >= len)
+			break;
 		unsigned char c = (unsigned char)s[i];
 		if (c >= 0x80) {
 			/* Valid UTF-8 passes; any other byte becomes U+FFFD, so the result is
