@@ -460,6 +460,47 @@ int metric_parse(const char *data, size_t len,
 	return rc;
 }
 
+/* Appends the decimal r / 10^k (0 <= k <= 15) in plain notation. */
+static void put_scaled(struct buf *b, long long r, int k)
+{
+	char out[48], *p = out + sizeof out;
+	unsigned long long u = r < 0 ? 0ull - (unsigned long long)r : (unsigned long long)r;
+	int i = 0;
+	do {
+		if (k && i == k)
+			*--p = '.';
+		*--p = (char)('0' + u % 10);
+		u /= 10;
+		i++;
+	} while (u || i <= k);
+	if (r < 0)
+		*--p = '-';
+	buf_append(b, p, (size_t)(out + sizeof out - p));
+}
+
+/* Values with a few decimals, the usual case: the fewest decimals k whose nearest
+ * decimal r / 10^k reads back as v. The division of two exact doubles is correctly
+ * rounded, as strtod is, so the test is exact; r < 2^53 keeps v * 10^k within far
+ * less than 0.5 of r, so no shorter form is missed. */
+static bool format_few_decimals(struct buf *b, double v)
+{
+	static const double pow10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8};
+	double a = fabs(v);
+	if (!(a >= 1e-4 && a < 1e15))
+		return false;
+	for (int k = 0; k < 9; k++) {
+		double x = v * pow10[k];
+		if (fabs(x) >= 9007199254740992.0)
+			return false;
+		long long r = llround(x);
+		if ((double)r / pow10[k] == v) {
+			put_scaled(b, r, k);
+			return true;
+		}
+	}
+	return false;
+}
+
 void metric_format_value(struct buf *b, double v)
 {
 	char e[40], f[48];
@@ -471,10 +512,11 @@ void metric_format_value(struct buf *b, double v)
 	}
 	/* Integers, the common case, print as they are. */
 	if (fabs(v) < 1e15 && v == (double)(long long)v && !(v == 0 && signbit(v))) {
-		snprintf(f, sizeof f, "%lld", (long long)v);
-		buf_puts(b, f);
+		put_scaled(b, (long long)v, 0);
 		return;
 	}
+	if (format_few_decimals(b, v))
+		return;
 	/* The fewest significant digits that read back exactly; 17 always do. A double
 	 * whose shortest form has k <= 15 digits prints at 15 digits as those k digits
 	 * and zeros (it lies within 1.2e-16 of them, less than half a 15th digit), so
