@@ -174,9 +174,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		break;
 	case N_RULES:
 		/* The rules are the bus operator's: the uid that runs busfs, or root. */
-		if (writing && uid != 0 && uid != getuid())
+		if (writing && uid != 0 && uid != fs->uid)
 			snprintf(why, sizeof why, "uid %u may not change the alert rules (uid %u "
-				 "runs busfs)", (unsigned)uid, (unsigned)getuid());
+				 "runs busfs)", (unsigned)uid, (unsigned)fs->uid);
 		else if (reading)
 			doc_for_open(fs, &r, &h->doc);
 		h->truncating = writing && (fi->flags & O_TRUNC);
@@ -663,7 +663,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		return;
 	}
 	if ((to_set & FUSE_SET_ATTR_SIZE) && r.node == N_RULES) {
-		if (uid != 0 && uid != getuid()) {
+		if (uid != 0 && uid != fs->uid) {
 			refuse_at(req, "truncate", ino, NULL, EACCES,
 				  "only the uid that runs busfs (or root) may change the alert rules");
 			return;

@@ -73,6 +73,8 @@ struct fs {
 	struct bus *bus;
 	struct fuse_session *se;
 	const char *mountpoint;
+	uid_t uid;                    /* the server's: owns the fixed files, edits alert rules */
+	gid_t gid;
 	size_t open_files;            /* handles alive; only the dispatch thread changes it */
 	struct handle *open_list;     /* every open handle, freed at RELEASE or at exit */
 	bool stopping;                /* after SIGTERM: `next` answers end-of-file at once */

@@ -297,6 +297,8 @@ int main(int argc, char **argv)
 	struct fs fs;
 	memset(&fs, 0, sizeof fs);
 	fs.mountpoint = mountpoint;
+	fs.uid = getuid();
+	fs.gid = getgid();
 	waiters_init(&fs);
 	struct bus_error err = {0};
 	if (bus_open(&cfg, &fs.bus, &err) < 0) {

@@ -157,8 +157,8 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 	memset(st, 0, sizeof *st);
 	st->st_ino = ino_of(r);
 	st->st_nlink = 1;
-	st->st_uid = getuid();
-	st->st_gid = getgid();
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
 	st->st_blksize = 4096;
 	if (!mounted_us)
 		mounted_us = (int64_t)time(NULL) * 1000000;
