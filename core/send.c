@@ -671,8 +671,8 @@ int bus_ack(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg
 	} else {
 		struct bus_message *m = inbox_find(&a->inbox, number);
 		if (m) {
-			memcpy(from, m->from, sizeof from);
-			memcpy(id, m->msg_id, sizeof id);
+			snprintf(from, sizeof from, "%s", m->from);
+			snprintf(id, sizeof id, "%s", m->msg_id);
 		}
 		memcpy(name, a->name, sizeof name);
 		rc = ack_locked(bus, a, number, msg_id, uid, err, &dropped);
