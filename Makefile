@@ -77,11 +77,12 @@ $(BUILD)/unit-tests: $(UNIT_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libbusfs.a
 $(BUILD)/fs-tests: $(FST_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libbusfs.a
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS_CORE) $(LDLIBS_TEST)
 
-# Every libFuzzer harness, linked with tests/fuzz/replay.c instead of libFuzzer, runs
-# over its seed corpus and the reproducers in tests/fuzz/crashes in `make test`.
-REPLAY_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
-REPLAY_BINS  := $(REPLAY_NAMES:%=$(BUILD)/fuzz-replay-%)
-REPLAY_CMD    = for h in $(REPLAY_NAMES); do \
+# Every libFuzzer harness (FUZZ_NAMES, which `make fuzz` runs too), linked with
+# tests/fuzz/replay.c instead of libFuzzer, runs over its seed corpus and the
+# reproducers in tests/fuzz/crashes in `make test`.
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+REPLAY_BINS  := $(FUZZ_NAMES:%=$(BUILD)/fuzz-replay-%)
+REPLAY_CMD    = for h in $(FUZZ_NAMES); do \
 	  $(BUILD)/fuzz-replay-$$h tests/fuzz/corpus/$$h $$([ -d tests/fuzz/crashes/$$h ] && echo tests/fuzz/crashes/$$h) \
 	    || { echo "fuzz-replay-$$h: FAILED"; exit 1; }; done
 
@@ -198,7 +199,6 @@ FUZZ_SAN     := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefi
                 -fno-omit-frame-pointer
 FUZZ_CFLAGS   = -std=c11 $(WARN) -g -O1 $(FUZZ_SAN) -pthread \
                 $(shell pkg-config --cflags jansson 2>/dev/null)
-FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
 FUZZ_OBJ     := $(CORE_SRC:%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/tests/fuzz/common.o
 

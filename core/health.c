@@ -150,10 +150,9 @@ int health_parse(const char *data, size_t len, struct health_report *r, struct b
 	buf_reset(&r->extra);
 	if (len > HEALTH_REPORT_MAX)
 		return bus_fail(err, EINVAL, "a health report is at most %u bytes", HEALTH_REPORT_MAX);
-	while (len && (data[len - 1] == ' ' || data[len - 1] == '\t' || data[len - 1] == '\r' ||
-		       data[len - 1] == '\n'))
+	while (len && json_space(data[len - 1]))
 		len--;
-	while (len && (data[0] == ' ' || data[0] == '\t' || data[0] == '\r' || data[0] == '\n')) {
+	while (len && json_space(data[0])) {
 		data++;
 		len--;
 	}

@@ -292,6 +292,26 @@ static bool plain_string(const char *p, size_t len)
 	return len >= 2 && p[0] == '"' && !memchr(p + 1, '\\', len - 2);
 }
 
+/* Sets r->to from the token of "to": true when it is an agent name or "all". The
+ * common "to":"bob" is taken in place; a token with escapes goes through jansson. */
+static bool record_to(struct send_record *r, const char *p, size_t len)
+{
+	if (plain_string(p, len) && len - 2 < sizeof r->to) {
+		memcpy(r->to, p + 1, len - 2);
+		r->to[len - 2] = '\0';
+	} else {
+		json_t *v = decode_token(p, len);
+		const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+		bool fits = s && strlen(s) < sizeof r->to;
+		if (fits)
+			memcpy(r->to, s, strlen(s) + 1);
+		json_decref(v);
+		if (!fits)
+			return false;
+	}
+	return strcmp(r->to, "all") == 0 || bus_name_valid(r->to);
+}
+
 static int parse_record(struct bus *bus, const struct agent *sender, const char *p, size_t len,
 			unsigned index, struct send_record *r, struct bus_error *err)
 {
@@ -316,12 +336,8 @@ static int parse_record(struct bus *bus, const struct agent *sender, const char 
 			have_payload = true;
 			continue;
 		}
-		if (strcmp(k, "to") == 0 && plain_string(m[i].value, m[i].value_len) &&
-		    m[i].value_len - 2 < sizeof r->to) {
-			/* The common case, decoded in place: "to":"bob". */
-			memcpy(r->to, m[i].value + 1, m[i].value_len - 2);
-			r->to[m[i].value_len - 2] = '\0';
-			if (strcmp(r->to, "all") != 0 && !bus_name_valid(r->to)) {
+		if (strcmp(k, "to") == 0) {
+			if (!record_to(r, m[i].value, m[i].value_len)) {
 				rc = bus_fail(err, EINVAL, "record %u: \"to\" must be an agent name or "
 					      "\"all\"", index);
 			} else {
@@ -331,17 +347,7 @@ static int parse_record(struct bus *bus, const struct agent *sender, const char 
 			continue;
 		}
 		v = decode_token(m[i].value, m[i].value_len);
-		if (strcmp(k, "to") == 0) {
-			const char *to = json_is_string(v) ? json_string_value(v) : NULL;
-			if (!to || (strcmp(to, "all") != 0 && !bus_name_valid(to)))
-				rc = bus_fail(err, EINVAL, "record %u: \"to\" must be an agent name or "
-					      "\"all\"", index);
-			else {
-				snprintf(r->to, sizeof r->to, "%s", to);
-				r->broadcast = strcmp(to, "all") == 0;
-				have_to = true;
-			}
-		} else if (strcmp(k, "type") == 0) {
+		if (strcmp(k, "type") == 0) {
 			if (!json_is_string(v) || json_string_length(v) == 0 ||
 			    json_string_length(v) > 128)
 				rc = bus_fail(err, EINVAL, "record %u: \"type\" must be a string of 1 to "
