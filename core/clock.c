@@ -66,20 +66,30 @@ static int digits(const char *s, int n)
 	return v;
 }
 
+static int days_in_month(int year, int month)
+{
+	static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+	return month == 2 && leap ? 29 : days[month - 1];
+}
+
+/* Strict RFC 3339 (SPEC §11): every field within its range, a day that the month
+ * has, no leap second; so whatever parses formats back to the same text. */
 bool bus_time_parse(const char *s, int64_t *us)
 {
 	static const char shape[] = "0000-00-00T00:00:00.000000Z";
 	for (int i = 0; i < BUS_TIME_LEN; i++)
 		if (shape[i] == '0' ? s[i] < '0' || s[i] > '9' : s[i] != shape[i])
 			return false;
-	struct tm tm = {
-		.tm_year = digits(s + 0, 4) - 1900, .tm_mon = digits(s + 5, 2) - 1, .tm_mday = digits(s + 8, 2),
-		.tm_hour = digits(s + 11, 2), .tm_min = digits(s + 14, 2), .tm_sec = digits(s + 17, 2),
-	};
-	int frac = digits(s + 20, 6);
-	if (tm.tm_mon > 11 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 ||
-	    tm.tm_min > 59 || tm.tm_sec > 60)
+	int year = digits(s + 0, 4), month = digits(s + 5, 2), day = digits(s + 8, 2);
+	int hour = digits(s + 11, 2), minute = digits(s + 14, 2), second = digits(s + 17, 2);
+	if (month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) || hour > 23 ||
+	    minute > 59 || second > 59)
 		return false;
-	*us = (int64_t)timegm(&tm) * 1000000 + frac;
+	struct tm tm = {
+		.tm_year = year - 1900, .tm_mon = month - 1, .tm_mday = day,
+		.tm_hour = hour, .tm_min = minute, .tm_sec = second,
+	};
+	*us = (int64_t)timegm(&tm) * 1000000 + digits(s + 20, 6);
 	return true;
 }
