@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,6 +323,12 @@ int main(int argc, char **argv)
 	fs.se = fuse_session_new(&args, &ops, sizeof ops, &fs);
 	if (!fs.se)
 		goto out_bus;
+	/* libfuse installs its stop handlers only where the disposition is the default,
+	 * and an ignored one is inherited across exec (nohup, `trap '' INT`): reset them
+	 * first, or such a start could never be stopped cleanly. */
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
 	if (fuse_set_signal_handlers(fs.se) != 0)
 		goto out_session;
 	if (fuse_session_mount(fs.se, mountpoint) != 0) {

@@ -221,6 +221,37 @@ BUS_TEST(lifecycle, sigint_unmounts_and_exits_zero)
     bus_terminate_with(&bus, SIGINT); /* exit 0 within 10 s, mount gone */
 }
 
+/* nohup and `trap '' INT` start programs with the stop signals ignored, and an
+ * ignored disposition survives exec: busfs must reset them (SPEC §11). */
+static void setup_with_stop_signals_ignored(void)
+{
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    bus_setup();
+}
+
+BUS_TEST_WITH(lifecycle, sigint_stops_cleanly_when_started_with_it_ignored,
+              setup_with_stop_signals_ignored)
+{
+    bus_agents(&bus, "alice", NULL);
+    bus_terminate_with(&bus, SIGINT);
+}
+
+BUS_TEST_WITH(lifecycle, sighup_stops_cleanly_when_started_with_it_ignored,
+              setup_with_stop_signals_ignored)
+{
+    bus_agents(&bus, "alice", NULL);
+    bus_terminate_with(&bus, SIGHUP);
+}
+
+/* bus_stop at the end sends SIGTERM, which must work too. */
+BUS_TEST_WITH(lifecycle, sigterm_stops_cleanly_when_started_with_it_ignored,
+              setup_with_stop_signals_ignored)
+{
+    bus_agents(&bus, "alice", NULL);
+}
+
 BUS_TEST(lifecycle, fusermount3_u_stops_the_server_cleanly_when_no_file_is_open)
 {
     bus_agents(&bus, "alice", NULL);
