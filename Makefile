@@ -120,10 +120,10 @@ test: deps-test
 	@$(MAKE) --no-print-directory reap
 	@$(MAKE) --no-print-directory $(BIN) $(BUILD)/unit-tests $(BUILD)/fs-tests $(REPLAY_BINS)
 	@$(if $(SAN),,$(MAKE) --no-print-directory $(BUILD)/crashloop)
-	@rc=0; $(BUILD)/unit-tests || rc=1; \
-	  ( $(REPLAY_CMD) ) || rc=1; \
-	  BUSFS_BIN=$(CURDIR)/$(BIN) $(BUILD)/fs-tests || rc=1; \
-	  $(if $(SAN),,$(CRASH_SHORT) || rc=1;) \
+	@rc=0; tests/phase "unit tests (core, no mount)" $(BUILD)/unit-tests || rc=1; \
+	  tests/phase "fuzz corpus and crash reproducers" sh -c '$(REPLAY_CMD)' || rc=1; \
+	  BUSFS_BIN=$(CURDIR)/$(BIN) tests/phase "real-mount tests" $(BUILD)/fs-tests || rc=1; \
+	  $(if $(SAN),,tests/phase "crash loop (kill -9 under writers)" $(CRASH_SHORT) || rc=1;) \
 	  $(MAKE) --no-print-directory reap; exit $$rc
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build in its own directory.
@@ -137,8 +137,10 @@ bench: deps
 format:
 	clang-format -i core/*.c fs/*.c include/busfs/*.h tests/*/*.c
 
+# Fails (exit 1) when cppcheck reports anything.
 lint:
-	cppcheck --quiet --enable=warning,performance,portability --std=c11 -Iinclude core fs
+	cppcheck --quiet --error-exitcode=1 --inline-suppr --enable=warning,performance,portability \
+	  --std=c11 -D_GNU_SOURCE -Iinclude core fs
 
 # `make install` builds $(BIN) and installs it as bin/busfs, with busfs(8) and the
 # docs (README.md, examples/: scripts 0755, the rest 0644) under share/.
@@ -182,8 +184,11 @@ soak: $(BIN) $(BUILD)/crashloop
 	$(BUILD)/crashloop --writers 8 --agents 10 --kills 100 --messages 1000000 \
 	  --interval 2000 --rate 5000 $(CURDIR)/$(BIN)
 
+# The fuzz corpus that earlier runs grew (build-fuzz/corpus) is kept.
 clean:
-	rm -rf build build-asan build-fuzz busfs
+	rm -rf build build-asan busfs
+	@if [ -d $(FUZZ_BUILD) ]; then \
+	  find $(FUZZ_BUILD) -mindepth 1 -maxdepth 1 ! -name corpus -exec rm -rf {} +; fi
 
 # ---------- fuzzing: libFuzzer harnesses of every parser (tests/fuzz) ----------
 # `make fuzz` builds tests/fuzz/fuzz_*.c with the core into build-fuzz/ (clang,
@@ -203,6 +208,8 @@ FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
 FUZZ_OBJ     := $(CORE_SRC:%.c=$(FUZZ_BUILD)/%.o) $(FUZZ_BUILD)/tests/fuzz/common.o
 
 .PHONY: fuzz
+# Objects of the harnesses are kept, so make does not delete (and print) them.
+.SECONDARY:
 
 fuzz:
 	@$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(FUZZ_PKGS)"

@@ -542,7 +542,7 @@ int store_snapshot_commit(struct store *st)
 {
 	uint8_t frame[FRAME_SIZE];
 	put_le32(frame, 0);
-	put_le32(frame + 4, crc32_compute("", 0));
+	put_le32(frame + 4, 0); /* the CRC-32 of no bytes */
 	buf_append(&st->snapbuf, frame, FRAME_SIZE);
 	int rc = buf_ok(&st->snapbuf) ? snap_flush(st) : -ENOMEM;
 	if (rc == 0 && close(st->snapfd) < 0)

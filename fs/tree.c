@@ -151,7 +151,7 @@ static double attr_timeout(enum node n)
 int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 {
 	static int64_t mounted_us;
-	struct bus_agent_info a;
+	struct bus_agent_info a = {0};
 	struct bus_message *m = NULL;
 
 	memset(st, 0, sizeof *st);

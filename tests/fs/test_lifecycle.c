@@ -408,6 +408,9 @@ Test(lifecycle, a_relative_mountpoint_and_store_are_unmounted_at_sigterm,
     if (pid == 0) {
         if (chdir(bus.dir) < 0)
             _exit(126);
+        int log = open("rel.log", O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (log < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0)
+            _exit(126);
         bus_close_fds_from(3);
         execl(bus_bin(), "busfs", "-f", "--store", "rel-store", "rel", (char *)NULL);
         _exit(127);
