@@ -136,9 +136,23 @@ struct agent *bus_find(struct bus *bus, const char *name)
 	return found ? bus->by_name[i] : NULL;
 }
 
+size_t bus_id_index(const struct bus *bus, uint64_t id)
+{
+	size_t lo = 0, hi = bus->nagents;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (bus->by_id[mid]->id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 struct agent *bus_find_id(struct bus *bus, uint64_t id)
 {
-	return id < bus->by_id_cap ? bus->by_id[id] : NULL;
+	size_t i = bus_id_index(bus, id);
+	return i < bus->nagents && bus->by_id[i]->id == id ? bus->by_id[i] : NULL;
 }
 
 /* "FROM\x01TO" (both names are valid, so at most 2 * BUS_NAME_MAX + 1 bytes). */
@@ -266,8 +280,11 @@ static struct bus_message *outbox_at(const struct outbox *o, size_t i)
 	return o->ring[(o->start + i) % BUS_OUTBOX_KEEP];
 }
 
-static int outbox_add(struct outbox *o, struct bus_message *m)
+/* Adds a reference to m; a full ring hands its oldest message (and the reference to
+ * it) to *evicted. */
+static int outbox_add(struct outbox *o, struct bus_message *m, struct bus_message **evicted)
 {
+	*evicted = NULL;
 	if (!o->ring) {
 		o->ring = calloc(BUS_OUTBOX_KEEP, sizeof *o->ring);
 		if (!o->ring)
@@ -275,7 +292,7 @@ static int outbox_add(struct outbox *o, struct bus_message *m)
 	}
 	message_ref(m);
 	if (o->count == BUS_OUTBOX_KEEP) {
-		message_unref(o->ring[o->start]);
+		*evicted = o->ring[o->start];
 		o->ring[o->start] = m;
 		o->start = (o->start + 1) % BUS_OUTBOX_KEEP;
 	} else {
@@ -307,6 +324,73 @@ static void outbox_free(struct outbox *o)
 	memset(o, 0, sizeof *o);
 }
 
+/* ---------- the number index: a message is in it while an inbox or outbox holds it ---------- */
+
+static int index_enter(struct bus *bus, struct bus_message *m)
+{
+	return m->in_inbox || m->in_outbox ? 0 : msgindex_put(&bus->messages, m);
+}
+
+static void index_leave(struct bus *bus, struct bus_message *m)
+{
+	if (!m->in_inbox && !m->in_outbox)
+		msgindex_remove(&bus->messages, m->number);
+}
+
+static int inbox_put(struct bus *bus, struct agent *to, struct bus_message *m)
+{
+	int rc = index_enter(bus, m);
+	if (rc == 0 && (rc = inbox_add(&to->inbox, m)) < 0)
+		index_leave(bus, m);
+	m->in_inbox = rc == 0;
+	return rc;
+}
+
+/* Takes the message out of the inbox; the caller owns the inbox's reference. */
+static struct bus_message *inbox_remove(struct bus *bus, struct agent *a, uint64_t number)
+{
+	struct bus_message *m = inbox_take(&a->inbox, number);
+	if (m) {
+		m->in_inbox = false;
+		index_leave(bus, m);
+	}
+	return m;
+}
+
+static void outbox_put(struct bus *bus, struct agent *from, struct bus_message *m)
+{
+	struct bus_message *old;
+	if (index_enter(bus, m) < 0)
+		return;
+	if (outbox_add(&from->outbox, m, &old) < 0) {
+		index_leave(bus, m);
+		return;
+	}
+	m->in_outbox = true;
+	if (old) {
+		old->in_outbox = false;
+		index_leave(bus, old);
+		message_unref(old);
+	}
+}
+
+/* Before an agent goes: its messages leave the index (agent_free drops them). */
+static void agent_forget_messages(struct bus *bus, struct agent *a)
+{
+	for (size_t i = a->inbox.head; i < a->inbox.tail; i++) {
+		struct bus_message *m = a->inbox.msgs[i];
+		if (m) {
+			m->in_inbox = false;
+			index_leave(bus, m);
+		}
+	}
+	for (size_t i = 0; i < a->outbox.count; i++) {
+		struct bus_message *m = outbox_at(&a->outbox, i);
+		m->in_outbox = false;
+		index_leave(bus, m);
+	}
+}
+
 /* ---------- agents ---------- */
 
 static struct agent *agent_insert(struct bus *bus, const char *name)
@@ -315,12 +399,11 @@ static struct agent *agent_insert(struct bus *bus, const char *name)
 	size_t at = name_index(bus, name, &found);
 	if (found)
 		return NULL;
-	if (bus->next_id >= bus->by_id_cap) {
+	if (bus->nagents == bus->by_id_cap) {
 		size_t cap = bus->by_id_cap ? bus->by_id_cap * 2 : 64;
 		struct agent **p = realloc(bus->by_id, cap * sizeof *p);
 		if (!p)
 			return NULL;
-		memset(p + bus->by_id_cap, 0, (cap - bus->by_id_cap) * sizeof *p);
 		bus->by_id = p;
 		bus->by_id_cap = cap;
 	}
@@ -340,7 +423,7 @@ static struct agent *agent_insert(struct bus *bus, const char *name)
 	errlog_init(&a->errors, BUS_AGENT_ERRORS_KEEP);
 	buf_init(&a->health_reason);
 	buf_init(&a->health_extra);
-	bus->by_id[a->id] = a;
+	bus->by_id[bus->nagents] = a; /* the newest id is the largest */
 	memmove(bus->by_name + at + 1, bus->by_name + at, (bus->nagents - at) * sizeof *bus->by_name);
 	bus->by_name[at] = a;
 	bus->nagents++;
@@ -363,9 +446,11 @@ static void agent_delete(struct bus *bus, struct agent *a)
 	size_t at = name_index(bus, a->name, &found);
 	memmove(bus->by_name + at, bus->by_name + at + 1,
 		(bus->nagents - at - 1) * sizeof *bus->by_name);
+	size_t i = bus_id_index(bus, a->id);
+	memmove(bus->by_id + i, bus->by_id + i + 1, (bus->nagents - i - 1) * sizeof *bus->by_id);
 	bus->nagents--;
-	bus->by_id[a->id] = NULL;
 	bus->pending -= a->inbox.live;
+	agent_forget_messages(bus, a);
 	agent_free(a);
 }
 
@@ -404,13 +489,13 @@ static int deliver(struct bus *bus, struct bus_message *m, bool count)
 	struct agent *to = bus_find(bus, m->to);
 	/* Numbers are handed out in order and never twice: a record that breaks that
 	 * comes from a damaged store. */
-	if (!to || m->number <= bus->counter || inbox_add(&to->inbox, m) < 0) {
+	if (!to || m->number <= bus->counter || inbox_put(bus, to, m) < 0) {
 		message_unref(m);
 		return -EINVAL;
 	}
 	struct agent *from = bus_find(bus, m->from);
 	if (from)
-		outbox_add(&from->outbox, m);
+		outbox_put(bus, from, m);
 	if (m->number > bus->counter)
 		bus->counter = m->number;
 	bus->pending++;
@@ -472,7 +557,7 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_sna
 		uint8_t has_ack = rd_u8(&r);
 		if (r.bad || !(a = bus_find(bus, name)))
 			return -EINVAL;
-		struct bus_message *m = inbox_take(&a->inbox, number);
+		struct bus_message *m = inbox_remove(bus, a, number);
 		if (!m)
 			return -EINVAL;
 		message_unref(m);
@@ -588,11 +673,11 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_sna
 		if (where & 2) {
 			struct agent *from = bus_find(bus, m->from);
 			if (from)
-				outbox_add(&from->outbox, m);
+				outbox_put(bus, from, m);
 		}
 		if (where & 1) {
 			a = bus_find(bus, m->to);
-			if (a && inbox_add(&a->inbox, m) == 0) {
+			if (a && inbox_put(bus, a, m) == 0) {
 				bus->pending++;
 				return 0;
 			}
@@ -688,10 +773,8 @@ static int compact_locked(struct bus *bus)
 		buf_put_u64(&b, s->value);
 		rc = snap_add(bus, &b);
 	}
-	for (uint64_t id = 0; id < bus->next_id && rc == 0; id++) {
-		struct agent *a = bus_find_id(bus, id);
-		if (!a)
-			continue;
+	for (size_t k = 0; k < bus->nagents && rc == 0; k++) {
+		struct agent *a = bus->by_id[k];
 		buf_put_u8(&b, REC_AGENT_ADD);
 		buf_put_str(&b, a->name);
 		buf_put_u32(&b, (uint32_t)a->uid);
@@ -792,10 +875,10 @@ static struct bus *bus_alloc(const struct bus_config *cfg)
 
 static void bus_free(struct bus *bus)
 {
-	for (uint64_t id = 0; id < bus->next_id; id++)
-		if (bus_find_id(bus, id))
-			agent_free(bus->by_id[id]);
+	for (size_t i = 0; i < bus->nagents; i++)
+		agent_free(bus->by_id[i]);
 	free(bus->by_id);
+	msgindex_free(&bus->messages);
 	free(bus->by_name);
 	strmap_free(&bus->seqs);
 	errlog_free(&bus->errors);
@@ -970,11 +1053,8 @@ void bus_agent_list(struct bus *bus, uint64_t after_id,
 {
 	struct bus_agent_info info;
 	bus_lock(bus);
-	for (uint64_t id = after_id + 1; id < bus->next_id; id++) {
-		struct agent *a = bus_find_id(bus, id);
-		if (!a)
-			continue;
-		agent_info(a, &info);
+	for (size_t i = bus_id_index(bus, after_id + 1); i < bus->nagents; i++) {
+		agent_info(bus->by_id[i], &info);
 		if (fn(ctx, &info))
 			break;
 	}
@@ -982,6 +1062,18 @@ void bus_agent_list(struct bus *bus, uint64_t after_id,
 }
 
 /* ---------- views ---------- */
+
+uint64_t bus_message_holder(struct bus *bus, uint64_t number, bool inbox)
+{
+	bus_lock(bus);
+	struct bus_message *m = msgindex_get(&bus->messages, number);
+	struct agent *a = NULL;
+	if (m && (inbox ? m->in_inbox : m->in_outbox))
+		a = bus_find(bus, inbox ? m->to : m->from);
+	uint64_t id = a ? a->id : 0;
+	pthread_mutex_unlock(&bus->lock);
+	return id;
+}
 
 struct bus_message *bus_inbox_get(struct bus *bus, uint64_t agent_id, uint64_t number)
 {
@@ -1208,10 +1300,8 @@ int bus_check_store(const char *dir, struct buf *report)
 		buf_printf(report, "note: %" PRIu64 " byte(s) of a torn final record will be cut at "
 			   "the next start\n", rep.torn_bytes);
 	/* Every pending message: number within the counter, sequence within its pair. */
-	for (uint64_t id = 1; id < bus->next_id; id++) {
-		struct agent *a = bus_find_id(bus, id);
-		if (!a)
-			continue;
+	for (size_t k = 0; k < bus->nagents; k++) {
+		struct agent *a = bus->by_id[k];
 		uint64_t last = 0;
 		for (size_t i = a->inbox.head; i < a->inbox.tail; i++) {
 			struct bus_message *m = a->inbox.msgs[i];

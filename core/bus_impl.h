@@ -15,6 +15,7 @@
 #include "busfs/store.h"
 #include "busfs/strmap.h"
 #include "metrics.h"
+#include "msgindex.h"
 
 #define BUS_ERRNO_MAX 160
 
@@ -103,11 +104,15 @@ struct bus {
 	struct store *store;
 	double started;
 
-	struct agent **by_id;        /* index = id; holes for removed agents */
+	/* The live agents twice, sorted by id and by name (nagents each). Ids are 64-bit,
+	 * handed out in increasing order and never reused, so a million agents created
+	 * and removed leave nothing behind. */
+	struct agent **by_id;
 	size_t by_id_cap;
 	uint64_t next_id;
-	struct agent **by_name;      /* sorted by name */
+	struct agent **by_name;
 	size_t nagents, by_name_cap;
+	struct msgindex messages;    /* every message in an inbox or outbox, by number */
 
 	struct strmap seqs;          /* "from\x01to" -> last sequence */
 	uint64_t counter;            /* last delivery number = msg_id counter */
@@ -133,6 +138,8 @@ struct bus {
 
 struct agent *bus_find(struct bus *bus, const char *name);
 struct agent *bus_find_id(struct bus *bus, uint64_t id);
+/* The index in bus->by_id of the first agent whose id is >= id. */
+size_t bus_id_index(const struct bus *bus, uint64_t id);
 void bus_lock(struct bus *bus);
 void bus_unlock_and_wake(struct bus *bus);
 /* Appends the record in bus->rec to the journal, then applies it. */

@@ -210,6 +210,7 @@ struct bus_message *message_decode(struct reader *r)
 	m->number = number;
 	m->sequence = sequence;
 	m->requires_ack = flags & 1;
+	m->in_inbox = m->in_outbox = false;
 	m->corr_off = corr_off;
 	m->corr_len = corr_len;
 	m->len = len;

@@ -38,7 +38,7 @@ static void refuse_at(fuse_req_t req, const char *op, fuse_ino_t ino, const char
 		      int code, const char *reason)
 {
 	struct fs *fs = fs_of(req);
-	struct node_ref r = ref_of(ino);
+	struct node_ref r = ref_of(fs, ino);
 	char path[256];
 	struct bus_error err;
 	node_path(fs, &r, name, path, sizeof path);
@@ -99,7 +99,7 @@ static bool owner_ok(fuse_req_t req, const struct bus_agent_info *a)
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	struct node_ref r = ref_of(ino);
+	struct node_ref r = ref_of(fs, ino);
 	int acc = fi->flags & O_ACCMODE;
 	bool writing = acc != O_RDONLY || (fi->flags & O_TRUNC);
 	bool reading = acc != O_WRONLY;
@@ -225,7 +225,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		      struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	struct node_ref p = ref_of(parent);
+	struct node_ref p = ref_of(fs, parent);
 	if (p.node != N_OUTBOX) {
 		refuse_at(req, "create", parent, name, EACCES,
 			  p.node == N_INBOX ? "inbox files are made by deliveries, not by create"
@@ -536,7 +536,7 @@ static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	struct node_ref r = ref_of(ino);
+	struct node_ref r = ref_of(fs, ino);
 	struct bus_agent_info a;
 	if (r.node == N_INBOX && bus_agent_by_id(fs->bus, r.agent_id, &a) == 0 &&
 	    !owner_ok(req, &a)) {
@@ -553,7 +553,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
 	struct fs *fs = fs_of(req);
-	struct node_ref p = ref_of(parent);
+	struct node_ref p = ref_of(fs, parent);
 	if (p.node != N_AGENTS) {
 		refuse_at(req, "mkdir", parent, name, EACCES,
 			  "directories are made only in agents/ (mkdir agents/NAME registers NAME)");
@@ -579,7 +579,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fs_of(req);
-	struct node_ref p = ref_of(parent);
+	struct node_ref p = ref_of(fs, parent);
 	if (p.node != N_AGENTS) {
 		refuse_at(req, "rmdir", parent, name, EACCES,
 			  "only agent directories can be removed (rmdir agents/NAME)");
@@ -600,7 +600,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fs_of(req);
-	struct node_ref p = ref_of(parent);
+	struct node_ref p = ref_of(fs, parent);
 	if (p.node != N_INBOX) {
 		refuse_at(req, "unlink", parent, name, EACCES,
 			  p.node == N_OUTBOX ? "the outbox is a read-only record of sent messages"
@@ -630,7 +630,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		       struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	struct node_ref r = ref_of(ino);
+	struct node_ref r = ref_of(fs, ino);
 	struct stat st;
 	if (node_attr(fs, &r, &st) < 0) {
 		fuse_reply_err(req, ENOENT);

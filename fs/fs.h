@@ -16,8 +16,18 @@
 
 #include "busfs/bus.h"
 
-/* ---- inode numbers: everything is derived from the number, nothing is allocated ---- */
+/* ---- inode numbers: derived from what a node is, nothing is allocated ----
+ * The kind is in the top 4 bits; below it:
+ *   INO_FIXED   2 + the node's row in the table of fixed nodes (1 is the root)
+ *   INO_AGENT   agent id << 8 | the file's row in the agent table
+ *   INO_PAIR    the sender's agent id: an outbox file being written (one per sender)
+ *   INO_INBOX   the message's store-wide number; the bus knows whose inbox holds it
+ *   INO_OUTBOX  the same number, for the copy in the sender's outbox
+ * Agent ids (2^52 of them: over a century at a million mkdirs a second) and message
+ * numbers (2^60) only grow and are never reused, so an inode number is unique for the
+ * life of a mount and a stale one can only ever answer ENOENT. */
 #define INO_KIND_SHIFT 60
+#define INO_AGENT_ID_MAX ((UINT64_C(1) << (INO_KIND_SHIFT - 8)) - 1)
 enum ino_kind { INO_FIXED = 0, INO_AGENT = 1, INO_PAIR = 2, INO_INBOX = 3, INO_OUTBOX = 4 };
 
 /* What a node is. Fixed nodes and agent nodes come from the tables in tree.c. */
@@ -37,11 +47,16 @@ enum node {
 struct node_ref {
 	enum node node;
 	uint64_t agent_id;     /* agent nodes, messages; sender for N_PAIR */
-	uint64_t number;       /* messages; recipient id for N_PAIR (0 = all) */
+	uint64_t number;       /* messages; recipient id for N_PAIR (0 = all, PAIR_UNKNOWN
+				* when only the inode number is known) */
 };
+#define PAIR_UNKNOWN UINT64_MAX
 
+struct fs;
 fuse_ino_t ino_of(const struct node_ref *r);
-struct node_ref ref_of(fuse_ino_t ino);
+/* What an inode number names; for a message, the bus tells whose it is (agent_id 0
+ * when it is gone). */
+struct node_ref ref_of(struct fs *fs, fuse_ino_t ino);
 
 /* ---- open files ---- */
 struct handle {

@@ -3,9 +3,8 @@
  *
  * Two tables declare every fixed node, the way procfs declares /proc/PID: the top
  * level, and the files inside each agent's directory. Inode numbers encode what a
- * node is (kind in the top 4 bits, then agent id, then entry or message number), so
- * the server keeps no inode table and FORGET has nothing to free. Agent ids are
- * never reused within a run, so a stale inode can only ever answer ENOENT. */
+ * node is (fs.h: kind in the top 4 bits, then an agent id or a message number), so
+ * the server keeps no inode table and FORGET has nothing to free. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -65,7 +64,7 @@ static bool is_fixed(enum node n) { return n >= N_ROOT && n < N_AGENT_DIR; }
 
 fuse_ino_t ino_of(const struct node_ref *r)
 {
-	uint64_t k;
+	const uint64_t kind_mask = (UINT64_C(1) << INO_KIND_SHIFT) - 1;
 	if (r->node == N_ROOT)
 		return FUSE_ROOT_ID;
 	if (is_fixed(r->node)) {
@@ -75,20 +74,21 @@ fuse_ino_t ino_of(const struct node_ref *r)
 	}
 	switch (r->node) {
 	case N_PAIR:
-		return (uint64_t)INO_PAIR << INO_KIND_SHIFT | r->agent_id << 30 | r->number;
-	case N_INBOX_MSG: k = INO_INBOX; break;
-	case N_OUTBOX_MSG: k = INO_OUTBOX; break;
+		return (uint64_t)INO_PAIR << INO_KIND_SHIFT | (r->agent_id & kind_mask);
+	case N_INBOX_MSG:
+		return (uint64_t)INO_INBOX << INO_KIND_SHIFT | (r->number & kind_mask);
+	case N_OUTBOX_MSG:
+		return (uint64_t)INO_OUTBOX << INO_KIND_SHIFT | (r->number & kind_mask);
 	default:
-		return (uint64_t)INO_AGENT << INO_KIND_SHIFT | r->agent_id << 8 |
+		return (uint64_t)INO_AGENT << INO_KIND_SHIFT | (r->agent_id & INO_AGENT_ID_MAX) << 8 |
 		       (uint64_t)(r->node - N_AGENT_DIR);
 	}
-	return k << INO_KIND_SHIFT | r->agent_id << 40 | r->number;
 }
 
-struct node_ref ref_of(fuse_ino_t ino)
+struct node_ref ref_of(struct fs *fs, fuse_ino_t ino)
 {
 	struct node_ref r = {N_NONE, 0, 0};
-	uint64_t low = ino & ((1ull << INO_KIND_SHIFT) - 1);
+	uint64_t low = ino & ((UINT64_C(1) << INO_KIND_SHIFT) - 1);
 	switch (ino >> INO_KIND_SHIFT) {
 	case INO_FIXED:
 		if (ino == FUSE_ROOT_ID)
@@ -104,14 +104,14 @@ struct node_ref ref_of(fuse_ino_t ino)
 		break;
 	case INO_PAIR:
 		r.node = N_PAIR;
-		r.agent_id = low >> 30;
-		r.number = low & ((1u << 30) - 1);
+		r.agent_id = low;
+		r.number = PAIR_UNKNOWN;
 		break;
 	case INO_INBOX:
 	case INO_OUTBOX:
 		r.node = ino >> INO_KIND_SHIFT == INO_INBOX ? N_INBOX_MSG : N_OUTBOX_MSG;
-		r.agent_id = low >> 40;
-		r.number = low & ((1ull << 40) - 1);
+		r.number = low;
+		r.agent_id = bus_message_holder(fs->bus, low, r.node == N_INBOX_MSG);
 		break;
 	}
 	return r;
@@ -250,7 +250,9 @@ void node_path(struct fs *fs, const struct node_ref *r, const char *name, char *
 		break;
 	case N_PAIR: {
 		struct bus_agent_info to = {.name = "all"};
-		if (r->number)
+		if (r->number == PAIR_UNKNOWN)
+			snprintf(to.name, sizeof to.name, "(a message being written)");
+		else if (r->number)
 			bus_agent_by_id(fs->bus, r->number, &to);
 		snprintf(out, n, "agents/%s/outbox/%s", a.name, to.name);
 		break;
@@ -287,7 +289,7 @@ static void reply_entry(fuse_req_t req, struct fs *fs, const struct node_ref *r)
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node_ref p = ref_of(parent), r = {N_NONE, p.agent_id, 0};
+	struct node_ref p = ref_of(fs, parent), r = {N_NONE, p.agent_id, 0};
 	struct bus_agent_info a;
 
 	switch (p.node) {
@@ -339,7 +341,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node_ref r = ref_of(ino);
+	struct node_ref r = ref_of(fs, ino);
 	struct stat st;
 	int rc = node_attr(fs, &r, &st);
 	if (rc < 0)
@@ -395,7 +397,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node_ref r = ref_of(ino);
+	struct node_ref r = ref_of(fs, ino);
 	char buf[65536];
 	struct dirfill d = {req, fs, buf, size < sizeof buf ? size : sizeof buf, 0, N_NONE,
 			    r.agent_id, false};
@@ -448,7 +450,7 @@ done:
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node_ref r = ref_of(ino);
+	struct node_ref r = ref_of(fs, ino);
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	struct stat st;
 	int rc = node_attr(fs, &r, &st);

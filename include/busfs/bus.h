@@ -88,6 +88,9 @@ int bus_agent_by_id(struct bus *bus, uint64_t id, struct bus_agent_info *out);
 void bus_agent_list(struct bus *bus, uint64_t after_id,
 		    int (*fn)(void *ctx, const struct bus_agent_info *a), void *ctx);
 
+/* The agent whose inbox (inbox true) or outbox holds message `number` (a store-wide
+ * delivery number): its id, or 0 when none does. */
+uint64_t bus_message_holder(struct bus *bus, uint64_t number, bool inbox);
 /* Inbox and outbox views. _get returns a referenced message or NULL. */
 struct bus_message *bus_inbox_get(struct bus *bus, uint64_t agent_id, uint64_t number);
 struct bus_message *bus_outbox_get(struct bus *bus, uint64_t agent_id, uint64_t number);

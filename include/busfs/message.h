@@ -22,6 +22,9 @@ struct bus_message {
 	uint64_t number;        /* store-wide delivery number, also the msg_id counter */
 	uint64_t sequence;      /* per (from, to) pair */
 	bool requires_ack;
+	/* Whether an inbox and an outbox hold it: the bus's number index keeps it while
+	 * either does. Under the bus lock. */
+	bool in_inbox, in_outbox;
 	/* In the same allocation, after the envelope: a pending message costs its
 	 * envelope and little more (1,000 agents x 100 messages fit in 64 MiB). */
 	const char *from;

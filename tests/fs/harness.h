@@ -197,6 +197,13 @@ int bus_writer_open(struct bus_writer *w, const char *path, int flags);
 int bus_writer_write(struct bus_writer *w, const void *data, size_t len);
 int bus_writer_close(struct bus_writer *w);
 
+/* ---- stores made with the core library (harness_store.c) --------------- */
+
+/* Registers and removes an agent `cycles` times in the store at path, leaving the
+ * journal with every record. Call it in a child process that then _exits: the bus
+ * is not closed (a clean close would compact the journal away). -1 on failure. */
+int bus_store_churn_agents(const char *store, long cycles);
+
 /* ---- JSON and the bus (harness_bus.c) -------------------------------- */
 
 /* Parses one JSON document from a file; fails unless it is exactly one

@@ -2528,3 +2528,86 @@ BUS_TEST(check_store_fails_on_stray_files_and_bad_log_lines)
               (int)report.len, report.data);
     buf_free(&report);
 }
+
+/* ---------- the number index (inode numbers of message files carry only the number) ---------- */
+
+static uint64_t first_inbox_number(const char *name)
+{
+    struct bus_message *m = NULL;
+    bool draining;
+    CHECK(bus_next_peek(the_bus, id_of(name), &m, &draining) == 0, "%s's inbox is empty", name);
+    uint64_t n = m->number;
+    message_unref(m);
+    return n;
+}
+
+Test(bus, a_message_number_names_the_inbox_and_outbox_that_hold_it, .init = setup,
+     .fini = teardown, .timeout = UNIT_TIMEOUT)
+{
+    start(0, 0, 0);
+    uint64_t alice = agent("alice"), bob = agent("bob");
+    send_ok("alice", "bob", "one");
+    uint64_t n = first_inbox_number("bob");
+    cr_assert_eq(bus_message_holder(the_bus, n, true), bob);
+    cr_assert_eq(bus_message_holder(the_bus, n, false), alice);
+    cr_assert_eq(bus_message_holder(the_bus, n + 1, true), 0);
+
+    /* Consumed: only the sender's outbox holds it. */
+    struct bus_error err = {0};
+    cr_assert_eq(bus_ack(the_bus, bob, n, NULL, OWNER, &err), 0, "%s", err.reason);
+    cr_assert_eq(bus_message_holder(the_bus, n, true), 0);
+    cr_assert_eq(bus_message_holder(the_bus, n, false), alice);
+
+    /* After a restart, from the snapshot and from the journal. */
+    send_ok("alice", "bob", "two");
+    uint64_t m = first_inbox_number("bob");
+    reopen();
+    cr_assert_eq(bus_message_holder(the_bus, m, true), id_of("bob"));
+    cr_assert_eq(bus_message_holder(the_bus, n, false), id_of("alice"));
+}
+
+Test(bus, a_message_leaves_the_index_with_the_last_place_that_holds_it, .init = setup,
+     .fini = teardown, .timeout = UNIT_TIMEOUT)
+{
+    start(2 * BUS_OUTBOX_KEEP, 0, 0);
+    agent("alice");
+    uint64_t bob = agent("bob");
+    /* More than an outbox keeps: the oldest fall out of alice's outbox. */
+    for (int i = 0; i < BUS_OUTBOX_KEEP + 10; i++)
+        send_ok("alice", "bob", "x");
+    uint64_t oldest = first_inbox_number("bob");
+    cr_assert_eq(bus_message_holder(the_bus, oldest, false), 0, "evicted from the outbox");
+    cr_assert_eq(bus_message_holder(the_bus, oldest, true), bob);
+    struct bus_error err = {0};
+    cr_assert_eq(bus_ack(the_bus, bob, oldest, NULL, OWNER, &err), 0, "%s", err.reason);
+    cr_assert_eq(bus_message_holder(the_bus, oldest, true), 0);
+    /* The sender goes: its outbox copies go with it. */
+    uint64_t newest = oldest + BUS_OUTBOX_KEEP + 9;
+    cr_assert_eq(bus_message_holder(the_bus, newest, false), id_of("alice"));
+    cr_assert_eq(bus_agent_remove(the_bus, "alice", OWNER, &err), 0, "%s", err.reason);
+    cr_assert_eq(bus_message_holder(the_bus, newest, false), 0);
+    cr_assert_eq(bus_message_holder(the_bus, newest, true), bob);
+}
+
+/* Agents by id: a million come and go, and every lookup still finds the live ones. */
+Test(bus, agent_ids_past_2_to_the_20_are_found_and_listed, .init = setup, .fini = teardown,
+     .timeout = UNIT_TIMEOUT)
+{
+    start(0, 0, UINT64_C(1) << 32);
+    uint64_t first = agent("first");
+    struct bus_error err = {0};
+    for (int i = 0; i < 1050000; i++) {
+        cr_assert_eq(bus_agent_create(the_bus, "c", OWNER, OWNER, NULL, &err), 0);
+        cr_assert_eq(bus_agent_remove(the_bus, "c", OWNER, &err), 0);
+    }
+    uint64_t last = agent("last");
+    cr_assert_gt(last, UINT64_C(1) << 20);
+    struct bus_agent_info a;
+    cr_assert_eq(bus_agent_by_id(the_bus, first, &a), 0);
+    cr_assert_str_eq(a.name, "first");
+    cr_assert_eq(bus_agent_by_id(the_bus, last, &a), 0);
+    cr_assert_str_eq(a.name, "last");
+    cr_assert_eq(bus_agent_by_id(the_bus, last - 1, &a), -ENOENT);
+    send_ok("first", "last", "hello");
+    cr_assert_eq(bus_message_holder(the_bus, first_inbox_number("last"), true), last);
+}

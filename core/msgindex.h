@@ -1,0 +1,30 @@
+/* msgindex.h — every message the bus holds (in an inbox, an outbox or both), found
+ * by its store-wide number.
+ *
+ * Inode numbers of message files carry only that number (fs/fs.h), so this index is
+ * how a GETATTR or OPEN finds the message, and from it the agent. Open addressing
+ * with linear probing over message pointers (the key is m->number); at most 3/4 full;
+ * removal shifts the following run back, so there are no tombstones. Under the bus
+ * lock; it holds no references: a message leaves the index before its last place in
+ * the bus lets go of it. */
+#ifndef BUSFS_MSGINDEX_H
+#define BUSFS_MSGINDEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "busfs/message.h"
+
+struct msgindex {
+	struct bus_message **slots;
+	size_t cap;                 /* a power of two, or 0 */
+	size_t count;
+};
+
+/* -ENOMEM, or -EEXIST when a message of that number is there already. */
+int msgindex_put(struct msgindex *ix, struct bus_message *m);
+struct bus_message *msgindex_get(const struct msgindex *ix, uint64_t number);
+void msgindex_remove(struct msgindex *ix, uint64_t number);
+void msgindex_free(struct msgindex *ix);
+
+#endif
