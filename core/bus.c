@@ -1132,6 +1132,11 @@ static int check_stray(const char *dir, struct buf *report)
 		bool ok = false;
 		for (size_t i = 0; i < sizeof known / sizeof known[0] && !ok; i++)
 			ok = strcmp(e->d_name, known[i]) == 0;
+		if (!ok && strncmp(e->d_name, "damaged-", 8) == 0) {
+			buf_printf(report, "note: %s/%s holds files a salvage replaced\n", dir,
+				   e->d_name);
+			ok = true;
+		}
 		if (!ok) {
 			buf_printf(report, "FAIL: %s/%s is not a store file\n", dir, e->d_name);
 			problems++;
@@ -1247,3 +1252,53 @@ int bus_check_store(const char *dir, struct buf *report)
 	bus_free(bus);
 	return problems ? -EIO : 0;
 }
+
+/* ---------- salvage ---------- */
+
+static int salvage_damaged(const char *dir, struct buf *report)
+{
+	struct bus_config cfg = {.store_dir = dir};
+	struct bus *bus = bus_alloc(&cfg);
+	struct bus_error err = {0};
+	struct store_salvage_report rep;
+	if (!bus)
+		return -ENOMEM;
+	int rc = store_open(dir, false, &bus->store, &err);
+	if (rc == 0)
+		rc = store_salvage(bus->store, apply_record, bus, &rep, report, &err);
+	if (rc < 0) {
+		buf_printf(report, "FAIL: %s\n", err.reason);
+	} else {
+		buf_printf(report, "salvaged %s: kept %" PRIu64 " snapshot and %" PRIu64 " journal "
+			   "record(s); lost %" PRIu64 " record(s) that do not apply and %" PRIu64
+			   " unreadable byte(s); the damaged files are in %s/%s\n", dir,
+			   rep.snapshot_kept, rep.journal_kept, rep.dropped_records, rep.lost_bytes,
+			   dir, rep.moved_to);
+	}
+	bus_free(bus);
+	return rc;
+}
+
+int bus_salvage_store(const char *dir, struct buf *report)
+{
+	struct bus_config cfg = {.store_dir = dir};
+	struct bus *bus = bus_alloc(&cfg);
+	struct bus_error err = {0};
+	if (!bus)
+		return -ENOMEM;
+	int rc = store_open(dir, false, &bus->store, &err);
+	if (rc == 0)
+		rc = store_load(bus->store, apply_record, bus, NULL, &err);
+	bus_free(bus); /* releases the lock before the salvage takes it again */
+	if (rc == 0) {
+		buf_printf(report, "store %s is not damaged; nothing to salvage\n", dir);
+		return 0;
+	}
+	if (rc != -EBADMSG && rc != -EMEDIUMTYPE) {
+		buf_printf(report, "FAIL: %s\n", err.reason);
+		return rc;
+	}
+	buf_printf(report, "damaged: %s\n", err.reason);
+	return salvage_damaged(dir, report);
+}
+
