@@ -612,6 +612,7 @@ static int compact_locked(struct bus *bus);
 bool bus_space_for(struct bus *bus, uint64_t need)
 {
 	uint64_t max = bus->cfg.store_max_bytes;
+	need += store_reserved(bus->store);
 	if (store_bytes(bus->store) + need <= max)
 		return true;
 	/* Acked messages still take journal space; a snapshot may give it back. */
@@ -622,11 +623,35 @@ bool bus_space_for(struct bus *bus, uint64_t need)
 	return store_bytes(bus->store) + need <= max;
 }
 
+int bus_space_reserve(struct bus *bus, uint64_t *held, uint64_t want, struct bus_error *err)
+{
+	if (want <= *held)
+		return 0;
+	uint64_t more = want - *held;
+	if (!bus_space_for(bus, more))
+		return bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
+				bus->cfg.store_max_bytes);
+	int rc = store_reserve(bus->store, more);
+	if (rc < 0)
+		return bus_fail(err, -rc, "no space on the store's filesystem for %" PRIu64
+				" bytes: %s", more, strerror(-rc));
+	*held = want;
+	return 0;
+}
+
+void bus_space_release(struct bus *bus, uint64_t *held)
+{
+	store_release(bus->store, *held);
+	*held = 0;
+}
+
 int bus_commit(struct bus *bus, struct bus_error *err)
 {
 	if (!buf_ok(&bus->rec))
 		return bus_fail(err, ENOMEM, "out of memory building a store record");
 	int rc = store_append(bus->store, bus->rec.data, bus->rec.len);
+	if (rc == -ENOSPC)
+		return bus_fail(err, ENOSPC, "no space left on the store's filesystem");
 	if (rc < 0)
 		return bus_fail(err, EIO, "the store could not record the change: %s", strerror(-rc));
 	rc = apply_record(bus, (const uint8_t *)bus->rec.data, bus->rec.len, false);

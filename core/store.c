@@ -42,6 +42,8 @@ struct store {
 	uint64_t journal_bytes;
 	uint64_t snapshot_bytes;
 	uint64_t snap_written;     /* during compaction */
+	uint64_t reserved;         /* journal bytes promised to writes not yet committed */
+	uint64_t allocated;        /* the journal's bytes known allocated (fallocate) */
 	struct buf snapbuf;
 };
 
@@ -373,6 +375,7 @@ static void use_journal(struct store *st, int fd, uint64_t gen)
 	st->journalfd = fd;
 	st->generation = gen;
 	st->journal_bytes = HEADER_SIZE;
+	st->allocated = HEADER_SIZE;
 }
 
 static int new_journal(struct store *st, uint64_t gen)
@@ -521,6 +524,7 @@ static int resume_journal(struct store *st, uint64_t gen, size_t end, size_t len
 		return bus_fail(err, errno, "cannot cut the torn tail of %s/journal: %s", st->dir,
 				strerror(errno));
 	st->journal_bytes = end;
+	st->allocated = end;
 	return 0;
 }
 
@@ -760,6 +764,55 @@ int store_salvage(struct store *st, store_apply_fn fn, void *ctx, struct store_s
 	return 0;
 }
 
+/* ---------- space ---------- */
+
+#define RESERVE_CHUNK (1u << 20)
+
+/* Makes the journal's blocks up to `end` allocated (its size unchanged), a chunk ahead
+ * when the filesystem has room, else exactly. A filesystem without fallocate (or a
+ * journal not open for writing) is taken as having the space: writes then fail as
+ * before, never worse. */
+static int allocate_to(struct store *st, int fd, uint64_t *allocated, uint64_t end)
+{
+	if (end <= *allocated)
+		return 0;
+	uint64_t ahead = (end + RESERVE_CHUNK - 1) / RESERVE_CHUNK * RESERVE_CHUNK;
+	const uint64_t tries[2] = {ahead, end};
+	for (int i = 0; i < 2; i++) {
+		if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)*allocated,
+			      (off_t)(tries[i] - *allocated)) == 0) {
+			*allocated = tries[i];
+			return 0;
+		}
+		if (errno == EOPNOTSUPP || errno == ENOSYS) {
+			*allocated = UINT64_MAX;
+			return 0;
+		}
+		if (errno != ENOSPC && errno != EDQUOT)
+			return -errno;
+	}
+	(void)st;
+	return -ENOSPC;
+}
+
+int store_reserve(struct store *st, uint64_t bytes)
+{
+	if (st->journalfd < 0)
+		return -EIO;
+	int rc = allocate_to(st, st->journalfd, &st->allocated,
+			     st->journal_bytes + st->reserved + bytes);
+	if (rc == 0)
+		st->reserved += bytes;
+	return rc;
+}
+
+void store_release(struct store *st, uint64_t bytes)
+{
+	st->reserved = bytes < st->reserved ? st->reserved - bytes : 0;
+}
+
+uint64_t store_reserved(const struct store *st) { return st->reserved; }
+
 int store_append(struct store *st, const void *rec, size_t len)
 {
 	if (st->journalfd < 0 || len == 0 || len > STORE_MAX_RECORD)
@@ -770,14 +823,20 @@ int store_append(struct store *st, const void *rec, size_t len)
 	struct iovec iov[2] = {{frame, FRAME_SIZE}, {(void *)rec, len}};
 	size_t total = FRAME_SIZE + len;
 
+	/* The record's blocks are allocated first, behind what is promised to others:
+	 * a full filesystem then fails here, before a byte is written. */
+	int rc = allocate_to(st, st->journalfd, &st->allocated,
+			     st->journal_bytes + st->reserved + total);
+	if (rc < 0)
+		return rc;
 	flock(st->journalfd, LOCK_EX);
 	ssize_t n = writev(st->journalfd, iov, 2);
-	int rc = 0;
 	if (n != (ssize_t)total) {
 		rc = n < 0 ? -errno : -ENOSPC;
 		/* Cut a partial frame back off, so the next append is not behind it. */
 		if (ftruncate(st->journalfd, (off_t)st->journal_bytes) < 0)
 			rc = -EIO;
+		st->allocated = st->journal_bytes;
 	} else {
 		st->journal_bytes += total;
 	}
@@ -849,6 +908,10 @@ int store_snapshot_commit(struct store *st)
 	int jfd = rc == 0 ? prepare_journal(st, st->generation + 1) : -1;
 	if (rc == 0 && jfd < 0)
 		rc = jfd;
+	/* What writes were promised must fit in the new journal too, or it is not used. */
+	uint64_t jalloc = HEADER_SIZE;
+	if (rc == 0)
+		rc = allocate_to(st, jfd, &jalloc, HEADER_SIZE + st->reserved);
 	if (rc == 0 && renameat(st->dirfd, "snapshot.tmp", st->dirfd, "snapshot") < 0)
 		rc = -errno;
 	if (rc < 0) {
@@ -868,6 +931,7 @@ int store_snapshot_commit(struct store *st)
 		return rc;
 	}
 	use_journal(st, jfd, st->generation + 1);
+	st->allocated = jalloc;
 	return 0;
 }
 

@@ -61,6 +61,16 @@ uint64_t store_fs_free(const struct store *st);
  * or failed write the journal is cut back to where it was and -EIO/-ENOSPC returned. */
 int store_append(struct store *st, const void *rec, size_t len);
 
+/* Space promised to a write before it commits: the journal's blocks for bytes more
+ * (beyond the journal and what is already promised) are allocated now (fallocate,
+ * FALLOC_FL_KEEP_SIZE, 1 MiB ahead when there is room), so a full filesystem gives
+ * -ENOSPC here and not at the commit. store_release gives the promise back (before
+ * the commit that uses it, or when the write is abandoned). store_append allocates
+ * its own record's space behind the promises the same way. */
+int store_reserve(struct store *st, uint64_t bytes);
+void store_release(struct store *st, uint64_t bytes);
+uint64_t store_reserved(const struct store *st);
+
 /* Compaction: records written between begin and commit form the new snapshot, which
  * then replaces the old one and the journal restarts empty. */
 int store_snapshot_begin(struct store *st);

@@ -224,3 +224,89 @@ BUS_TEST(damage, a_fifo_as_a_metrics_segment_is_refused)
     cr_assert_eq(unlink(seg), 0);
     bus_launch(&bus, NULL);
 }
+
+/* ---------- a full store filesystem ---------- */
+
+#include <sys/mount.h>
+
+static char small_fs[PATH_MAX - 16];
+
+/* The store on its own 8 MiB tmpfs (root only), so another process can fill it. */
+static void small_store_setup(void)
+{
+    bus_require_fuse();
+    if (geteuid() != 0) {
+        cr_assert(!getenv("CI") || strcmp(getenv("CI"), "true") != 0,
+                  "a full-store test needs root to mount a small tmpfs, and CI must run it");
+        cr_skip_test("needs root to mount a small tmpfs as the store");
+    }
+    bus_prepare(&bus);
+    cr_assert_lt(strlen(bus.dir), sizeof small_fs - 8);
+    snprintf(small_fs, sizeof small_fs, "%.*s/fs", (int)(sizeof small_fs - 8), bus.dir);
+    cr_assert_eq(mkdir(small_fs, 0700), 0);
+    cr_assert_eq(mount("tmpfs", small_fs, "tmpfs", 0, "size=8m,mode=0700"), 0, "mount tmpfs: %s",
+                 strerror(errno));
+    snprintf(bus.store, sizeof bus.store, "%.*s/store", (int)(sizeof small_fs - 8), small_fs);
+    cr_assert_eq(mkdir(bus.store, 0700), 0);
+    bus_launch(&bus, (const char *const[]){"--inbox-capacity", "100000", NULL});
+}
+
+static void small_store_teardown(void)
+{
+    if (bus.pid)
+        bus_kill9(&bus);
+    if (small_fs[0])
+        umount2(small_fs, MNT_DETACH);
+    bus_teardown();
+}
+
+/* bash -c CMD in the mount dir (bash names the errno of a failed write; dash does not). */
+static int bash_in_mnt(struct bus_cmd *r, const char *cmd)
+{
+    char *argv[] = {"bash", "-c", (char *)cmd, NULL};
+    return bus_exec(bus.mnt, argv, 30000, r);
+}
+
+static long inbox_count(const char *agent)
+{
+    return bus_count(bus_path(&bus, "agents/%s/inbox", agent));
+}
+
+Test(damage, a_full_store_filesystem_fails_the_write_not_the_close,
+     .init = small_store_setup, .fini = small_store_teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    struct bus_cmd r;
+    bus_sh(&bus, NULL, "dd if=/dev/zero of=%s/fill bs=64k 2>/dev/null; true", small_fs);
+    /* The journal may still have space allocated ahead; sending uses it up, then a
+     * write must fail with ENOSPC, and every send that succeeded is delivered. */
+    int status = bash_in_mnt(&r, "i=0; while [ $i -lt 20000 ] && echo x > agents/alice/outbox/bob;"
+                             " do i=$((i+1)); done; echo $i");
+    long sent = strtol(r.out, NULL, 10);
+    cr_assert_lt(sent, 20000, "sends never failed on a full filesystem: %s", r.err);
+    cr_assert(strstr(r.err, "No space left on device"), "the write failed with ENOSPC: %s", r.err);
+    cr_assert_eq(inbox_count("bob"), sent, "%ld sends succeeded, so many are delivered", sent);
+    bus_cmd_free(&r);
+    (void)status;
+
+    status = bash_in_mnt(&r, "echo x > agents/alice/outbox/bob");
+    cr_assert_neq(status, 0, "a send on the full store exits non-zero");
+    cr_assert(strstr(r.err, "No space left on device"), "%s", r.err);
+    bus_cmd_free(&r);
+    cr_assert_eq(inbox_count("bob"), sent, "nothing more was delivered");
+
+    /* Health and send-file writes on a full store fail cleanly too. */
+    status = bus_sh(&bus, &r, "printf '{\"status\":\"ok\"}' > agents/alice/health");
+    bus_cmd_free(&r);
+    cr_assert_eq(bus_sh(&bus, NULL, "ls agents/bob/inbox >/dev/null"), 0, "the bus still answers");
+
+    cr_assert_eq(bus_sh(&bus, NULL, "rm %s/fill", small_fs), 0);
+    status = bus_sh(&bus, &r, "echo after > agents/alice/outbox/bob");
+    cr_assert_eq(status, 0, "a send after space is freed: %s", r.err);
+    bus_cmd_free(&r);
+    cr_assert_eq(inbox_count("bob"), sent + 1);
+    bus_terminate(&bus);
+    cr_assert_eq(umount2(small_fs, 0), 0, "umount: %s", strerror(errno));
+    small_fs[0] = '\0';
+    bus_stop(&bus);
+}
