@@ -2,7 +2,8 @@
  *
  * Ownership: struct store owns dirfd, lockfd, journalfd and, during compaction,
  * snapfd. Everything is released by store_close(). All files are opened relative to
- * dirfd with O_NOFOLLOW, so a symlink planted in the store is refused, never followed.
+ * dirfd through open_regular_at (O_NOFOLLOW, O_NONBLOCK, then fstat), so a symlink,
+ * FIFO or device planted in the store is refused at once, never followed or waited on.
  * Every append holds flock(LOCK_EX) on the journal for the one write(2), so a tool
  * that reads the journal under LOCK_SH (busfs --check) never sees half a record. */
 #include <errno.h>
