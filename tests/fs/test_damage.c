@@ -248,7 +248,9 @@ static void small_store_setup(void)
                  strerror(errno));
     snprintf(bus.store, sizeof bus.store, "%.*s/store", (int)(sizeof small_fs - 8), small_fs);
     cr_assert_eq(mkdir(bus.store, 0700), 0);
-    bus_launch(&bus, (const char *const[]){"--inbox-capacity", "100000", NULL});
+    /* An explicit limit: the default is half the space free at start, 0 on a full one. */
+    bus_launch(&bus, (const char *const[]){"--inbox-capacity", "100000", "--store-max-bytes", "6M",
+                                           NULL});
 }
 
 static void small_store_teardown(void)
@@ -306,6 +308,10 @@ Test(damage, a_full_store_filesystem_fails_the_write_not_the_close,
               r.err);
     bus_cmd_free(&r);
     cr_assert_eq(bus_sh(&bus, NULL, "ls agents/bob/inbox >/dev/null"), 0, "the bus still answers");
+
+    /* A clean stop compacts; with no room for the snapshot the journal is kept whole. */
+    bus_restart(&bus, "--inbox-capacity", "100000", "--store-max-bytes", "6M", NULL);
+    cr_assert_eq(inbox_count("bob"), sent, "every message survives a stop on a full store");
 
     cr_assert_eq(bus_sh(&bus, NULL, "rm %s/fill", small_fs), 0);
     status = bus_sh(&bus, &r, "echo after > agents/alice/outbox/bob");
