@@ -1304,26 +1304,46 @@ static int salvage_damaged(const char *dir, struct buf *report)
 	return rc;
 }
 
-int bus_salvage_store(const char *dir, struct buf *report)
+/* Opens and loads dir into a fresh bus and frees it: 0, or the load's error in err. */
+static int try_load(const char *dir, struct bus_error *err)
 {
 	struct bus_config cfg = {.store_dir = dir};
 	struct bus *bus = bus_alloc(&cfg);
-	struct bus_error err = {0};
 	if (!bus)
-		return -ENOMEM;
-	int rc = store_open(dir, false, &bus->store, &err);
+		return bus_fail(err, ENOMEM, "out of memory");
+	int rc = store_open(dir, false, &bus->store, err);
 	if (rc == 0)
-		rc = store_load(bus->store, apply_record, bus, NULL, &err);
-	bus_free(bus); /* releases the lock before the salvage takes it again */
+		rc = store_load(bus->store, apply_record, bus, NULL, err);
+	bus_free(bus); /* releases the lock before a salvage takes it again */
+	return rc;
+}
+
+/* A record refused half-way can leave part of its change in the bus the salvage
+ * applies to, so a later record that applied there may not apply without it: the
+ * rebuilt store is loaded again, and salvaged again until it loads (each pass drops
+ * at least one record). */
+int bus_salvage_store(const char *dir, struct buf *report)
+{
+	struct bus_error err = {0};
+	int rc = try_load(dir, &err);
 	if (rc == 0) {
 		buf_printf(report, "store %s is not damaged; nothing to salvage\n", dir);
 		return 0;
 	}
-	if (rc != -EBADMSG && rc != -EMEDIUMTYPE) {
-		buf_printf(report, "FAIL: %s\n", err.reason);
-		return rc;
+	for (int pass = 0; pass < 64; pass++) {
+		if (rc != -EBADMSG && rc != -EMEDIUMTYPE) {
+			buf_printf(report, "FAIL: %s\n", err.reason);
+			return rc;
+		}
+		buf_printf(report, "damaged: %s\n", err.reason);
+		rc = salvage_damaged(dir, report);
+		if (rc < 0)
+			return rc;
+		err = (struct bus_error){0};
+		rc = try_load(dir, &err);
+		if (rc == 0)
+			return 0;
 	}
-	buf_printf(report, "damaged: %s\n", err.reason);
-	return salvage_damaged(dir, report);
+	buf_printf(report, "FAIL: %s still does not load: %s\n", dir, err.reason);
+	return -EBADMSG;
 }
-
