@@ -697,6 +697,7 @@ static int compact_locked(struct bus *bus);
 bool bus_space_for(struct bus *bus, uint64_t need)
 {
 	uint64_t max = bus->cfg.store_max_bytes;
+	need += store_reserved(bus->store);
 	if (store_bytes(bus->store) + need <= max)
 		return true;
 	/* Acked messages still take journal space; a snapshot may give it back. */
@@ -707,11 +708,35 @@ bool bus_space_for(struct bus *bus, uint64_t need)
 	return store_bytes(bus->store) + need <= max;
 }
 
+int bus_space_reserve(struct bus *bus, uint64_t *held, uint64_t want, struct bus_error *err)
+{
+	if (want <= *held)
+		return 0;
+	uint64_t more = want - *held;
+	if (!bus_space_for(bus, more))
+		return bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
+				bus->cfg.store_max_bytes);
+	int rc = store_reserve(bus->store, more);
+	if (rc < 0)
+		return bus_fail(err, -rc, "no space on the store's filesystem for %" PRIu64
+				" bytes: %s", more, strerror(-rc));
+	*held = want;
+	return 0;
+}
+
+void bus_space_release(struct bus *bus, uint64_t *held)
+{
+	store_release(bus->store, *held);
+	*held = 0;
+}
+
 int bus_commit(struct bus *bus, struct bus_error *err)
 {
 	if (!buf_ok(&bus->rec))
 		return bus_fail(err, ENOMEM, "out of memory building a store record");
 	int rc = store_append(bus->store, bus->rec.data, bus->rec.len);
+	if (rc == -ENOSPC)
+		return bus_fail(err, ENOSPC, "no space left on the store's filesystem");
 	if (rc < 0)
 		return bus_fail(err, EIO, "the store could not record the change: %s", strerror(-rc));
 	rc = apply_record(bus, (const uint8_t *)bus->rec.data, bus->rec.len, false);
@@ -1224,6 +1249,11 @@ static int check_stray(const char *dir, struct buf *report)
 		bool ok = false;
 		for (size_t i = 0; i < sizeof known / sizeof known[0] && !ok; i++)
 			ok = strcmp(e->d_name, known[i]) == 0;
+		if (!ok && strncmp(e->d_name, "damaged-", 8) == 0) {
+			buf_printf(report, "note: %s/%s holds files a salvage replaced\n", dir,
+				   e->d_name);
+			ok = true;
+		}
 		if (!ok) {
 			buf_printf(report, "FAIL: %s/%s is not a store file\n", dir, e->d_name);
 			problems++;
@@ -1336,4 +1366,74 @@ int bus_check_store(const char *dir, struct buf *report)
 	buf_printf(report, problems ? "FAIL: %d problem(s)\n" : "OK\n", problems);
 	bus_free(bus);
 	return problems ? -EIO : 0;
+}
+
+/* ---------- salvage ---------- */
+
+static int salvage_damaged(const char *dir, struct buf *report)
+{
+	struct bus_config cfg = {.store_dir = dir};
+	struct bus *bus = bus_alloc(&cfg);
+	struct bus_error err = {0};
+	struct store_salvage_report rep;
+	if (!bus)
+		return -ENOMEM;
+	int rc = store_open(dir, false, &bus->store, &err);
+	if (rc == 0)
+		rc = store_salvage(bus->store, apply_record, bus, &rep, report, &err);
+	if (rc < 0) {
+		buf_printf(report, "FAIL: %s\n", err.reason);
+	} else {
+		buf_printf(report, "salvaged %s: kept %" PRIu64 " snapshot and %" PRIu64 " journal "
+			   "record(s); lost %" PRIu64 " record(s) that do not apply and %" PRIu64
+			   " unreadable byte(s); the damaged files are in %s/%s\n", dir,
+			   rep.snapshot_kept, rep.journal_kept, rep.dropped_records, rep.lost_bytes,
+			   dir, rep.moved_to);
+	}
+	bus_free(bus);
+	return rc;
+}
+
+/* Opens and loads dir into a fresh bus and frees it: 0, or the load's error in err. */
+static int try_load(const char *dir, struct bus_error *err)
+{
+	struct bus_config cfg = {.store_dir = dir};
+	struct bus *bus = bus_alloc(&cfg);
+	if (!bus)
+		return bus_fail(err, ENOMEM, "out of memory");
+	int rc = store_open(dir, false, &bus->store, err);
+	if (rc == 0)
+		rc = store_load(bus->store, apply_record, bus, NULL, err);
+	bus_free(bus); /* releases the lock before a salvage takes it again */
+	return rc;
+}
+
+/* A record refused half-way can leave part of its change in the bus the salvage
+ * applies to, so a later record that applied there may not apply without it: the
+ * rebuilt store is loaded again, and salvaged again until it loads (each pass drops
+ * at least one record). */
+int bus_salvage_store(const char *dir, struct buf *report)
+{
+	struct bus_error err = {0};
+	int rc = try_load(dir, &err);
+	if (rc == 0) {
+		buf_printf(report, "store %s is not damaged; nothing to salvage\n", dir);
+		return 0;
+	}
+	for (int pass = 0; pass < 64; pass++) {
+		if (rc != -EBADMSG && rc != -EMEDIUMTYPE) {
+			buf_printf(report, "FAIL: %s\n", err.reason);
+			return rc;
+		}
+		buf_printf(report, "damaged: %s\n", err.reason);
+		rc = salvage_damaged(dir, report);
+		if (rc < 0)
+			return rc;
+		err = (struct bus_error){0};
+		rc = try_load(dir, &err);
+		if (rc == 0)
+			return 0;
+	}
+	buf_printf(report, "FAIL: %s still does not load: %s\n", dir, err.reason);
+	return -EBADMSG;
 }

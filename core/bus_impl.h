@@ -146,6 +146,11 @@ void bus_unlock_and_wake(struct bus *bus);
 int bus_commit(struct bus *bus, struct bus_error *err);
 /* Whether `need` more bytes fit under --store-max-bytes (compacting first if useful). */
 bool bus_space_for(struct bus *bus, uint64_t need);
+/* Raises a write's promise of store space (*held) to want bytes: within
+ * --store-max-bytes (every promise counted) and allocated on the store's filesystem
+ * now, else ENOSPC with the reason. bus_space_release gives all of *held back. */
+int bus_space_reserve(struct bus *bus, uint64_t *held, uint64_t want, struct bus_error *err);
+void bus_space_release(struct bus *bus, uint64_t *held);
 uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to);
 int inbox_depth(const struct agent *a);
 struct bus_message *inbox_find(const struct inbox *in, uint64_t number);

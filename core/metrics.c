@@ -13,6 +13,7 @@
 
 #include "busfs/clock.h"
 #include "busfs/json.h"
+#include "busfs/regfile.h"
 #include "metrics.h"
 
 /* ---------- series ---------- */
@@ -332,7 +333,7 @@ static void write_bases(void *ctx, uint64_t new_start)
 	}
 	snprintf(path, sizeof path, "%s/views", m->dir);
 	snprintf(tmp, sizeof tmp, "%s/views.tmp", m->dir);
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	int fd = open_regular_at(AT_FDCWD, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	bool ok = fd >= 0 && buf_ok(&b) && write(fd, b.data, b.len) == (ssize_t)b.len;
 	if (fd >= 0)
 		close(fd);
@@ -347,7 +348,7 @@ static void read_bases(struct metrics *m)
 {
 	char path[4200], line[128];
 	snprintf(path, sizeof path, "%s/views", m->dir);
-	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	int fd = open_regular_at(AT_FDCWD, path, O_RDONLY, 0);
 	FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
 	if (!f) {
 		if (fd >= 0)

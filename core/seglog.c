@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "busfs/regfile.h"
 #include "busfs/seglog.h"
 
 struct seg {
@@ -124,11 +125,13 @@ static int load_segments(struct seglog *l, struct bus_error *err)
 		struct stat st;
 		if (!parse_name(l, e->d_name, &s.start))
 			continue;
-		s.fd = openat(l->dirfd, e->d_name,
-			      (l->cfg.readonly ? O_RDONLY : O_RDWR | O_APPEND) | O_NOFOLLOW | O_CLOEXEC);
-		if (s.fd < 0 || fstat(s.fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-			rc = bus_fail(err, EIO, "cannot open %s/%s: %s", l->cfg.dir, e->d_name,
-				      s.fd < 0 ? strerror(errno) : "not a regular file");
+		s.fd = open_regular_at(l->dirfd, e->d_name,
+				       l->cfg.readonly ? O_RDONLY : O_RDWR | O_APPEND, 0);
+		if (s.fd < 0 || fstat(s.fd, &st) < 0) {
+			rc = bus_fail(err, s.fd == -EMEDIUMTYPE ? EMEDIUMTYPE : EIO,
+				      "cannot open %s/%s: %s", l->cfg.dir, e->d_name,
+				      s.fd == -EMEDIUMTYPE ? regfile_kind(l->dirfd, e->d_name)
+							   : strerror(s.fd < 0 ? -s.fd : errno));
 			if (s.fd >= 0)
 				close(s.fd);
 			break;
@@ -242,9 +245,9 @@ static int new_segment(struct seglog *l, int64_t now_us)
 	struct seg s = {.start = l->end, .created_us = now_us, .last_us = now_us};
 	seg_name(l, s.start, name, sizeof name);
 	/* A segment of the same name can only be an empty leftover: reuse it. */
-	s.fd = openat(l->dirfd, name, O_RDWR | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	s.fd = open_regular_at(l->dirfd, name, O_RDWR | O_APPEND | O_CREAT, 0600);
 	if (s.fd < 0)
-		return -errno;
+		return s.fd;
 	int rc = ftruncate(s.fd, 0) < 0 ? -errno : add_seg(l, &s);
 	if (rc < 0) {
 		close(s.fd);

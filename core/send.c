@@ -27,6 +27,7 @@ struct bus_draft {
 	size_t nrcpt;
 	char (*rcpt)[BUS_NAME_MAX + 1];   /* recipients in name order */
 	bool reserved;
+	uint64_t space;                   /* store bytes promised to this draft */
 	int poison;                       /* errno of a rejected write; nothing is sent */
 	struct buf body;
 	size_t text_len;                  /* the body's length as an escaped JSON string */
@@ -80,6 +81,7 @@ static int draft_reserve(struct bus *bus, struct bus_draft *d, struct bus_error 
 
 static void draft_unreserve(struct bus *bus, struct bus_draft *d)
 {
+	bus_space_release(bus, &d->space);
 	if (!d->reserved)
 		return;
 	for (size_t i = 0; i < d->nrcpt; i++) {
@@ -180,9 +182,8 @@ int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size
 			      STORE_MAX_RECORD >> 20);
 	} else if (!d->reserved && (rc = draft_reserve(bus, d, err)) < 0) {
 		/* reason filled in */
-	} else if (!bus_space_for(bus, record)) {
-		rc = bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
-			      bus->cfg.store_max_bytes);
+	} else if ((rc = bus_space_reserve(bus, &d->space, record, err)) < 0) {
+		/* reason filled in */
 	} else {
 		buf_append(&d->body, data, len);
 		if (!buf_ok(&d->body))

@@ -2,10 +2,12 @@
  *
  * Ownership: struct store owns dirfd, lockfd, journalfd and, during compaction,
  * snapfd. Everything is released by store_close(). All files are opened relative to
- * dirfd with O_NOFOLLOW, so a symlink planted in the store is refused, never followed.
+ * dirfd through open_regular_at (O_NOFOLLOW, O_NONBLOCK, then fstat), so a symlink,
+ * FIFO or device planted in the store is refused at once, never followed or waited on.
  * Every append holds flock(LOCK_EX) on the journal for the one write(2), so a tool
  * that reads the journal under LOCK_SH (busfs --check) never sees half a record. */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,10 +22,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "busfs/regfile.h"
 #include "busfs/store.h"
 
-#define JOURNAL_MAGIC "BUSFSJ1"
-#define SNAPSHOT_MAGIC "BUSFSS1"
+#define JOURNAL_MAGIC "BUSFSJ"
+#define SNAPSHOT_MAGIC "BUSFSS"
+#define GENERATION_MAX 0xffffffffu
 #define HEADER_SIZE 16
 #define FRAME_SIZE 8
 
@@ -39,6 +43,8 @@ struct store {
 	uint64_t journal_bytes;
 	uint64_t snapshot_bytes;
 	uint64_t snap_written;     /* during compaction */
+	uint64_t reserved;         /* journal bytes promised to writes not yet committed */
+	uint64_t allocated;        /* the journal's bytes known allocated (fallocate) */
 	struct buf snapbuf;
 };
 
@@ -94,20 +100,29 @@ static uint32_t get_le32(const uint8_t *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* Header, 16 bytes. Version 2: magic "BUSFSJ2"/"BUSFSS2", a zero byte, the generation
+ * (u32) and the CRC-32 of the 12 bytes before it, so a flipped bit in the header is
+ * damage, never a different generation. Version 1 (magic ...1, a zero byte, u64
+ * generation, no checksum) is still read; new files are always version 2. */
 static void make_header(uint8_t *h, const char *magic, uint64_t gen)
 {
 	memset(h, 0, HEADER_SIZE);
-	memcpy(h, magic, 7);
+	memcpy(h, magic, 6);
+	h[6] = '2';
 	put_le32(h + 8, (uint32_t)gen);
-	put_le32(h + 12, (uint32_t)(gen >> 32));
+	put_le32(h + 12, crc32_compute(h, 12));
 }
 
 static bool parse_header(const uint8_t *h, size_t len, const char *magic, uint64_t *gen)
 {
-	if (len < HEADER_SIZE || memcmp(h, magic, 7) != 0)
+	if (len < HEADER_SIZE || memcmp(h, magic, 6) != 0 || h[7] != 0)
 		return false;
-	*gen = get_le32(h + 8) | (uint64_t)get_le32(h + 12) << 32;
-	return true;
+	if (h[6] == '1') {
+		*gen = get_le32(h + 8) | (uint64_t)get_le32(h + 12) << 32;
+		return true;
+	}
+	*gen = get_le32(h + 8);
+	return h[6] == '2' && get_le32(h + 12) == crc32_compute(h, 12);
 }
 
 static int write_all(int fd, const void *p, size_t n)
@@ -131,9 +146,9 @@ static int write_file_atomic(int dirfd, const char *name, const void *p, size_t 
 {
 	char tmp[64];
 	snprintf(tmp, sizeof tmp, "%s.tmp", name);
-	int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	int fd = open_regular_at(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	int rc = write_all(fd, p, n);
 	close(fd);
 	if (rc == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
@@ -143,23 +158,47 @@ static int write_file_atomic(int dirfd, const char *name, const void *p, size_t 
 	return rc;
 }
 
+static int new_journal(struct store *st, uint64_t gen);
+
+static int refuse_kind(struct store *st, const char *name, struct bus_error *err)
+{
+	return bus_fail(err, EMEDIUMTYPE, "%s/%s is %s, not a regular file; busfs refuses it",
+			st->dir, name, regfile_kind(st->dirfd, name));
+}
+
+/* A new store: the journal first, then the format file, so that a store with a format
+ * file always has its journal and a missing one is damage. */
+static int create_store(struct store *st, struct bus_error *err)
+{
+	struct stat sb;
+	if (fstatat(st->dirfd, "journal", &sb, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT) {
+		int rc = new_journal(st, 1);
+		if (rc < 0)
+			return bus_fail(err, -rc, "cannot create %s/journal: %s", st->dir,
+					strerror(-rc));
+	}
+	char text[128];
+	uint32_t id;
+	if (getrandom(&id, sizeof id, 0) != sizeof id)
+		id = (uint32_t)getpid() ^ (uint32_t)time(NULL);
+	int n = snprintf(text, sizeof text, "busfs-store 1\nid %08x\n", id);
+	int rc = write_file_atomic(st->dirfd, "format", text, (size_t)n);
+	if (rc < 0)
+		return bus_fail(err, -rc, "cannot write %s/format: %s", st->dir, strerror(-rc));
+	st->id = id;
+	return 0;
+}
+
 static int read_format(struct store *st, struct bus_error *err)
 {
 	char text[128] = "";
-	int fd = openat(st->dirfd, "format", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0 && errno == ENOENT && !st->readonly) {
-		uint32_t id;
-		if (getrandom(&id, sizeof id, 0) != sizeof id)
-			id = (uint32_t)getpid() ^ (uint32_t)time(NULL);
-		int n = snprintf(text, sizeof text, "busfs-store 1\nid %08x\n", id);
-		int rc = write_file_atomic(st->dirfd, "format", text, (size_t)n);
-		if (rc < 0)
-			return bus_fail(err, -rc, "cannot write %s/format: %s", st->dir, strerror(-rc));
-		st->id = id;
-		return 0;
-	}
+	int fd = open_regular_at(st->dirfd, "format", O_RDONLY, 0);
+	if (fd == -ENOENT && !st->readonly)
+		return create_store(st, err);
+	if (fd == -EMEDIUMTYPE)
+		return refuse_kind(st, "format", err);
 	if (fd < 0)
-		return bus_fail(err, errno, "cannot open %s/format: %s", st->dir, strerror(errno));
+		return bus_fail(err, -fd, "cannot open %s/format: %s", st->dir, strerror(-fd));
 	ssize_t n = read(fd, text, sizeof text - 1);
 	close(fd);
 	unsigned version, id;
@@ -174,9 +213,12 @@ static int read_format(struct store *st, struct bus_error *err)
 
 static int take_lock(struct store *st, struct bus_error *err)
 {
-	st->lockfd = openat(st->dirfd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	st->lockfd = open_regular_at(st->dirfd, "lock", O_RDWR | O_CREAT, 0600);
+	if (st->lockfd == -EMEDIUMTYPE)
+		return refuse_kind(st, "lock", err);
 	if (st->lockfd < 0)
-		return bus_fail(err, errno, "cannot open %s/lock: %s", st->dir, strerror(errno));
+		return bus_fail(err, -st->lockfd, "cannot open %s/lock: %s", st->dir,
+				strerror(-st->lockfd));
 	if (flock(st->lockfd, LOCK_EX | LOCK_NB) == 0)
 		return 0;
 	if (errno != EWOULDBLOCK)
@@ -262,22 +304,24 @@ uint64_t store_fs_free(const struct store *st)
 	return (uint64_t)sv.f_bavail * sv.f_frsize;
 }
 
-/* Maps a whole store file read-only; *len = 0 and NULL for a missing or empty file. */
-static int map_file(struct store *st, const char *name, const uint8_t **data, size_t *len)
+/* Maps a whole store file read-only; NULL and *len = 0 for a missing or empty file,
+ * *exists telling which. A non-regular file is -EMEDIUMTYPE, never waited on. */
+static int map_file(struct store *st, const char *name, const uint8_t **data, size_t *len,
+		    bool *exists)
 {
 	*data = NULL;
 	*len = 0;
-	int fd = openat(st->dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	*exists = false;
+	int fd = open_regular_at(st->dirfd, name, O_RDONLY, 0);
 	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
+		return fd == -ENOENT ? 0 : fd;
+	*exists = true;
 	if (st->readonly)
 		flock(fd, LOCK_SH);
 	struct stat sb;
 	int rc = 0;
 	if (fstat(fd, &sb) < 0) {
 		rc = -errno;
-	} else if (!S_ISREG(sb.st_mode)) {
-		rc = -EINVAL;
 	} else if (sb.st_size > 0) {
 		/* Every byte is read once: mapping it all at once saves a fault per page. */
 		void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd,
@@ -291,6 +335,98 @@ static int map_file(struct store *st, const char *name, const uint8_t **data, si
 	}
 	close(fd);
 	return rc;
+}
+
+static void unmap(const uint8_t *data, size_t len)
+{
+	if (data)
+		munmap((void *)data, len);
+}
+
+static int map_fail(struct store *st, const char *name, int rc, struct bus_error *err)
+{
+	if (rc == -EMEDIUMTYPE)
+		return refuse_kind(st, name, err);
+	return bus_fail(err, -rc, "cannot read %s/%s: %s", st->dir, name, strerror(-rc));
+}
+
+/* Writes journal.tmp with its header and returns an append fd on it; the caller
+ * renames it into place. */
+static int prepare_journal(struct store *st, uint64_t gen)
+{
+	uint8_t h[HEADER_SIZE];
+	make_header(h, JOURNAL_MAGIC, gen);
+	int fd = open_regular_at(st->dirfd, "journal.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND,
+				 0600);
+	if (fd < 0)
+		return fd;
+	int rc = write_all(fd, h, sizeof h);
+	if (rc < 0) {
+		close(fd);
+		unlinkat(st->dirfd, "journal.tmp", 0);
+		return rc;
+	}
+	return fd;
+}
+
+static void use_journal(struct store *st, int fd, uint64_t gen)
+{
+	if (st->journalfd >= 0)
+		close(st->journalfd);
+	st->journalfd = fd;
+	st->generation = gen;
+	st->journal_bytes = HEADER_SIZE;
+	st->allocated = HEADER_SIZE;
+}
+
+static int new_journal(struct store *st, uint64_t gen)
+{
+	int fd = prepare_journal(st, gen);
+	if (fd < 0)
+		return fd;
+	if (renameat(st->dirfd, "journal.tmp", st->dirfd, "journal") < 0) {
+		int rc = -errno;
+		close(fd);
+		unlinkat(st->dirfd, "journal.tmp", 0);
+		return rc;
+	}
+	use_journal(st, fd, gen);
+	return 0;
+}
+
+/* Whether a whole, non-empty frame with a good checksum starts at off. */
+static bool good_frame(const uint8_t *data, size_t len, size_t off)
+{
+	if (off + FRAME_SIZE > len)
+		return false;
+	uint32_t rlen = get_le32(data + off);
+	if (rlen == 0 || rlen > STORE_MAX_RECORD || rlen > len - off - FRAME_SIZE)
+		return false;
+	return crc32_compute(data + off + FRAME_SIZE, rlen) == get_le32(data + off + 4);
+}
+
+/* Resynchronisation: the first offset from `from` on where a good frame starts, or 0. */
+static size_t next_good_frame(const uint8_t *data, size_t len, size_t from)
+{
+	for (size_t p = from; p + FRAME_SIZE <= len; p++)
+		if (good_frame(data, len, p))
+			return p;
+	return 0;
+}
+
+/* The good frames after a bad one at `bad`: how many, and where the first starts. A
+ * torn final record has none; any other damage has at least one. */
+static uint64_t intact_after(const uint8_t *data, size_t len, size_t bad, size_t *first)
+{
+	uint64_t n = 0;
+	*first = 0;
+	for (size_t p = next_good_frame(data, len, bad + 1); p;
+	     p = next_good_frame(data, len, p + FRAME_SIZE + get_le32(data + p))) {
+		if (!n)
+			*first = p;
+		n++;
+	}
+	return n;
 }
 
 /* Walks the frames of data[HEADER_SIZE..len). Returns the offset after the last valid
@@ -327,63 +463,119 @@ static int walk_frames(const uint8_t *data, size_t len, bool snapshot, store_app
 	return 0;
 }
 
-/* What a crash can leave after the last whole record: one frame cut short (its
- * length reaches past the end, or its bytes end the file but fail the checksum), or
- * zeros. Anything else after `end` is damage, and cutting it would drop records. */
-static bool tail_is_torn(const uint8_t *data, size_t len, size_t end)
+/* The reason for damage at byte `bad` of name, whose good records number `good`. */
+static int damaged_at(struct store *st, const char *name, const uint8_t *data, size_t len,
+		      size_t bad, uint64_t good, struct bus_error *err)
 {
-	if (end + FRAME_SIZE > len)
-		return true;
-	uint32_t rlen = get_le32(data + end);
-	if (rlen > STORE_MAX_RECORD || (uint64_t)end + FRAME_SIZE + rlen >= len)
-		return true;
-	for (size_t i = end; i < len; i++)
-		if (data[i])
-			return false;
-	return true;
+	size_t first;
+	uint64_t after = intact_after(data, len, bad, &first);
+	if (!after)
+		return bus_fail(err, EBADMSG, "%s/%s is damaged at byte %zu of %zu, after record "
+				"%" PRIu64, st->dir, name, bad, len, good);
+	return bus_fail(err, EBADMSG, "%s/%s is damaged at byte %zu, after record %" PRIu64 "; %"
+			PRIu64 " intact record(s) follow from byte %zu", st->dir, name, bad, good,
+			after, first);
 }
 
-/* Writes journal.tmp with its header and returns an append fd on it; the caller
- * renames it into place. */
-static int prepare_journal(struct store *st, uint64_t gen)
+static int load_snapshot(struct store *st, store_apply_fn fn, void *ctx,
+			 struct store_load_report *rep, uint64_t *gen, bool *exists,
+			 struct bus_error *err)
 {
-	uint8_t h[HEADER_SIZE];
-	make_header(h, JOURNAL_MAGIC, gen);
-	int fd = openat(st->dirfd, "journal.tmp",
-			O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	int rc = write_all(fd, h, sizeof h);
-	if (rc < 0) {
-		close(fd);
-		unlinkat(st->dirfd, "journal.tmp", 0);
-		return rc;
+	const uint8_t *data;
+	size_t len, end;
+	bool ended;
+	int rc = map_file(st, "snapshot", &data, &len, exists);
+	if (rc < 0)
+		return map_fail(st, "snapshot", rc, err);
+	if (!*exists)
+		return 0;
+	if (!parse_header(data, len, SNAPSHOT_MAGIC, gen)) {
+		unmap(data, len);
+		return bus_fail(err, EBADMSG, "%s/snapshot has a damaged header (%zu bytes)", st->dir,
+				len);
 	}
-	return fd;
+	rc = walk_frames(data, len, true, fn, ctx, &rep->snapshot_records, &end, &ended);
+	if (rc < 0)
+		rc = bus_fail(err, EBADMSG, "%s/snapshot: record %" PRIu64 " at byte %zu (kind %u) "
+			      "does not apply", st->dir, rep->snapshot_records + 1, end,
+			      data[end + FRAME_SIZE]);
+	else if (!ended || end != len)
+		rc = damaged_at(st, "snapshot", data, len, end, rep->snapshot_records, err);
+	unmap(data, len);
+	st->snapshot_bytes = len;
+	return rc;
 }
 
-static void use_journal(struct store *st, int fd, uint64_t gen)
+/* Puts the journal into use after loading: its torn tail (if any) cut at end. */
+static int resume_journal(struct store *st, uint64_t gen, size_t end, size_t len,
+			  struct bus_error *err)
 {
+	st->generation = gen;
+	if (st->readonly) {
+		st->journal_bytes = len;
+		return 0;
+	}
 	if (st->journalfd >= 0)
 		close(st->journalfd);
-	st->journalfd = fd;
-	st->generation = gen;
-	st->journal_bytes = HEADER_SIZE;
+	st->journalfd = open_regular_at(st->dirfd, "journal", O_WRONLY | O_APPEND, 0);
+	if (st->journalfd < 0)
+		return bus_fail(err, -st->journalfd, "cannot open %s/journal: %s", st->dir,
+				strerror(-st->journalfd));
+	if (end != len && ftruncate(st->journalfd, (off_t)end) < 0)
+		return bus_fail(err, errno, "cannot cut the torn tail of %s/journal: %s", st->dir,
+				strerror(errno));
+	st->journal_bytes = end;
+	st->allocated = end;
+	return 0;
 }
 
-static int new_journal(struct store *st, uint64_t gen)
+/* The journal must be there (the store creates it before its format file), whole in
+ * its header, and of the generation the snapshot expects: the one after the snapshot's,
+ * or the snapshot's own when a crash came between the two renames of a compaction. */
+static int load_journal(struct store *st, store_apply_fn fn, void *ctx,
+			struct store_load_report *rep, uint64_t snap_gen, bool have_snap,
+			struct bus_error *err)
 {
-	int fd = prepare_journal(st, gen);
-	if (fd < 0)
-		return fd;
-	if (renameat(st->dirfd, "journal.tmp", st->dirfd, "journal") < 0) {
-		int rc = -errno;
-		close(fd);
-		unlinkat(st->dirfd, "journal.tmp", 0);
-		return rc;
+	const uint8_t *data;
+	size_t len, end;
+	bool ended, exists;
+	uint64_t jgen = 0;
+	int rc = map_file(st, "journal", &data, &len, &exists);
+	if (rc < 0)
+		return map_fail(st, "journal", rc, err);
+	if (!exists)
+		return bus_fail(err, EBADMSG, "%s/journal is missing", st->dir);
+	if (!parse_header(data, len, JOURNAL_MAGIC, &jgen)) {
+		unmap(data, len);
+		return bus_fail(err, EBADMSG, "%s/journal has a damaged header (%zu bytes)", st->dir,
+				len);
 	}
-	use_journal(st, fd, gen);
-	return 0;
+	if (jgen != snap_gen + 1 && (jgen != snap_gen || !have_snap)) {
+		unmap(data, len);
+		return bus_fail(err, EBADMSG, "%s/journal is of generation %" PRIu64 "; the "
+				"snapshot expects %" PRIu64, st->dir, jgen, snap_gen + 1);
+	}
+	if (jgen == snap_gen) {
+		unmap(data, len);
+		rep->journal_ignored = true;
+		if (st->readonly)
+			return 0;
+		rc = new_journal(st, snap_gen + 1);
+		return rc < 0 ? bus_fail(err, -rc, "cannot create %s/journal: %s", st->dir,
+					 strerror(-rc)) : 0;
+	}
+	rc = walk_frames(data, len, false, fn, ctx, &rep->journal_records, &end, &ended);
+	if (rc < 0)
+		rc = bus_fail(err, EBADMSG, "%s/journal: record %" PRIu64 " at byte %zu (kind %u) "
+			      "does not apply", st->dir, rep->journal_records + 1, end,
+			      data[end + FRAME_SIZE]);
+	else if (end != len && next_good_frame(data, len, end + 1))
+		rc = damaged_at(st, "journal", data, len, end, rep->journal_records, err);
+	unmap(data, len);
+	if (rc < 0)
+		return rc;
+	rep->torn_bytes = len - end;
+	return resume_journal(st, jgen, end, len, err);
 }
 
 int store_load(struct store *st, store_apply_fn fn, void *ctx, struct store_load_report *rep,
@@ -393,76 +585,234 @@ int store_load(struct store *st, store_apply_fn fn, void *ctx, struct store_load
 	if (!rep)
 		rep = &local;
 	memset(rep, 0, sizeof *rep);
-
-	const uint8_t *data;
-	size_t len, end;
-	bool ended;
 	uint64_t snap_gen = 0;
-	int rc = map_file(st, "snapshot", &data, &len);
-	if (rc < 0)
-		return bus_fail(err, -rc, "cannot read %s/snapshot: %s", st->dir, strerror(-rc));
-	if (data) {
-		if (!parse_header(data, len, SNAPSHOT_MAGIC, &snap_gen)) {
-			munmap((void *)data, len);
-			return bus_fail(err, EIO, "%s/snapshot has no valid header", st->dir);
-		}
-		rc = walk_frames(data, len, true, fn, ctx, &rep->snapshot_records, &end, &ended);
-		munmap((void *)data, len);
-		if (rc < 0)
-			return bus_fail(err, EIO, "%s/snapshot: record %llu does not apply", st->dir,
-					(unsigned long long)rep->snapshot_records + 1);
-		if (!ended || end != len)
-			return bus_fail(err, EIO, "%s/snapshot is damaged at byte %zu", st->dir, end);
-		st->snapshot_bytes = len;
-	}
+	bool have_snap;
+	int rc = load_snapshot(st, fn, ctx, rep, &snap_gen, &have_snap, err);
+	if (rc == 0)
+		rc = load_journal(st, fn, ctx, rep, snap_gen, have_snap, err);
+	return rc;
+}
 
-	rc = map_file(st, "journal", &data, &len);
-	if (rc < 0)
-		return bus_fail(err, -rc, "cannot read %s/journal: %s", st->dir, strerror(-rc));
-	uint64_t jgen = 0;
-	if (data && !parse_header(data, len, JOURNAL_MAGIC, &jgen)) {
-		munmap((void *)data, len);
-		return bus_fail(err, EIO, "%s/journal has no valid header", st->dir);
-	}
-	if (data && jgen > snap_gen) {
-		rc = walk_frames(data, len, false, fn, ctx, &rep->journal_records, &end, &ended);
-		bool torn = rc < 0 || tail_is_torn(data, len, end);
-		munmap((void *)data, len);
-		if (rc < 0)
-			return bus_fail(err, EIO, "%s/journal: record %llu does not apply", st->dir,
-					(unsigned long long)rep->journal_records + 1);
-		rep->torn_bytes = len - end;
-		if (!torn) {
-			return bus_fail(err, EIO, "%s/journal is damaged at byte %zu, %zu bytes before "
-					"its end; that is no torn write (busfs --check tells more)",
-					st->dir, end, len - end);
+/* ---------- salvage ---------- */
+
+struct salvage {
+	struct store *st;
+	store_apply_fn fn;
+	void *ctx;
+	struct buf *log;
+	struct store_salvage_report *rep;
+};
+
+/* Keeps, framed in out, every good frame of data whose record applies; resynchronises
+ * past damage at the next good frame. Logs each unreadable range and dropped record. */
+static void salvage_frames(struct salvage *sv, const char *name, const uint8_t *data, size_t len,
+			   bool snapshot, struct buf *out)
+{
+	size_t p = HEADER_SIZE;
+	while (p < len) {
+		if (snapshot && p + FRAME_SIZE == len && !get_le32(data + p) && !get_le32(data + p + 4))
+			break; /* the end frame */
+		if (!good_frame(data, len, p)) {
+			size_t q = next_good_frame(data, len, p + 1);
+			size_t stop = q ? q : len;
+			buf_printf(sv->log, "lost: %s bytes %zu..%zu (%zu bytes) are no whole record\n",
+				   name, p, stop, stop - p);
+			sv->rep->lost_bytes += stop - p;
+			if (!q)
+				break;
+			p = q;
+			continue;
 		}
-		if (st->readonly) {
-			st->journal_bytes = len;
-			st->generation = jgen;
-			return 0;
+		uint32_t rlen = get_le32(data + p);
+		if (sv->fn(sv->ctx, data + p + FRAME_SIZE, rlen, snapshot) == 0) {
+			buf_append(out, data + p, FRAME_SIZE + rlen);
+			(*(snapshot ? &sv->rep->snapshot_kept : &sv->rep->journal_kept))++;
+		} else {
+			buf_printf(sv->log, "lost: %s record at byte %zu (kind %u, %u bytes) does not "
+				   "apply\n", name, p, data[p + FRAME_SIZE], rlen);
+			sv->rep->dropped_records++;
 		}
-		st->journalfd = openat(st->dirfd, "journal", O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
-		if (st->journalfd < 0)
-			return bus_fail(err, errno, "cannot open %s/journal: %s", st->dir, strerror(errno));
-		if (end != len && ftruncate(st->journalfd, (off_t)end) < 0)
-			return bus_fail(err, errno, "cannot cut the torn tail of %s/journal: %s", st->dir,
-					strerror(errno));
-		st->generation = jgen;
-		st->journal_bytes = end;
-		return 0;
+		p += FRAME_SIZE + rlen;
 	}
-	if (data) {
-		munmap((void *)data, len);
-		rep->journal_ignored = true;
-	}
-	if (st->readonly)
-		return 0;
-	rc = new_journal(st, snap_gen + 1);
+}
+
+/* Reads one of the two files for salvage: a missing, unreadable or non-regular file
+ * gives nothing; a damaged header is logged and its frames still read. */
+static bool salvage_read(struct salvage *sv, const char *name, const char *magic,
+			 struct buf *out, uint64_t *gen, bool *gen_ok)
+{
+	const uint8_t *data;
+	size_t len;
+	bool exists;
+	*gen_ok = false;
+	int rc = map_file(sv->st, name, &data, &len, &exists);
 	if (rc < 0)
-		return bus_fail(err, -rc, "cannot create %s/journal: %s", st->dir, strerror(-rc));
+		buf_printf(sv->log, "lost: %s cannot be read: %s\n", name,
+			   rc == -EMEDIUMTYPE ? regfile_kind(sv->st->dirfd, name) : strerror(-rc));
+	if (rc < 0 || !exists)
+		return rc < 0;
+	*gen_ok = parse_header(data, len, magic, gen);
+	if (!*gen_ok)
+		buf_printf(sv->log, "damaged: %s header (%zu bytes)\n", name, len);
+	if (len > HEADER_SIZE)
+		salvage_frames(sv, name, data, len, magic[5] == 'S', out);
+	unmap(data, len);
+	return true;
+}
+
+static int write_whole(struct store *st, const char *name, const char *magic, uint64_t gen,
+		       const struct buf *frames, bool end)
+{
+	struct buf b;
+	buf_init(&b);
+	uint8_t h[HEADER_SIZE], zero[FRAME_SIZE] = {0};
+	make_header(h, magic, gen);
+	buf_append(&b, h, sizeof h);
+	buf_append(&b, frames->data, frames->len);
+	if (end)
+		buf_append(&b, zero, sizeof zero);
+	int rc = buf_ok(&b) ? 0 : -ENOMEM;
+	int fd = rc ? -1 : open_regular_at(st->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (!rc && fd < 0)
+		rc = fd;
+	if (!rc)
+		rc = write_all(fd, b.data, b.len);
+	if (!rc && fsync(fd) < 0)
+		rc = -errno;
+	if (fd >= 0)
+		close(fd);
+	buf_free(&b);
+	return rc;
+}
+
+/* Links (or, for a non-regular file, moves) each old file into damaged-<timestamp>/. */
+static int keep_damaged(struct store *st, struct store_salvage_report *rep)
+{
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	char stamp[32];
+	strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+	int n = 0;
+	do {
+		snprintf(rep->moved_to, sizeof rep->moved_to, n ? "damaged-%s-%d" : "damaged-%s", stamp,
+			 n);
+		n++;
+	} while (mkdirat(st->dirfd, rep->moved_to, 0700) < 0 && errno == EEXIST && n < 100);
+	int dfd = openat(st->dirfd, rep->moved_to, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	static const char *const names[] = {"snapshot", "journal", "snapshot.tmp", "journal.tmp"};
+	int rc = 0;
+	for (size_t i = 0; i < 4 && rc == 0; i++) {
+		struct stat sb;
+		if (fstatat(st->dirfd, names[i], &sb, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		bool plain = S_ISREG(sb.st_mode) && i < 2;
+		if ((plain ? linkat(st->dirfd, names[i], dfd, names[i], 0)
+			   : renameat(st->dirfd, names[i], dfd, names[i])) < 0)
+			rc = -errno;
+	}
+	close(dfd);
+	return rc;
+}
+
+/* Order: the old files are linked into damaged-*, the rebuilt ones written under
+ * temporary names, then renamed over the old: snapshot first, journal last. The
+ * rebuilt snapshot keeps the old generation, so at every instant the store loads or
+ * can be salvaged again from what it holds. */
+int store_salvage(struct store *st, store_apply_fn fn, void *ctx, struct store_salvage_report *rep,
+		  struct buf *log, struct bus_error *err)
+{
+	memset(rep, 0, sizeof *rep);
+	struct salvage sv = {st, fn, ctx, log, rep};
+	struct buf snap, jour;
+	buf_init(&snap);
+	buf_init(&jour);
+	uint64_t sgen = 0, jgen = 0;
+	bool sgen_ok = false, jgen_ok = false;
+	bool have_snap = salvage_read(&sv, "snapshot", SNAPSHOT_MAGIC, &snap, &sgen, &sgen_ok);
+	if (!sgen_ok || sgen == 0 || sgen >= GENERATION_MAX)
+		sgen = 1;
+	const uint8_t *jd;
+	size_t jl;
+	bool jexists;
+	/* A journal the snapshot covers (a compaction's crash window) repeats it: skip it. */
+	if (have_snap && map_file(st, "journal", &jd, &jl, &jexists) == 0 && jexists) {
+		jgen_ok = parse_header(jd, jl, JOURNAL_MAGIC, &jgen) && jgen == sgen;
+		unmap(jd, jl);
+	}
+	if (jgen_ok)
+		buf_printf(log, "note: the journal is covered by the snapshot and is not replayed\n");
+	else
+		salvage_read(&sv, "journal", JOURNAL_MAGIC, &jour, &jgen, &jgen_ok);
+	int rc = buf_ok(&snap) && buf_ok(&jour) ? 0 : -ENOMEM;
+	if (rc == 0)
+		rc = keep_damaged(st, rep);
+	if (rc == 0 && have_snap)
+		rc = write_whole(st, "snapshot.tmp", SNAPSHOT_MAGIC, sgen, &snap, true);
+	if (rc == 0)
+		rc = write_whole(st, "journal.tmp", JOURNAL_MAGIC, have_snap ? sgen + 1 : 1, &jour,
+				 false);
+	if (rc == 0 && have_snap && renameat(st->dirfd, "snapshot.tmp", st->dirfd, "snapshot") < 0)
+		rc = -errno;
+	if (rc == 0 && renameat(st->dirfd, "journal.tmp", st->dirfd, "journal") < 0)
+		rc = -errno;
+	buf_free(&snap);
+	buf_free(&jour);
+	if (rc < 0)
+		return bus_fail(err, -rc, "cannot rebuild %s: %s", st->dir, strerror(-rc));
 	return 0;
 }
+
+/* ---------- space ---------- */
+
+#define RESERVE_CHUNK (1u << 20)
+
+/* Makes the journal's blocks up to `end` allocated (its size unchanged), a chunk ahead
+ * when the filesystem has room, else exactly. A filesystem without fallocate (or a
+ * journal not open for writing) is taken as having the space: writes then fail as
+ * before, never worse. */
+static int allocate_to(struct store *st, int fd, uint64_t *allocated, uint64_t end)
+{
+	if (end <= *allocated)
+		return 0;
+	uint64_t ahead = (end + RESERVE_CHUNK - 1) / RESERVE_CHUNK * RESERVE_CHUNK;
+	const uint64_t tries[2] = {ahead, end};
+	for (int i = 0; i < 2; i++) {
+		if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)*allocated,
+			      (off_t)(tries[i] - *allocated)) == 0) {
+			*allocated = tries[i];
+			return 0;
+		}
+		if (errno == EOPNOTSUPP || errno == ENOSYS) {
+			*allocated = UINT64_MAX;
+			return 0;
+		}
+		if (errno != ENOSPC && errno != EDQUOT)
+			return -errno;
+	}
+	(void)st;
+	return -ENOSPC;
+}
+
+int store_reserve(struct store *st, uint64_t bytes)
+{
+	if (st->journalfd < 0)
+		return -EIO;
+	int rc = allocate_to(st, st->journalfd, &st->allocated,
+			     st->journal_bytes + st->reserved + bytes);
+	if (rc == 0)
+		st->reserved += bytes;
+	return rc;
+}
+
+void store_release(struct store *st, uint64_t bytes)
+{
+	st->reserved = bytes < st->reserved ? st->reserved - bytes : 0;
+}
+
+uint64_t store_reserved(const struct store *st) { return st->reserved; }
 
 int store_append(struct store *st, const void *rec, size_t len)
 {
@@ -474,14 +824,20 @@ int store_append(struct store *st, const void *rec, size_t len)
 	struct iovec iov[2] = {{frame, FRAME_SIZE}, {(void *)rec, len}};
 	size_t total = FRAME_SIZE + len;
 
+	/* The record's blocks are allocated first, behind what is promised to others:
+	 * a full filesystem then fails here, before a byte is written. */
+	int rc = allocate_to(st, st->journalfd, &st->allocated,
+			     st->journal_bytes + st->reserved + total);
+	if (rc < 0)
+		return rc;
 	flock(st->journalfd, LOCK_EX);
 	ssize_t n = writev(st->journalfd, iov, 2);
-	int rc = 0;
 	if (n != (ssize_t)total) {
 		rc = n < 0 ? -errno : -ENOSPC;
 		/* Cut a partial frame back off, so the next append is not behind it. */
 		if (ftruncate(st->journalfd, (off_t)st->journal_bytes) < 0)
 			rc = -EIO;
+		st->allocated = st->journal_bytes;
 	} else {
 		st->journal_bytes += total;
 	}
@@ -499,10 +855,11 @@ static int snap_flush(struct store *st)
 
 int store_snapshot_begin(struct store *st)
 {
-	st->snapfd = openat(st->dirfd, "snapshot.tmp",
-			    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (st->generation >= GENERATION_MAX)
+		return -EOVERFLOW;
+	st->snapfd = open_regular_at(st->dirfd, "snapshot.tmp", O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	if (st->snapfd < 0)
-		return -errno;
+		return st->snapfd;
 	uint8_t h[HEADER_SIZE];
 	make_header(h, SNAPSHOT_MAGIC, st->generation);
 	buf_reset(&st->snapbuf);
@@ -552,6 +909,10 @@ int store_snapshot_commit(struct store *st)
 	int jfd = rc == 0 ? prepare_journal(st, st->generation + 1) : -1;
 	if (rc == 0 && jfd < 0)
 		rc = jfd;
+	/* What writes were promised must fit in the new journal too, or it is not used. */
+	uint64_t jalloc = HEADER_SIZE;
+	if (rc == 0)
+		rc = allocate_to(st, jfd, &jalloc, HEADER_SIZE + st->reserved);
 	if (rc == 0 && renameat(st->dirfd, "snapshot.tmp", st->dirfd, "snapshot") < 0)
 		rc = -errno;
 	if (rc < 0) {
@@ -571,6 +932,7 @@ int store_snapshot_commit(struct store *st)
 		return rc;
 	}
 	use_journal(st, jfd, st->generation + 1);
+	st->allocated = jalloc;
 	return 0;
 }
 

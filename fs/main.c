@@ -29,6 +29,7 @@ static void usage(FILE *out)
 	fprintf(out,
 		"Usage: busfs [--store DIR] [options] MOUNTPOINT\n"
 		"       busfs --check --store DIR\n"
+		"       busfs --salvage --store DIR\n"
 		"\n"
 		"A message bus for agents, as files. Agents register with mkdir, send by writing\n"
 		"files, and wait for messages by reading agents/NAME/next.\n"
@@ -46,7 +47,10 @@ static void usage(FILE *out)
 		"  --metrics-retention SECONDS  metric points older than this are dropped (3600)\n"
 		"  --alert-interval SECONDS   how often alert rules are evaluated (5)\n"
 		"                             SECONDS may have a fraction (0.5)\n"
-		"  --check                    verify the store offline; exit 0 when consistent\n"
+		"  --check                    verify the store offline; exit 0 when consistent,\n"
+		"                             2 when it is damaged or holds a non-regular file\n"
+		"  --salvage                  rebuild a damaged store from its intact records; the\n"
+		"                             damaged files move to DIR/damaged-TIMESTAMP/\n"
 		"  --clear-stale              unmount a stale mount left at MOUNTPOINT by a killed server\n"
 		"  -f, --foreground           stay in the foreground, log to stderr\n"
 		"  -d, --debug                log every FUSE request (implies -f)\n"
@@ -172,6 +176,7 @@ int main(int argc, char **argv)
 		{"metrics-retention", required_argument, NULL, 'R'},
 		{"alert-interval", required_argument, NULL, 'A'},
 		{"check", no_argument, NULL, 'k'},
+		{"salvage", no_argument, NULL, 'S'},
 		{"clear-stale", no_argument, NULL, 'C'},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
@@ -187,7 +192,7 @@ int main(int argc, char **argv)
 				 .max_message_size = 1u << 20, .health_ttl_s = 30,
 				 .summary_window_s = 60, .metrics_retention_s = 3600,
 				 .alert_interval_s = 5};
-	bool check = false, clear_stale = false, foreground = false, debug = false;
+	bool check = false, salvage = false, clear_stale = false, foreground = false, debug = false;
 	const char *mount_opts[64];
 	size_t nopts = 0;
 	uint64_t v;
@@ -228,6 +233,7 @@ int main(int argc, char **argv)
 				return 1;
 			break;
 		case 'k': check = true; break;
+		case 'S': salvage = true; break;
 		case 'C': clear_stale = true; break;
 		case 'f': foreground = true; break;
 		case 'd': debug = foreground = true; break;
@@ -261,6 +267,14 @@ int main(int argc, char **argv)
 		struct buf report;
 		buf_init(&report);
 		int rc = bus_check_store(cfg.store_dir, &report);
+		fputs(report.data ? report.data : "", rc == 0 ? stdout : stderr);
+		buf_free(&report);
+		return rc == 0 ? 0 : rc == -EBADMSG || rc == -EMEDIUMTYPE ? 2 : 1;
+	}
+	if (salvage) {
+		struct buf report;
+		buf_init(&report);
+		int rc = bus_salvage_store(cfg.store_dir, &report);
 		fputs(report.data ? report.data : "", rc == 0 ? stdout : stderr);
 		buf_free(&report);
 		return rc == 0 ? 0 : 1;
@@ -303,7 +317,12 @@ int main(int argc, char **argv)
 	waiters_init(&fs);
 	struct bus_error err = {0};
 	if (bus_open(&cfg, &fs.bus, &err) < 0) {
-		fprintf(stderr, "busfs: %s\n", err.reason);
+		if (err.code == EBADMSG)
+			fprintf(stderr, "busfs: the store is damaged, not started: %s; keep every "
+				"intact record with: busfs --salvage --store %s\n", err.reason,
+				cfg.store_dir);
+		else
+			fprintf(stderr, "busfs: %s\n", err.reason);
 		return 1;
 	}
 	bus_set_wake(fs.bus, waiters_wake, &fs);

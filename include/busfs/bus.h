@@ -184,5 +184,8 @@ int bus_compact(struct bus *bus);
 /* Offline check of a store (busfs --check): loads it read-only and verifies that
  * counters cover every id and sequence. Writes a report; returns 0 when consistent. */
 int bus_check_store(const char *dir, struct buf *report);
+/* busfs --salvage: rebuilds a damaged store from its intact records (see
+ * store_salvage); what was kept and lost goes to report. 0 also when not damaged. */
+int bus_salvage_store(const char *dir, struct buf *report);
 
 #endif

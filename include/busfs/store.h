@@ -2,15 +2,19 @@
  *
  *   DIR/lock      flock(LOCK_EX) held for the server's life; holds its pid
  *   DIR/format    "busfs-store 1" and the store id (8 hex digits, used in msg_id)
- *   DIR/journal   header (magic, generation) + framed records: u32 length, u32 CRC-32,
+ *   DIR/journal   header (magic, generation, header CRC) + framed records: u32 length, u32 CRC-32,
  *                 payload. ONE record per commit unit, written with ONE write(2).
  *   DIR/snapshot  header (magic, generation it covers) + framed records + an end record
  *
  * The one thing to know: a record is either wholly in the journal or not at all.
- * Loading stops at the first frame that is cut short or fails its checksum and
- * truncates the journal there, so new appends never land behind a torn tail.
- * A journal whose generation the snapshot already covers is ignored: that is how a
- * crash between writing a snapshot and starting the next journal stays harmless. */
+ * Loading stops at the first frame that is cut short or fails its checksum. When no
+ * good frame follows, that is a torn final record (a crash mid-append): the journal
+ * is cut there, so new appends never land behind it. When good frames follow, or a
+ * header fails its checksum, or the journal is missing or of a generation the
+ * snapshot does not expect, or a record does not apply, the store is damaged:
+ * -EBADMSG, naming the byte offset. A journal whose generation the snapshot already
+ * covers is ignored: that is how a crash between writing a snapshot and starting the
+ * next journal stays harmless. A non-regular file is -EMEDIUMTYPE, at once. */
 #ifndef BUSFS_STORE_H
 #define BUSFS_STORE_H
 
@@ -57,12 +61,36 @@ uint64_t store_fs_free(const struct store *st);
  * or failed write the journal is cut back to where it was and -EIO/-ENOSPC returned. */
 int store_append(struct store *st, const void *rec, size_t len);
 
+/* Space promised to a write before it commits: the journal's blocks for bytes more
+ * (beyond the journal and what is already promised) are allocated now (fallocate,
+ * FALLOC_FL_KEEP_SIZE, 1 MiB ahead when there is room), so a full filesystem gives
+ * -ENOSPC here and not at the commit. store_release gives the promise back (before
+ * the commit that uses it, or when the write is abandoned). store_append allocates
+ * its own record's space behind the promises the same way. */
+int store_reserve(struct store *st, uint64_t bytes);
+void store_release(struct store *st, uint64_t bytes);
+uint64_t store_reserved(const struct store *st);
+
 /* Compaction: records written between begin and commit form the new snapshot, which
  * then replaces the old one and the journal restarts empty. */
 int store_snapshot_begin(struct store *st);
 int store_snapshot_add(struct store *st, const void *rec, size_t len);
 int store_snapshot_commit(struct store *st);
 void store_snapshot_abort(struct store *st);
+
+/* Salvage of a damaged store (its lock held, store_load not called): every good frame
+ * of the snapshot and the journal, found again past damage by its length and CRC, is
+ * offered to fn; those it accepts (returns 0) are kept. The old files are kept in
+ * DIR/damaged-<timestamp>/ and a good store is written in their place. What was lost
+ * goes to log, one line each. */
+struct store_salvage_report {
+	uint64_t snapshot_kept, journal_kept;
+	uint64_t dropped_records;   /* whole records fn refused */
+	uint64_t lost_bytes;        /* bytes that were no whole record */
+	char moved_to[64];          /* damaged-<timestamp>, relative to the store */
+};
+int store_salvage(struct store *st, store_apply_fn fn, void *ctx, struct store_salvage_report *rep,
+		  struct buf *log, struct bus_error *err);
 
 void store_close(struct store *st);
 

@@ -9,7 +9,8 @@
  *            journal is ignored); 4 = the snapshot has no end frame; 8 = the bytes after
  *            the last whole record are appended raw to the journal (a torn tail);
  *            16 = one frame's CRC is wrong; 32 = the format file says format 2;
- *            64 = the journal has no valid header
+ *            64 = the journal has no valid header; 128 = headers of version 2 (with
+ *            their CRC) instead of version 1
  *   byte 1   K, and which frame (16) is damaged
  *   then     records, each a u16 little-endian length and that many bytes (the record:
  *            type byte, then its fields); each becomes a frame with a valid CRC-32, so
@@ -22,7 +23,8 @@
  * holds (pending == the sum of inbox depths), and what bus_close then writes (a
  * snapshot of the loaded state) opens again into the same state: same agents with the
  * same depth, outbox, drain state and counters; the store busfs wrote itself must
- * always load.
+ * always load. A store refused as damaged (EBADMSG) is salvaged, and what the salvage
+ * writes must then open.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -57,12 +59,21 @@ static uint32_t ref_crc32(const uint8_t *p, size_t n)
 	return c ^ 0xffffffffu;
 }
 
-static void header(struct buf *b, const char *magic, uint64_t gen)
+static void header(struct buf *b, const char *magic, uint64_t gen, bool v2)
 {
-	char h[16] = {0};
+	uint8_t h[16] = {0};
 	memcpy(h, magic, 7);
-	buf_append(b, h, 8);
-	buf_put_u64(b, gen);
+	if (!v2) {
+		buf_append(b, h, 8);
+		buf_put_u64(b, gen);
+		return;
+	}
+	h[6] = '2';
+	for (int i = 0; i < 4; i++)
+		h[8 + i] = (uint8_t)(gen >> (8 * i));
+	uint32_t crc = ref_crc32(h, 12);
+	buf_append(b, h, 12);
+	put_le32(b, crc);
 }
 
 static void frame(struct buf *b, const uint8_t *rec, size_t len, bool bad_crc)
@@ -168,6 +179,21 @@ static void render_all(struct bus *bus, const struct state *s)
 	bus_tick(bus);
 }
 
+/* A damaged store: after busfs --salvage it must open and pass the check. */
+static void salvage_then_open(const struct bus_config *cfg)
+{
+	struct buf report;
+	buf_init(&report);
+	int rc = bus_salvage_store(cfg->store_dir, &report);
+	FUZZ_CHECK(rc == 0, "salvage failed: %s", report.data ? report.data : "");
+	buf_free(&report);
+	struct bus *bus = NULL;
+	struct bus_error err = {0};
+	rc = bus_open(cfg, &bus, &err);
+	FUZZ_CHECK(rc == 0, "the salvaged store does not open: %s", err.reason);
+	bus_close(bus);
+}
+
 static void check_store(const char *dir)
 {
 	struct buf report;
@@ -205,11 +231,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const char *format = flags & 32 ? "busfs-store 2\nid 0000abcd\n" : "busfs-store 1\nid 0000abcd\n";
 	fuzz_write_file(path, format, strlen(format));
 
-	uint64_t snap_gen = 7, journal_gen = flags & 2 ? 7 : 8;
+	/* Without a snapshot the journal is the first one, of generation 1. */
+	uint64_t snap_gen = 7, journal_gen = !(flags & 1) ? 1 : flags & 2 ? 7 : 8;
+	bool v2 = flags & 128;
 	struct buf b;
 	buf_init(&b);
 	if (flags & 1) {
-		header(&b, "BUSFSS1", snap_gen);
+		header(&b, "BUSFSS1", snap_gen, v2);
 		for (size_t i = 0; i < nsnap; i++)
 			frame(&b, recs[i], lens[i], i == bad);
 		if (!(flags & 4))
@@ -218,7 +246,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_write_file(path, b.data, b.len);
 		buf_reset(&b);
 	}
-	header(&b, flags & 64 ? "BUSFSX1" : "BUSFSJ1", journal_gen);
+	header(&b, flags & 64 ? "BUSFSX1" : "BUSFSJ1", journal_gen, v2);
 	for (size_t i = nsnap; i < n; i++)
 		frame(&b, recs[i], lens[i], i == bad);
 	if (flags & 8)
@@ -237,6 +265,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (rc < 0) {
 		FUZZ_CHECK(!bus && err.code == -rc && err.reason[0], "open refused with %d, no reason",
 			   rc);
+		if (rc == -EBADMSG)
+			salvage_then_open(&cfg);
 		return 0;
 	}
 	struct state before, after;

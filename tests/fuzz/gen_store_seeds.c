@@ -17,6 +17,7 @@
 
 #include "busfs/bus.h"
 #include "busfs/clock.h"
+#include "busfs/store.h"
 
 static int64_t now = INT64_C(1795410312123456);
 static int64_t fake_now(void) { return now++; }
@@ -115,6 +116,17 @@ static struct bus *open_store(const char *store)
 	if (!f)
 		die(path, strerror(errno));
 	fputs("busfs-store 1\nid 0000abcd\n", f);
+	fclose(f);
+	/* A store with a format file has its journal: an empty one of generation 1. */
+	unsigned char h[16] = "BUSFSJ2";
+	h[8] = 1;
+	uint32_t crc = crc32_compute(h, 12);
+	for (int i = 0; i < 4; i++)
+		h[12 + i] = (unsigned char)(crc >> (8 * i));
+	snprintf(path, sizeof path, "%s/journal", store);
+	f = fopen(path, "w");
+	if (!f || fwrite(h, 1, sizeof h, f) != sizeof h)
+		die(path, strerror(errno));
 	fclose(f);
 	struct bus_config cfg = {.store_dir = store, .store_max_bytes = 1 << 30};
 	struct bus *bus;
@@ -229,10 +241,13 @@ int main(int argc, char **argv)
 	emit(store, argv[1], "journal-basic", 0, NULL, 0);
 	emit(store, argv[1], "journal-torn", 8, "\x40\x00\x00\x00\x12\x34", 6);
 	emit(store, argv[1], "journal-badcrc", 16, NULL, 0);
+	emit(store, argv[1], "journal-v2", 128, NULL, 0);
+	emit(store, argv[1], "journal-v2-badcrc", 128 | 16, NULL, 0);
 	bus_compact(bus);
 	send(bus, 2, "{\"to\":\"alice\",\"payload\":[1,2.5e3,null]}");
 	emit(store, argv[1], "snapshot-and-journal", 0, NULL, 0);
 	emit(store, argv[1], "snapshot-noend", 4, NULL, 0);
+	emit(store, argv[1], "snapshot-and-journal-v2", 128, NULL, 0);
 	emit(store, argv[1], "journal-covered", 2, NULL, 0);
 	bus_close(bus);
 	rmrf(store);
