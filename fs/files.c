@@ -461,7 +461,47 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		return;
 	}
 	h->wrote = true;
+	h->writer = fuse_req_ctx(req)->pid;
+	if (h->node == N_PAIR)
+		h->unflushed += size;
 	fuse_reply_write(req, size);
+}
+
+/* The bytes a FLUSH would commit: a message being written, an unfinished metric line
+ * or `send` record. */
+static size_t flush_pending(const struct handle *h)
+{
+	switch (h->node) {
+	case N_PAIR: return h->unflushed;
+	case N_AGENT_METRICS: return h->pending.len;
+	case N_SEND: return blank(h->pending.data, h->pending.len) ? 0 : h->pending.len;
+	default: return 0;
+	}
+}
+
+/* A FLUSH sent by the exit of a process killed by a signal: the bytes it left pending
+ * are dropped, not committed, and the reason logged. Bytes whose writer is another
+ * process, alive and not exiting (a child that shared the file was killed), stay.
+ * True when the request was answered. */
+static bool flush_of_killed_writer(fuse_req_t req, struct fs *fs, struct handle *h)
+{
+	size_t pending = flush_pending(h);
+	pid_t pid = fuse_req_ctx(req)->pid;
+	if (!pending)
+		return false;
+	int sig = dying_signal(pid);
+	if (!sig || (h->writer != pid && !dying_or_gone(h->writer)))
+		return false;
+	if (h->node == N_PAIR) {
+		bus_draft_discard(fs->bus, h->draft);
+		h->unflushed = 0;
+	} else {
+		buf_reset(&h->pending);
+	}
+	struct bus_error err;
+	bus_fail(&err, EINTR, "writer killed by signal %d; %zu bytes dropped", sig, pending);
+	refuse(req, "flush", h->path, h->agent_id, &err);
+	return true;
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -469,6 +509,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct fs *fs = fs_of(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	struct bus_error err = {0};
+	if (flush_of_killed_writer(req, fs, h))
+		return;
 	if (h->node == N_RULES && h->truncating && !h->cleared) {
 		/* `: > alerts/rules` clears the rules. bash's `echo ... >` flushes once
 		 * before it writes: the write then replaces (or, if refused, restores). */
@@ -499,6 +541,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		refuse(req, "flush", h->path, h->agent_id, &err);
 		return;
 	}
+	if (h->node == N_PAIR)
+		h->unflushed = 0;
 	if (h->node == N_PAIR && bus_draft_flush(fs->bus, h->draft, &err) < 0) {
 		/* The write that was refused already logged its reason; a store failure here
 		 * is new and is logged now. */
