@@ -192,9 +192,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		if (writing)
 			snprintf(why, sizeof why, "message files are read-only; rm consumes one");
-		else if (r.node == N_INBOX_MSG && !owner_ok(req, &a))
-			snprintf(why, sizeof why, "uid %u may not read the inbox of %s",
-				 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		else if (!owner_ok(req, &a))
+			snprintf(why, sizeof why, "uid %u may not read the %s of %s",
+				 (unsigned)fuse_req_ctx(req)->uid,
+				 r.node == N_INBOX_MSG ? "inbox" : "outbox", a.name);
 		/* A message never changes: let the page cache keep it. */
 		fi->direct_io = 0;
 		fi->keep_cache = 1;
@@ -576,17 +577,20 @@ static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 
 /* ---------- directories: opendir, mkdir, rmdir, unlink ---------- */
 
-/* An inbox is listed only by its agent's owner (or root), as its files are read. */
+/* An inbox or outbox is listed only by its agent's owner (or root), as its files are
+ * read: the outbox holds the envelopes its agent sent, the same as its recipients
+ * received. */
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
 	struct node_ref r = ref_of(ino);
 	struct bus_agent_info a;
-	if (r.node == N_INBOX && bus_agent_by_id(fs->bus, r.agent_id, &a) == 0 &&
-	    !owner_ok(req, &a)) {
+	if ((r.node == N_INBOX || r.node == N_OUTBOX) &&
+	    bus_agent_by_id(fs->bus, r.agent_id, &a) == 0 && !owner_ok(req, &a)) {
 		char why[160];
-		snprintf(why, sizeof why, "uid %u may not list the inbox of %s",
-			 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		snprintf(why, sizeof why, "uid %u may not list the %s of %s",
+			 (unsigned)fuse_req_ctx(req)->uid, r.node == N_INBOX ? "inbox" : "outbox",
+			 a.name);
 		refuse_at(req, "opendir", ino, NULL, EACCES, why);
 		return;
 	}
