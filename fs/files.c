@@ -480,10 +480,11 @@ static size_t flush_pending(const struct handle *h)
 	}
 }
 
-/* A FLUSH sent by the exit of a process killed by a signal: the bytes it left pending
- * are dropped, not committed, and the reason logged. Bytes whose writer is another
- * process, alive and not exiting (a child that shared the file was killed), stay.
- * True when the request was answered. */
+/* A FLUSH sent by the exit of a process killed by a signal commits nothing. When that
+ * process wrote the pending bytes (or their writer is dying or gone too: the threads
+ * of one killed process), they are dropped and the reason logged. When their writer
+ * is another process, alive (a child that shared the file was killed), they stay
+ * pending for that writer's own close. True when the request was answered. */
 static bool flush_of_killed_writer(fuse_req_t req, struct fs *fs, struct handle *h)
 {
 	size_t pending = flush_pending(h);
@@ -491,8 +492,12 @@ static bool flush_of_killed_writer(fuse_req_t req, struct fs *fs, struct handle 
 	if (!pending)
 		return false;
 	int sig = dying_signal(pid);
-	if (!sig || (h->writer != pid && !dying_or_gone(h->writer)))
+	if (!sig)
 		return false;
+	if (h->writer != pid && !dying_or_gone(h->writer)) {
+		fuse_reply_err(req, 0);
+		return true;
+	}
 	if (h->node == N_PAIR) {
 		bus_draft_discard(fs->bus, h->draft);
 		h->unflushed = 0;

@@ -209,3 +209,40 @@ BUS_TEST(killed, a_killed_send_writer_drops_its_partial_record)
     cr_assert(agent_logged("alice", "writer killed by signal 9; "),
               "agents/alice/errors does not say the writer was killed");
 }
+
+/* ---- a killed process that only shared the file -------------------------- */
+
+BUS_TEST(killed, a_killed_child_that_shared_the_file_leaves_its_parents_message)
+{
+    /* The writer forks a child that inherits the open file and is killed; the
+     * writer, alive, then closes: its message is sent whole. */
+    bus_agents(&bus, "alice", "bob", NULL);
+    int ready[2];
+    cr_assert(pipe2(ready, O_CLOEXEC) == 0);
+    pid_t writer = fork();
+    cr_assert(writer >= 0);
+    if (writer == 0) {
+        close(ready[0]);
+        int fd = open(AT("agents/alice/outbox/bob"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0 || write(fd, "parent's ", 9) != 9)
+            _exit(2);
+        pid_t child = fork();
+        if (child == 0) {
+            for (;;)
+                pause();
+        }
+        if (child < 0 || kill(child, SIGKILL) < 0 || bus_wait_child(child, BUS_WAIT_MS) != 137)
+            _exit(3);
+        if (write(fd, "message", 7) != 7 || close(fd) < 0)
+            _exit(4);
+        _exit(0);
+    }
+    close(ready[1]);
+    close(ready[0]);
+    cr_assert_eq(bus_wait_child(writer, BUS_WAIT_MS), 0, "the writer failed");
+    json_t *inbox = bus_inbox("bob");
+    cr_assert_eq(json_array_size(inbox), 1, "bob has %zu messages, want 1",
+                 json_array_size(inbox));
+    cr_assert_str_eq(bus_str(json_array_get(inbox, 0), "payload"), "parent's message");
+    json_decref(inbox);
+}
