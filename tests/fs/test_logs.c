@@ -66,7 +66,7 @@ BUS_TEST(logs, control_characters_and_backslashes_are_escaped_in_the_server_log)
 BUS_TEST(logs, control_characters_in_a_refused_name_give_one_json_errors_record)
 {
     static const char *const names[] = {"evil\nFAKE", "evil\rFAKE", "evil\x1b[2JFAKE",
-                                        "evil\x7f" "FAKE", "evil\\\"FAKE"};
+                                        "evil\177FAKE", "evil\\\"FAKE"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         size_t before = bus_jsonl_count(AT("errors")); /* each line one JSON object */
         errno = 0;
