@@ -252,6 +252,15 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 	return rc;
 }
 
+void bus_draft_discard(struct bus *bus, struct bus_draft *d)
+{
+	bus_lock(bus);
+	draft_unreserve(bus, d);
+	bus_unlock_and_wake(bus);
+	buf_reset(&d->body);
+	d->text_len = 0;
+}
+
 void bus_draft_close(struct bus *bus, struct bus_draft *d)
 {
 	if (!d)

@@ -192,9 +192,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		if (writing)
 			snprintf(why, sizeof why, "message files are read-only; rm consumes one");
-		else if (r.node == N_INBOX_MSG && !owner_ok(req, &a))
-			snprintf(why, sizeof why, "uid %u may not read the inbox of %s",
-				 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		else if (!owner_ok(req, &a))
+			snprintf(why, sizeof why, "uid %u may not read the %s of %s",
+				 (unsigned)fuse_req_ctx(req)->uid,
+				 r.node == N_INBOX_MSG ? "inbox" : "outbox", a.name);
 		/* A message never changes: let the page cache keep it. */
 		fi->direct_io = 0;
 		fi->keep_cache = 1;
@@ -461,7 +462,52 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		return;
 	}
 	h->wrote = true;
+	h->writer = fuse_req_ctx(req)->pid;
+	if (h->node == N_PAIR)
+		h->unflushed += size;
 	fuse_reply_write(req, size);
+}
+
+/* The bytes a FLUSH would commit: a message being written, an unfinished metric line
+ * or `send` record. */
+static size_t flush_pending(const struct handle *h)
+{
+	switch (h->node) {
+	case N_PAIR: return h->unflushed;
+	case N_AGENT_METRICS: return h->pending.len;
+	case N_SEND: return blank(h->pending.data, h->pending.len) ? 0 : h->pending.len;
+	default: return 0;
+	}
+}
+
+/* A FLUSH sent by the exit of a process killed by a signal commits nothing. When that
+ * process wrote the pending bytes (or their writer is dying or gone too: the threads
+ * of one killed process), they are dropped and the reason logged. When their writer
+ * is another process, alive (a child that shared the file was killed), they stay
+ * pending for that writer's own close. True when the request was answered. */
+static bool flush_of_killed_writer(fuse_req_t req, struct fs *fs, struct handle *h)
+{
+	size_t pending = flush_pending(h);
+	pid_t pid = fuse_req_ctx(req)->pid;
+	if (!pending)
+		return false;
+	int sig = dying_signal(pid);
+	if (!sig)
+		return false;
+	if (h->writer != pid && !dying_or_gone(h->writer)) {
+		fuse_reply_err(req, 0);
+		return true;
+	}
+	if (h->node == N_PAIR) {
+		bus_draft_discard(fs->bus, h->draft);
+		h->unflushed = 0;
+	} else {
+		buf_reset(&h->pending);
+	}
+	struct bus_error err;
+	bus_fail(&err, EINTR, "writer killed by signal %d; %zu bytes dropped", sig, pending);
+	refuse(req, "flush", h->path, h->agent_id, &err);
+	return true;
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -469,6 +515,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct fs *fs = fs_of(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	struct bus_error err = {0};
+	if (flush_of_killed_writer(req, fs, h))
+		return;
 	if (h->node == N_RULES && h->truncating && !h->cleared) {
 		/* `: > alerts/rules` clears the rules. bash's `echo ... >` flushes once
 		 * before it writes: the write then replaces (or, if refused, restores). */
@@ -499,6 +547,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		refuse(req, "flush", h->path, h->agent_id, &err);
 		return;
 	}
+	if (h->node == N_PAIR)
+		h->unflushed = 0;
 	if (h->node == N_PAIR && bus_draft_flush(fs->bus, h->draft, &err) < 0) {
 		/* The write that was refused already logged its reason; a store failure here
 		 * is new and is logged now. */
@@ -532,17 +582,20 @@ static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 
 /* ---------- directories: opendir, mkdir, rmdir, unlink ---------- */
 
-/* An inbox is listed only by its agent's owner (or root), as its files are read. */
+/* An inbox or outbox is listed only by its agent's owner (or root), as its files are
+ * read: the outbox holds the envelopes its agent sent, the same as its recipients
+ * received. */
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
 	struct node_ref r = ref_of(fs, ino);
 	struct bus_agent_info a;
-	if (r.node == N_INBOX && bus_agent_by_id(fs->bus, r.agent_id, &a) == 0 &&
-	    !owner_ok(req, &a)) {
+	if ((r.node == N_INBOX || r.node == N_OUTBOX) &&
+	    bus_agent_by_id(fs->bus, r.agent_id, &a) == 0 && !owner_ok(req, &a)) {
 		char why[160];
-		snprintf(why, sizeof why, "uid %u may not list the inbox of %s",
-			 (unsigned)fuse_req_ctx(req)->uid, a.name);
+		snprintf(why, sizeof why, "uid %u may not list the %s of %s",
+			 (unsigned)fuse_req_ctx(req)->uid, r.node == N_INBOX ? "inbox" : "outbox",
+			 a.name);
 		refuse_at(req, "opendir", ino, NULL, EACCES, why);
 		return;
 	}

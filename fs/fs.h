@@ -68,6 +68,10 @@ struct handle {
 	struct buf doc;               /* generated documents: rendered once at open */
 	struct bus_message *msg;      /* message files; N_NEXT once answered */
 	bool next_done;               /* N_NEXT answered with end-of-file */
+	size_t unflushed;             /* N_PAIR: bytes accepted since the last flush */
+	pid_t writer;                 /* the thread of the last accepted write: a killed
+				       * process's FLUSH drops the pending bytes unless
+				       * their writer is another, live, process */
 	bool wrote;                   /* N_HEALTH, N_CTL, N_RULES: a write was accepted */
 	bool truncating;              /* N_RULES opened with O_TRUNC (`>`), not written yet:
 				       * its first write replaces the rules */
@@ -135,6 +139,13 @@ bool log_size(struct fs *fs, const struct node_ref *r, uint64_t *size);
 
 /* files.c */
 void files_close_all(struct fs *fs);
+
+/* dying.c */
+/* The signal killing pid, which is exiting now (at the FLUSH its exit sends); 0 when
+ * it is not exiting, ends normally, or /proc cannot tell. */
+int dying_signal(pid_t pid);
+/* pid is exiting or no longer exists (or is unknown: 0). */
+bool dying_or_gone(pid_t pid);
 
 /* log.c */
 int log_parse_level(const char *name);   /* LOG_ERR..LOG_DEBUG, -1 when unknown */

@@ -43,7 +43,7 @@ static const struct entry fixed_entries[] = {
 /* The files of every agent's directory. */
 static const struct entry agent_entries[] = {
 	{"inbox", N_INBOX, N_AGENT_DIR, S_IFDIR | 0700},
-	{"outbox", N_OUTBOX, N_AGENT_DIR, S_IFDIR | 0755},
+	{"outbox", N_OUTBOX, N_AGENT_DIR, S_IFDIR | 0700},  /* the same envelopes as inboxes */
 	{"send", N_SEND, N_AGENT_DIR, S_IFREG | 0200},
 	{"next", N_NEXT, N_AGENT_DIR, S_IFREG | 0400},
 	{"ctl", N_CTL, N_AGENT_DIR, S_IFREG | 0600},
@@ -221,7 +221,7 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 					   : bus_outbox_get(fs->bus, r->agent_id, r->number);
 		if (!m)
 			return -ENOENT;
-		st->st_mode = r->node == N_INBOX_MSG ? S_IFREG | 0600 : S_IFREG | 0444;
+		st->st_mode = r->node == N_INBOX_MSG ? S_IFREG | 0600 : S_IFREG | 0400;
 		st->st_size = (off_t)m->len;
 		message_unref(m);
 		break;

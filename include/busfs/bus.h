@@ -110,6 +110,9 @@ int bus_draft_open(struct bus *bus, uint64_t sender_id, const char *target, uid_
 int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size_t len,
 		    struct bus_error *err);
 int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err);
+/* Drops the bytes written so far and frees the reservation, as if nothing had been
+ * written (a later write reserves again): the writer was killed before it closed. */
+void bus_draft_discard(struct bus *bus, struct bus_draft *d);
 void bus_draft_close(struct bus *bus, struct bus_draft *d);
 const char *bus_draft_sender(const struct bus_draft *d);
 

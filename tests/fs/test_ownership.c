@@ -106,7 +106,8 @@ enum op_kind {
 /*
  * One operation as a user makes it. In path and data, {file1} and {file2}
  * stand for the names of alice's two messages (agents/alice/inbox/...),
- * {id1} and {id2} for their msg_ids.
+ * {id1} and {id2} for their msg_ids, {sent} for the name of the message
+ * alice sent bob (agents/alice/outbox/...).
  */
 struct op {
     const char *what;
@@ -130,19 +131,21 @@ struct outcome {
 static struct {
     char file[2][200];
     char id[2][120];
+    char sent[200];
 } msgs;
 
 /* tmpl with {file1}, {file2}, {id1}, {id2} replaced. */
 static void fill(char *out, size_t n, const char *tmpl)
 {
-    static const char *const tokens[] = {"{file1}", "{file2}", "{id1}", "{id2}"};
-    const char *values[] = {msgs.file[0], msgs.file[1], msgs.id[0], msgs.id[1]};
+    static const char *const tokens[] = {"{file1}", "{file2}", "{id1}", "{id2}", "{sent}"};
+    const char *values[] = {msgs.file[0], msgs.file[1], msgs.id[0], msgs.id[1], msgs.sent};
+    const size_t ntokens = sizeof tokens / sizeof *tokens;
     size_t w = 0;
     while (*tmpl && w + 1 < n) {
         size_t t = 0;
-        while (t < 4 && strncmp(tmpl, tokens[t], strlen(tokens[t])) != 0)
+        while (t < ntokens && strncmp(tmpl, tokens[t], strlen(tokens[t])) != 0)
             t++;
-        if (t < 4) {
+        if (t < ntokens) {
             w += (size_t)snprintf(out + w, n - w, "%s", values[t]);
             if (w >= n)
                 w = n - 1;
@@ -435,6 +438,10 @@ static void populate(void)
     }
     json_decref(inbox);
     bus_ls_free(names, n);
+    names = bus_ls(AT("agents/alice/outbox"), &n);
+    cr_assert(names && n == 1, "alice's outbox lists %zu files, want 1", names ? n : 0);
+    snprintf(msgs.sent, sizeof msgs.sent, "%s", names[0]);
+    bus_ls_free(names, n);
 }
 
 /* A health object as JSON without age_s (malloc'd), "" when unreadable. */
@@ -561,6 +568,26 @@ BUS_TEST_WITH(ownership, mkdir_makes_the_caller_the_owner, start_allow_other)
     assert_ls_owner("agents", "alice", OWNER);
 }
 
+BUS_TEST_WITH(ownership, the_outbox_shows_owner_only_modes, start_allow_other)
+{
+    /* Its files are the envelopes the recipients received: like inbox/, the
+     * owner's only, and read-only (rm is refused: it is a record). */
+    populate();
+    struct stat st;
+    cr_assert(stat(AT("agents/alice/outbox"), &st) == 0, "stat outbox: %s", strerror(errno));
+    cr_assert_eq(st.st_mode, S_IFDIR | 0700, "agents/alice/outbox has mode %o, want %o",
+                 (unsigned)st.st_mode, (unsigned)(S_IFDIR | 0700));
+    cr_assert(stat(AT("agents/alice/outbox/%s", msgs.sent), &st) == 0, "stat %s: %s", msgs.sent,
+              strerror(errno));
+    cr_assert_eq(st.st_mode, S_IFREG | 0400, "an outbox file has mode %o, want %o",
+                 (unsigned)st.st_mode, (unsigned)(S_IFREG | 0400));
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&bus, &r, "ls -ld agents/alice/outbox agents/alice/inbox"), 0);
+    cr_assert(strncmp(r.out, "drwx------", 10) == 0 && strstr(r.out, "\ndrwx------"),
+              "ls -ld shows: %s", r.out);
+    bus_cmd_free(&r);
+}
+
 /* ---- 2. what only the owner (or root) may do ------------------------------ */
 
 struct guarded {
@@ -607,6 +634,10 @@ static const struct guarded owner_only[] = {
     {{"remove a message from alice's inbox", OP_UNLINK, "agents/alice/inbox/{file1}", 0, NULL},
      false},
     {{"rmdir alice (her inbox not empty)", OP_RMDIR, "agents/alice", 0, NULL}, false},
+    /* The outbox holds the same envelopes as the recipients' inboxes. */
+    {{"list alice's outbox", OP_LIST, "agents/alice/outbox", 0, NULL}, false},
+    {{"read a message in alice's outbox", OP_READ, "agents/alice/outbox/{sent}", 0, NULL},
+     true},
 };
 
 BUS_TEST_WITH(ownership, others_may_not_act_as_alice, start_allow_other)
@@ -873,6 +904,20 @@ static void check_removed(const struct outcome *o)
     free(names);
 }
 
+static void check_outbox_list(const struct outcome *o)
+{
+    cr_assert(strstr(o->out, msgs.sent) != NULL, "alice's outbox as listed: %s", o->out);
+}
+
+static void check_outbox_read(const struct outcome *o)
+{
+    json_t *env = json_loads(o->out, 0, NULL);
+    cr_assert(json_is_object(env), "outbox message read: %s", o->out);
+    bus_assert_envelope(env, "alice", "bob");
+    cr_assert_str_eq(bus_str(env, "payload"), "hello bob");
+    json_decref(env);
+}
+
 /* Everything owner_only refuses to others, in an order that works, and its effect. */
 static const struct {
     struct op op;
@@ -906,6 +951,9 @@ static const struct {
      check_drained},
     {{"resume alice through ctl", OP_WRITE, "agents/alice/ctl", O_WRONLY | O_TRUNC, "resume\n"},
      check_resumed},
+    {{"list alice's outbox", OP_LIST, "agents/alice/outbox", 0, NULL}, check_outbox_list},
+    {{"read a message in alice's outbox", OP_READ, "agents/alice/outbox/{sent}", 0, NULL},
+     check_outbox_read},
     {{"rmdir alice", OP_RMDIR, "agents/alice", 0, NULL}, check_removed},
 };
 
@@ -948,7 +996,6 @@ BUS_TEST_WITH(ownership, everyone_may_read_health_metrics_alerts_and_agents, sta
         {"read README", OP_READ, "README", 0, NULL},
         {"ls agents", OP_LIST, "agents", 0, NULL},
         {"ls agents/alice", OP_LIST, "agents/alice", 0, NULL},
-        {"ls agents/alice/outbox", OP_LIST, "agents/alice/outbox", 0, NULL},
     };
     size_t top = bus_jsonl_count(AT("errors"));
     for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
@@ -990,18 +1037,13 @@ BUS_TEST_WITH(ownership, everyone_may_read_health_metrics_alerts_and_agents, sta
     cr_assert_eq(as_sh(MALLORY, &r, "ls agents"), 0, "ls agents as another uid: %s", r.err);
     cr_assert_str_eq(r.out, "alice\nbob\nmallory\n", "ls agents as another uid");
     bus_cmd_free(&r);
-    const struct op outbox = {"ls agents/alice/outbox", OP_LIST, "agents/alice/outbox", 0, NULL};
-    text = allowed(MALLORY, &outbox);
-    cr_assert(bus_match("[0-9]{20}-" BUS_MSG_ID_RE "\\.json\n", text),
-              "alice's outbox as another uid lists: %s", text);
-    free(text);
     cr_assert_eq(bus_jsonl_count(AT("errors")), top, "reading logged refusals");
 
     /* And the shell's way. */
     as_sh_ok(MALLORY, "cat agents/alice/health health/status metrics/summary.json "
                       "metrics/busfs.prom metrics/metrics.jsonl agents/alice/metrics "
                       "alerts/active.json alerts/rules >/dev/null");
-    as_sh_ok(MALLORY, "ls -l agents agents/alice agents/alice/outbox >/dev/null");
+    as_sh_ok(MALLORY, "ls -l agents agents/alice >/dev/null");
 }
 
 /* ---- 5. sending to alice from one's own agent ------------------------------ */
@@ -1207,9 +1249,15 @@ BUS_TEST_WITH(ownership, access_answers_by_the_same_rules, start_allow_other)
         {MALLORY, "agents/alice/ctl", R_OK, EACCES},
         {MALLORY, "agents/alice/ctl", W_OK, EACCES},
         {MALLORY, "agents/alice/errors", R_OK, 0},
-        {MALLORY, "agents/alice/outbox", R_OK | X_OK, 0},
+        {MALLORY, "agents/alice/outbox", R_OK, EACCES},
+        /* Like inbox/: names may be looked up (stat), not listed or read. */
+        {MALLORY, "agents/alice/outbox", X_OK, 0},
         {MALLORY, "agents/alice/outbox", W_OK, EACCES},
-        {OWNER, "agents/alice/outbox", W_OK, 0},
+        {MALLORY, "agents/alice/outbox/{sent}", R_OK, EACCES},
+        {OWNER, "agents/alice/outbox", R_OK | W_OK | X_OK, 0},
+        {OWNER, "agents/alice/outbox/{sent}", R_OK, 0},
+        {OWNER, "agents/alice/outbox/{sent}", W_OK, EACCES},
+        {0, "agents/alice/outbox/{sent}", R_OK, 0},
         {MALLORY, "agents/mallory/outbox", W_OK, 0},
         {MALLORY, "agents", R_OK | X_OK, 0},
         {MALLORY, "health/status", R_OK, 0},
@@ -1259,7 +1307,7 @@ BUS_TEST_WITH(ownership, shell_commands_of_others_get_permission_denied, start_a
 {
     populate();
     char *before = bus_state();
-    char cmds[14][512];
+    char cmds[16][512];
     size_t n = 0;
     snprintf(cmds[n++], 512, "ls agents/alice/inbox");
     snprintf(cmds[n++], 512, "echo hi > agents/alice/outbox/bob");
@@ -1274,6 +1322,8 @@ BUS_TEST_WITH(ownership, shell_commands_of_others_get_permission_denied, start_a
     snprintf(cmds[n++], 512, "cat agents/alice/inbox/%s", msgs.file[0]);
     snprintf(cmds[n++], 512, "rm -f agents/alice/inbox/%s", msgs.file[0]);
     snprintf(cmds[n++], 512, "rmdir agents/alice");
+    snprintf(cmds[n++], 512, "ls agents/alice/outbox");
+    snprintf(cmds[n++], 512, "cat agents/alice/outbox/%s", msgs.sent);
     for (size_t i = 0; i < n; i++) {
         size_t top = bus_jsonl_count(AT("agents/alice/errors"));
         struct bus_cmd r;
