@@ -10,10 +10,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "bus_impl.h"
 #include "busfs/clock.h"
@@ -95,6 +97,8 @@ bool bus_name_valid(const char *name)
 }
 
 bool bus_may_act_as(const struct agent *a, uid_t uid) { return uid == 0 || uid == a->uid; }
+
+bool bus_quota_applies(const struct bus *bus, uid_t uid) { return uid != bus->server_uid; }
 
 struct agent *bus_owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid, const char *what,
 			      struct bus_error *err)
@@ -432,6 +436,7 @@ static struct agent *agent_insert(struct bus *bus, const char *name)
 
 static void agent_free(struct agent *a)
 {
+	quota_drafts_free(&a->drafts);
 	inbox_free(&a->inbox);
 	outbox_free(&a->outbox);
 	errlog_free(&a->errors);
@@ -474,6 +479,61 @@ static void agent_info(const struct agent *a, struct bus_agent_info *out)
 
 /* ---------- applying records ---------- */
 
+/* A message entering an inbox is charged to the uid owning its sender, if registered. */
+static void charge(struct bus *bus, struct bus_message *m)
+{
+	struct agent *from = bus_find(bus, m->from);
+	struct quota_uid *u = from ? quota_of(&bus->quota, from->uid) : NULL;
+	m->charged = u != NULL;
+	m->charged_uid = u ? (uint32_t)u->uid : 0;
+	if (u)
+		u->pending_bytes += m->len;
+}
+
+static void uncharge(struct bus *bus, struct bus_message *m)
+{
+	struct quota_uid *u = m->charged ? quota_of(&bus->quota, (uid_t)m->charged_uid) : NULL;
+	if (u)
+		u->pending_bytes -= u->pending_bytes < m->len ? u->pending_bytes : m->len;
+	m->charged = false;
+}
+
+static void uncharge_inbox(struct bus *bus, struct inbox *in)
+{
+	for (size_t i = in->head; i < in->tail; i++)
+		if (in->msgs[i])
+			uncharge(bus, in->msgs[i]);
+}
+
+/* After freeing `bytes` of messages: glibc keeps freed memory inside its heaps (a
+ * large block freed after smaller ones were allocated above it stays), so once a
+ * megabyte-sized message or an outbox of them is gone, the heaps are trimmed. */
+static void give_back(size_t bytes)
+{
+	if (bytes >= BUS_TRIM_BYTES)
+		malloc_trim(0);
+}
+
+static size_t outbox_bytes(const struct outbox *o)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < o->count; i++)
+		n += outbox_at(o, i)->len;
+	return n;
+}
+
+static int count_agent(struct bus *bus, uid_t uid, int delta)
+{
+	struct quota_uid *u = quota_of(&bus->quota, uid);
+	if (!u)
+		return -ENOMEM;
+	if (delta > 0)
+		u->agents++;
+	else if (u->agents)
+		u->agents--;
+	return 0;
+}
+
 static int set_sequence(struct bus *bus, const char *from, const char *to, uint64_t seq)
 {
 	char key[2 * BUS_NAME_MAX + 2];
@@ -499,6 +559,7 @@ static int deliver(struct bus *bus, struct bus_message *m, bool count)
 	if (m->number > bus->counter)
 		bus->counter = m->number;
 	bus->pending++;
+	charge(bus, m);
 	if (count) {
 		to->delivered_total++;
 		bus->delivered_total++;
@@ -527,6 +588,10 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_sna
 		uint64_t delivered = rd_u64(&r), acked = rd_u64(&r);
 		if (r.bad || !bus_name_valid(name) || !(a = agent_insert(bus, name)))
 			return -EINVAL;
+		if (count_agent(bus, uid, 1) < 0) {
+			agent_delete(bus, a);
+			return -ENOMEM;
+		}
 		a->uid = uid;
 		a->gid = gid;
 		a->created_us = (int64_t)created;
@@ -540,7 +605,11 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_sna
 		if (r.bad || !(a = bus_find(bus, name)))
 			return -EINVAL;
 		want_wake(bus, a->id);
+		uncharge_inbox(bus, &a->inbox);
+		count_agent(bus, a->uid, -1);
+		size_t held = outbox_bytes(&a->outbox);
 		agent_delete(bus, a);
+		give_back(held);
 		return 0;
 	case REC_DELIVER: {
 		uint32_t n = rd_u32(&r);
@@ -560,7 +629,10 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_sna
 		struct bus_message *m = inbox_remove(bus, a, number);
 		if (!m)
 			return -EINVAL;
+		uncharge(bus, m);
+		size_t freed = m->len;
 		message_unref(m);
+		give_back(freed);
 		a->acked_total++;
 		bus->pending--;
 		if (has_ack) {
@@ -679,6 +751,7 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_sna
 			a = bus_find(bus, m->to);
 			if (a && inbox_put(bus, a, m) == 0) {
 				bus->pending++;
+				charge(bus, m);
 				return 0;
 			}
 			rc = -EINVAL;
@@ -889,10 +962,17 @@ static struct bus *bus_alloc(const struct bus_config *cfg)
 		bus->cfg.metrics_retention_s = 3600;
 	if (!(bus->cfg.alert_interval_s > 0))
 		bus->cfg.alert_interval_s = 5;
+	if (!bus->cfg.max_agents_per_uid)
+		bus->cfg.max_agents_per_uid = 1000;
+	if (!bus->cfg.max_drafts_per_sender)
+		bus->cfg.max_drafts_per_sender = 64;
+	bus->server_uid = getuid();
+	quota_init(&bus->quota);
 	bus->next_id = 1;
 	bus->started = bus_clock_monotonic();
 	strmap_init(&bus->seqs);
 	errlog_init(&bus->errors, BUS_ERRORS_KEEP);
+	errlog_limit(&bus->errors, BUS_ERRORS_KEEP_PER_UID, BUS_ERRORS_PER_SECOND, bus->server_uid);
 	buf_init(&bus->rec);
 	rule_set_init(&bus->alerts.user);
 	return bus;
@@ -907,6 +987,7 @@ static void bus_free(struct bus *bus)
 	free(bus->by_name);
 	strmap_free(&bus->seqs);
 	errlog_free(&bus->errors);
+	quota_free(&bus->quota);
 	buf_free(&bus->rec);
 	if (bus->metrics.log)
 		metrics_close(&bus->metrics);
@@ -933,6 +1014,8 @@ int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *e
 	bus->wake_n = 0;
 	if (!bus->cfg.store_max_bytes)
 		bus->cfg.store_max_bytes = store_fs_free(bus->store) / 2;
+	if (!bus->cfg.max_bytes_per_uid)
+		bus->cfg.max_bytes_per_uid = bus->cfg.store_max_bytes / 4;
 	rc = metrics_open(&bus->metrics, cfg->store_dir, bus->cfg.summary_window_s,
 			  bus->cfg.metrics_retention_s, bus->cfg.store_max_bytes, bus_clock_now_us(),
 			  err);
@@ -1005,8 +1088,12 @@ int bus_agent_create(struct bus *bus, const char *name, uid_t uid, gid_t gid,
 	}
 	bus_lock(bus);
 	int rc = 0;
+	const struct quota_uid *q = quota_find(&bus->quota, uid);
 	if (bus_find(bus, name)) {
 		rc = bus_fail(err, EEXIST, "agent %s already exists", name);
+	} else if (bus_quota_applies(bus, uid) && q && q->agents >= bus->cfg.max_agents_per_uid) {
+		rc = bus_fail(err, EDQUOT, "uid %u already has %u agents, the most "
+			      "--max-agents-per-uid allows", (unsigned)uid, (unsigned)q->agents);
 	} else if (!bus_space_for(bus, 256)) {
 		rc = bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
 			      bus->cfg.store_max_bytes);
@@ -1182,7 +1269,8 @@ void bus_log_error(struct bus *bus, const char *agent, const char *op, const cha
 	char ts[BUS_TIME_LEN + 1];
 	struct buf line;
 	buf_init(&line);
-	bus_time_format(bus_clock_now_us(), ts);
+	int64_t now = bus_clock_now_us();
+	bus_time_format(now, ts);
 	buf_printf(&line, "{\"timestamp\":\"%s\",\"op\":\"%s\",\"path\":", ts, op);
 	json_append_string(&line, path, strlen(path));
 	if (agent)
@@ -1201,7 +1289,7 @@ void bus_log_error(struct bus *bus, const char *agent, const char *op, const cha
 			bus->rejected_total++;
 			bus->rejected_by[(unsigned)err->code < BUS_ERRNO_MAX ? err->code : 0]++;
 		}
-		errlog_add(&bus->errors, line.data, line.len);
+		errlog_add_by(&bus->errors, uid, now, line.data, line.len);
 		struct agent *a = agent ? bus_find(bus, agent) : NULL;
 		if (a)
 			errlog_add(&a->errors, line.data, line.len);
@@ -1216,8 +1304,10 @@ size_t bus_errors_read(struct bus *bus, uint64_t agent_id, size_t off, size_t si
 	bus_lock(bus);
 	struct agent *a = agent_id ? bus_find_id(bus, agent_id) : NULL;
 	size_t n = 0;
-	if (!agent_id)
+	if (!agent_id) {
+		errlog_flush(&bus->errors, bus_clock_now_us());
 		n = errlog_read(&bus->errors, off, size, out);
+	}
 	else if (a)
 		n = errlog_read(&a->errors, off, size, out);
 	pthread_mutex_unlock(&bus->lock);
@@ -1228,6 +1318,8 @@ size_t bus_errors_size(struct bus *bus, uint64_t agent_id)
 {
 	bus_lock(bus);
 	struct agent *a = agent_id ? bus_find_id(bus, agent_id) : NULL;
+	if (!agent_id)
+		errlog_flush(&bus->errors, bus_clock_now_us());
 	size_t n = agent_id ? (a ? a->errors.text.len : 0) : bus->errors.text.len;
 	pthread_mutex_unlock(&bus->lock);
 	return n;

@@ -16,8 +16,11 @@
 #include "busfs/strmap.h"
 #include "metrics.h"
 #include "msgindex.h"
+#include "quota.h"
 
 #define BUS_ERRNO_MAX 160
+/* Freeing this much at once (a large message, draft or outbox) trims the heap. */
+#define BUS_TRIM_BYTES (256u << 10)
 
 enum record_type {
 	REC_AGENT_ADD = 1,  /* str name, u32 uid, u32 gid, u64 created_us, u8 draining,
@@ -61,6 +64,7 @@ struct agent {
 	bool draining;
 	struct inbox inbox;
 	uint32_t reserved;
+	struct quota_drafts drafts;  /* open drafts to this inbox, per opening uid */
 	uint64_t delivered_total;
 	uint64_t acked_total;
 	struct outbox outbox;
@@ -125,6 +129,8 @@ struct bus {
 
 	struct errlog errors;
 	struct buf rec;              /* scratch record */
+	struct quota quota;          /* per uid: agents, pending and draft bytes */
+	uid_t server_uid;            /* the uid the quotas spare */
 	struct metrics metrics;
 	struct alerts alerts;
 
@@ -144,7 +150,8 @@ void bus_lock(struct bus *bus);
 void bus_unlock_and_wake(struct bus *bus);
 /* Appends the record in bus->rec to the journal, then applies it. */
 int bus_commit(struct bus *bus, struct bus_error *err);
-/* Whether `need` more bytes fit under --store-max-bytes (compacting first if useful). */
+/* Whether `need` more bytes fit under --store-max-bytes beside the store and the open
+ * drafts (compacting first if useful). */
 bool bus_space_for(struct bus *bus, uint64_t need);
 /* Raises a write's promise of store space (*held) to want bytes: within
  * --store-max-bytes (every promise counted) and allocated on the store's filesystem
@@ -155,6 +162,8 @@ uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to);
 int inbox_depth(const struct agent *a);
 struct bus_message *inbox_find(const struct inbox *in, uint64_t number);
 bool bus_may_act_as(const struct agent *a, uid_t uid);
+/* Whether the per-uid limits apply to uid (all but the server's own). */
+bool bus_quota_applies(const struct bus *bus, uid_t uid);
 /* The agent, when uid may act for it (`what` names the act in the refusal); NULL with
  * err filled (ENOENT, EACCES) otherwise. Under the lock. */
 struct agent *bus_owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid, const char *what,

@@ -39,6 +39,7 @@ const char *bus_errno_name(int code)
 	case EISDIR: return "EISDIR";
 	case ENAMETOOLONG: return "ENAMETOOLONG";
 	case EINTR: return "EINTR";
+	case EDQUOT: return "EDQUOT";
 	}
 	snprintf(other, sizeof other, "E%d", code);
 	return other;

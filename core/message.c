@@ -211,6 +211,8 @@ struct bus_message *message_decode(struct reader *r)
 	m->sequence = sequence;
 	m->requires_ack = flags & 1;
 	m->in_inbox = m->in_outbox = false;
+	m->charged = false;
+	m->charged_uid = 0;
 	m->corr_off = corr_off;
 	m->corr_len = corr_len;
 	m->len = len;

@@ -1,9 +1,15 @@
 /* send.c — how messages enter the bus: outbox drafts, `send` records, acks and ctl.
  *
  * Everything that can refuse a message is checked before its last byte is accepted:
- * recipient, drain and capacity at open (a reserved slot per recipient), size and
- * store space at write. The commit itself — one journal record for a whole message,
- * broadcast or `send` write — can then fail only on a store I/O error. */
+ * recipient, drain, capacity and the opener's open drafts to that inbox at open (a
+ * reserved slot per recipient), size, the sending uid's budget and store space at
+ * write. The commit itself — one journal record for a whole message, broadcast or
+ * `send` write — can then fail only on a store I/O error.
+ *
+ * A draft's bytes count as they are written: what its commit will take is promised
+ * from the store (bus_space_reserve: counted by bus_space_for() beside the store and
+ * allocated on its filesystem) and added to the draft_bytes of the uid owning the
+ * sending agent (quota.h), until the draft commits, is refused or closes. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -11,6 +17,7 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <malloc.h>
 
 #include "bus_impl.h"
 #include "busfs/clock.h"
@@ -22,12 +29,14 @@
 struct bus_draft {
 	uint64_t sender_id;
 	char sender[BUS_NAME_MAX + 1];
-	uid_t uid;
+	uid_t uid;                        /* the opener's */
+	uid_t owner;                      /* the sending agent's, whose budget pays */
 	bool broadcast;
 	size_t nrcpt;
 	char (*rcpt)[BUS_NAME_MAX + 1];   /* recipients in name order */
-	bool reserved;
+	bool reserved;                    /* a slot and a draft count in each recipient */
 	uint64_t space;                   /* store bytes promised to this draft */
+	uint64_t charged;                 /* bytes counted against the owner's budget */
 	int poison;                       /* errno of a rejected write; nothing is sent */
 	struct buf body;
 	size_t text_len;                  /* the body's length as an escaped JSON string */
@@ -58,23 +67,65 @@ static size_t escaped_extra(const unsigned char *p, size_t n)
 
 const char *bus_draft_sender(const struct bus_draft *d) { return d->sender; }
 
+/* Frees a draft's body; a large one gives its memory back to the system (glibc keeps
+ * freed blocks inside its heaps otherwise). */
+static void draft_free_body(struct bus_draft *d)
+{
+	bool large = d->body.cap >= BUS_TRIM_BYTES;
+	buf_free(&d->body);
+	if (large)
+		malloc_trim(0);
+}
+
+/* Whether the draft may take a slot in r: registered, active, room, and fewer than
+ * --max-drafts-per-sender open drafts of its opener there. */
+static int draft_check(struct bus *bus, const struct bus_draft *d, const struct agent *r,
+		       const char *name, struct bus_error *err)
+{
+	uint32_t cap = bus->cfg.inbox_capacity, most = bus->cfg.max_drafts_per_sender;
+	if (!r)
+		return bus_fail(err, ENOENT, "recipient %s is not registered", name);
+	if (r->draining)
+		return bus_fail(err, ESHUTDOWN, "recipient %s is draining", r->name);
+	if (r->inbox.live + r->reserved >= cap)
+		return bus_fail(err, EAGAIN,
+				"the inbox of %s is full (%zu pending + %u being written, "
+				"capacity %u)", r->name, r->inbox.live, r->reserved, cap);
+	if (bus_quota_applies(bus, d->uid) && quota_drafts_open(&r->drafts, d->uid) >= most)
+		return bus_fail(err, EAGAIN, "uid %u already has %u unfinished messages open to %s, "
+				"the most --max-drafts-per-sender allows", (unsigned)d->uid, most,
+				r->name);
+	return 0;
+}
+
+static void draft_release(struct bus *bus, struct bus_draft *d, size_t upto)
+{
+	for (size_t i = 0; i < upto; i++) {
+		struct agent *r = bus_find(bus, d->rcpt[i]);
+		if (!r)
+			continue;
+		if (r->reserved)
+			r->reserved--;
+		quota_drafts_sub(&r->drafts, d->uid);
+	}
+}
+
 /* Checks every recipient and reserves one slot in each, all or nothing. */
 static int draft_reserve(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 {
-	uint32_t cap = bus->cfg.inbox_capacity;
+	for (size_t i = 0; i < d->nrcpt; i++) {
+		int rc = draft_check(bus, d, bus_find(bus, d->rcpt[i]), d->rcpt[i], err);
+		if (rc < 0)
+			return rc;
+	}
 	for (size_t i = 0; i < d->nrcpt; i++) {
 		struct agent *r = bus_find(bus, d->rcpt[i]);
-		if (!r)
-			return bus_fail(err, ENOENT, "recipient %s is not registered", d->rcpt[i]);
-		if (r->draining)
-			return bus_fail(err, ESHUTDOWN, "recipient %s is draining", r->name);
-		if (r->inbox.live + r->reserved >= cap)
-			return bus_fail(err, EAGAIN,
-					"the inbox of %s is full (%zu pending + %u being written, "
-					"capacity %u)", r->name, r->inbox.live, r->reserved, cap);
+		if (quota_drafts_add(&r->drafts, d->uid) < 0) {
+			draft_release(bus, d, i);
+			return bus_fail(err, ENOMEM, "out of memory");
+		}
+		r->reserved++;
 	}
-	for (size_t i = 0; i < d->nrcpt; i++)
-		bus_find(bus, d->rcpt[i])->reserved++;
 	d->reserved = true;
 	return 0;
 }
@@ -84,12 +135,39 @@ static void draft_unreserve(struct bus *bus, struct bus_draft *d)
 	bus_space_release(bus, &d->space);
 	if (!d->reserved)
 		return;
-	for (size_t i = 0; i < d->nrcpt; i++) {
-		struct agent *r = bus_find(bus, d->rcpt[i]);
-		if (r && r->reserved)
-			r->reserved--;
-	}
+	draft_release(bus, d, d->nrcpt);
 	d->reserved = false;
+}
+
+/* Counts the draft's bytes as `record` (what its commit will take), refusing growth
+ * beyond the owner's --max-bytes-per-uid (EDQUOT), or beyond --store-max-bytes or the
+ * room on the store's filesystem (ENOSPC): the space is promised and allocated now. */
+static int draft_charge(struct bus *bus, struct bus_draft *d, uint64_t record,
+			struct bus_error *err)
+{
+	uint64_t grow = record > d->charged ? record - d->charged : 0;
+	uint64_t most = bus->cfg.max_bytes_per_uid;
+	if (bus_quota_applies(bus, d->owner) && quota_bytes(&bus->quota, d->owner) + grow > most)
+		return bus_fail(err, EDQUOT, "uid %u would hold more than --max-bytes-per-uid %"
+				PRIu64 " bytes in pending messages and unfinished ones",
+				(unsigned)d->owner, most);
+	struct quota_uid *u = quota_of(&bus->quota, d->owner);
+	if (!u)
+		return bus_fail(err, ENOMEM, "out of memory");
+	int rc = bus_space_reserve(bus, &d->space, record, err);
+	if (rc < 0)
+		return rc;
+	u->draft_bytes += grow;
+	d->charged += grow;
+	return 0;
+}
+
+static void draft_uncharge(struct bus *bus, struct bus_draft *d)
+{
+	struct quota_uid *u = d->charged ? quota_of(&bus->quota, d->owner) : NULL;
+	if (u)
+		u->draft_bytes -= u->draft_bytes < d->charged ? u->draft_bytes : d->charged;
+	d->charged = 0;
 }
 
 int bus_draft_open(struct bus *bus, uint64_t sender_id, const char *target, uid_t uid,
@@ -109,6 +187,7 @@ int bus_draft_open(struct bus *bus, uint64_t sender_id, const char *target, uid_
 		goto out;
 	}
 	memcpy(d->sender, s->name, sizeof d->sender);
+	d->owner = s->uid;
 	if (!bus_may_act_as(s, uid)) {
 		rc = bus_fail(err, EACCES, "uid %u may not send as %s (owned by uid %u)",
 			      (unsigned)uid, s->name, (unsigned)s->uid);
@@ -182,7 +261,7 @@ int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size
 			      STORE_MAX_RECORD >> 20);
 	} else if (!d->reserved && (rc = draft_reserve(bus, d, err)) < 0) {
 		/* reason filled in */
-	} else if ((rc = bus_space_reserve(bus, &d->space, record, err)) < 0) {
+	} else if ((rc = draft_charge(bus, d, record, err)) < 0) {
 		/* reason filled in */
 	} else {
 		buf_append(&d->body, data, len);
@@ -193,7 +272,8 @@ int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size
 		d->text_len = old_text;
 		d->poison = -rc;
 		draft_unreserve(bus, d);
-		buf_free(&d->body);
+		draft_uncharge(bus, d);
+		draft_free_body(d);
 	}
 	bus_unlock_and_wake(bus);
 	return rc;
@@ -212,12 +292,14 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 		/* The name may belong to a new agent by now; this draft must not speak for it. */
 		d->poison = ENOENT;
 		draft_unreserve(bus, d);
+		draft_uncharge(bus, d);
 		bus_unlock_and_wake(bus);
 		return bus_fail(err, ENOENT, "the sending agent %s was removed", d->sender);
 	}
 	if (d->body.len == 0) {
 		/* bash opens, dup2()s and closes before writing: nothing to send yet. */
 		draft_unreserve(bus, d);
+		draft_uncharge(bus, d);
 		bus_unlock_and_wake(bus);
 		return 0;
 	}
@@ -243,8 +325,9 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 	}
 	buf_free(&payload);
 	draft_unreserve(bus, d);
+	draft_uncharge(bus, d);
 	rc = bus_commit(bus, err);
-	buf_reset(&d->body);
+	draft_free_body(d);
 	d->text_len = 0;
 	if (rc < 0)
 		d->poison = -rc;
@@ -256,8 +339,9 @@ void bus_draft_discard(struct bus *bus, struct bus_draft *d)
 {
 	bus_lock(bus);
 	draft_unreserve(bus, d);
+	draft_uncharge(bus, d);
 	bus_unlock_and_wake(bus);
-	buf_reset(&d->body);
+	draft_free_body(d);
 	d->text_len = 0;
 }
 
@@ -267,8 +351,9 @@ void bus_draft_close(struct bus *bus, struct bus_draft *d)
 		return;
 	bus_lock(bus);
 	draft_unreserve(bus, d);
+	draft_uncharge(bus, d);
 	bus_unlock_and_wake(bus);
-	buf_free(&d->body);
+	draft_free_body(d);
 	free(d->rcpt);
 	free(d);
 }
@@ -586,6 +671,13 @@ int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pe
 	if (!bus_space_for(bus, need)) {
 		rc = bus_fail(err, ENOSPC, "the store is full (--store-max-bytes %" PRIu64 ")",
 			      bus->cfg.store_max_bytes);
+		goto out;
+	}
+	if (bus_quota_applies(bus, sender->uid) &&
+	    quota_bytes(&bus->quota, sender->uid) + need > bus->cfg.max_bytes_per_uid) {
+		rc = bus_fail(err, EDQUOT, "uid %u would hold more than --max-bytes-per-uid %" PRIu64
+			      " bytes in pending messages and unfinished ones",
+			      (unsigned)sender->uid, bus->cfg.max_bytes_per_uid);
 		goto out;
 	}
 

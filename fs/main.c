@@ -40,6 +40,12 @@ static void usage(FILE *out)
 		"  --max-message-size BYTES   larger messages get EFBIG (1M)\n"
 		"  --store-max-bytes BYTES    sends get ENOSPC beyond this (half the free space)\n"
 		"                             BYTES may end in K, M or G (powers of 1024)\n"
+		"  --max-agents-per-uid N     agents one uid may register; then mkdir gets\n"
+		"                             EDQUOT (1000); the server's own uid has no quotas\n"
+		"  --max-bytes-per-uid BYTES  pending and unfinished messages from one uid's\n"
+		"                             agents; then EDQUOT (a quarter of --store-max-bytes)\n"
+		"  --max-drafts-per-sender N  unfinished messages one uid may hold open to one\n"
+		"                             inbox; then EAGAIN at open (64)\n"
 		"  --health-ttl SECONDS       an agent without a report or heartbeat for this long\n"
 		"                             is stale (30)\n"
 		"  --summary-window SECONDS   what summary.json, busfs.prom quantiles and alert\n"
@@ -164,6 +170,13 @@ static int check_mountpoint(const char *mnt, bool clear)
 	return 0;
 }
 
+/* Long options without a short form. */
+enum {
+	OPT_MAX_AGENTS_PER_UID = 0x5101,
+	OPT_MAX_BYTES_PER_UID,
+	OPT_MAX_DRAFTS_PER_SENDER,
+};
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -171,6 +184,9 @@ int main(int argc, char **argv)
 		{"inbox-capacity", required_argument, NULL, 'c'},
 		{"max-message-size", required_argument, NULL, 'm'},
 		{"store-max-bytes", required_argument, NULL, 'b'},
+		{"max-agents-per-uid", required_argument, NULL, OPT_MAX_AGENTS_PER_UID},
+		{"max-bytes-per-uid", required_argument, NULL, OPT_MAX_BYTES_PER_UID},
+		{"max-drafts-per-sender", required_argument, NULL, OPT_MAX_DRAFTS_PER_SENDER},
 		{"health-ttl", required_argument, NULL, 't'},
 		{"summary-window", required_argument, NULL, 'W'},
 		{"metrics-retention", required_argument, NULL, 'R'},
@@ -215,6 +231,21 @@ int main(int argc, char **argv)
 			if (parse_count("--store-max-bytes", optarg, &v) < 0)
 				return 1;
 			cfg.store_max_bytes = v;
+			break;
+		case OPT_MAX_AGENTS_PER_UID:
+			if (parse_count("--max-agents-per-uid", optarg, &v) < 0 || v > UINT32_MAX)
+				return 1;
+			cfg.max_agents_per_uid = (uint32_t)v;
+			break;
+		case OPT_MAX_BYTES_PER_UID:
+			if (parse_count("--max-bytes-per-uid", optarg, &v) < 0)
+				return 1;
+			cfg.max_bytes_per_uid = v;
+			break;
+		case OPT_MAX_DRAFTS_PER_SENDER:
+			if (parse_count("--max-drafts-per-sender", optarg, &v) < 0 || v > UINT32_MAX)
+				return 1;
+			cfg.max_drafts_per_sender = (uint32_t)v;
 			break;
 		case 't':
 			if (parse_seconds("--health-ttl", optarg, &cfg.health_ttl_s) < 0)

@@ -546,13 +546,16 @@ void readme_render(struct fs *fs, struct buf *out)
 		"Errors: EINVAL bad name, record, report, point or rule, ENOENT unknown recipient, EFBIG too large,\n"
 		"EAGAIN inbox full, ENOSPC store full, ESHUTDOWN recipient draining, EACCES not\n"
 		"allowed or read-only, EEXIST agent exists, ENOTEMPTY inbox not empty, EBUSY a\n"
-		"message to the agent is being written.\n"
+		"message to the agent is being written, EDQUOT your uid's quota is used up.\n"
 		"\n"
 		"This bus: inbox capacity %u, max message size %" PRIu64 " bytes, health ttl %g s,\n"
 		"store %s (%" PRIu64 " bytes at most).\n"
+		"Each uid but the server's: %u agents, %" PRIu64 " bytes of pending and unfinished\n"
+		"messages, %u unfinished messages open to one inbox.\n"
 		"inotify does not fire here: wait with `cat next` or poll().\n",
 		c->inbox_capacity, c->max_message_size, c->health_ttl_s, c->store_dir,
-		c->store_max_bytes);
+		c->store_max_bytes, c->max_agents_per_uid, c->max_bytes_per_uid,
+		c->max_drafts_per_sender);
 }
 
 /* Handlers that only refuse or only look are here; the rest are in files.c. */

@@ -20,6 +20,8 @@
 #define BUS_OUTBOX_KEEP 1000
 #define BUS_AGENT_ERRORS_KEEP 100
 #define BUS_ERRORS_KEEP 1000
+#define BUS_ERRORS_KEEP_PER_UID 100  /* of the top-level log's lines */
+#define BUS_ERRORS_PER_SECOND 10     /* a uid's refusals logged a second, the rest counted */
 
 struct bus_config {
 	const char *store_dir;
@@ -30,6 +32,10 @@ struct bus_config {
 	double summary_window_s;     /* default 60: what summaries and alert rules look at */
 	double metrics_retention_s;  /* default 3600: older metric points are dropped */
 	double alert_interval_s;     /* default 5: how often alert rules are evaluated */
+	/* Per uid, except the server's own (SPEC §11); 0 means the default. */
+	uint32_t max_agents_per_uid;    /* default 1000: beyond, mkdir gives EDQUOT */
+	uint64_t max_bytes_per_uid;     /* default store_max_bytes / 4: pending + drafts */
+	uint32_t max_drafts_per_sender; /* default 64 open drafts of one uid to one inbox */
 };
 
 struct bus_agent_info {

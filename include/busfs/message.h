@@ -25,6 +25,8 @@ struct bus_message {
 	/* Whether an inbox and an outbox hold it: the bus's number index keeps it while
 	 * either does. Under the bus lock. */
 	bool in_inbox, in_outbox;
+	bool charged;           /* in an inbox, its bytes charged to charged_uid (quota.h) */
+	uint32_t charged_uid;
 	/* In the same allocation, after the envelope: a pending message costs its
 	 * envelope and little more (1,000 agents x 100 messages fit in 64 MiB). */
 	const char *from;

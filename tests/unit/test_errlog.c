@@ -139,3 +139,74 @@ ERRLOG_TEST(a_cap_of_one_keeps_the_last_line)
     free(s);
     errlog_free(&l);
 }
+
+/* ---------- limits by uid (the top-level log) ---------- */
+
+static size_t lines_of(const struct errlog *l, const char *needle)
+{
+    char *s = read_all(l);
+    size_t n = 0;
+    for (const char *p = s; (p = strstr(p, needle)); p++)
+        n++;
+    free(s);
+    return n;
+}
+
+static void add_by(struct errlog *l, uid_t uid, int64_t us, int i)
+{
+    char line[64];
+    int n = snprintf(line, sizeof line, "{\"uid\":%u,\"n\":%d}\n", (unsigned)uid, i);
+    errlog_add_by(l, uid, us, line, (size_t)n);
+}
+
+ERRLOG_TEST(a_uid_keeps_its_newest_lines_and_the_others_keep_theirs)
+{
+    struct errlog l;
+    errlog_init(&l, 10);
+    errlog_limit(&l, 3, 0, 99);
+    add_by(&l, 7, 0, 1);
+    for (int i = 0; i < 20; i++)
+        add_by(&l, 5, 0, i);
+    add_by(&l, 7, 0, 2);
+    char *s = read_all(&l);
+    cr_assert_str_eq(s, "{\"uid\":7,\"n\":1}\n{\"uid\":5,\"n\":17}\n{\"uid\":5,\"n\":18}\n"
+                        "{\"uid\":5,\"n\":19}\n{\"uid\":7,\"n\":2}\n");
+    cr_assert_eq(l.lines, 5);
+    free(s);
+    errlog_free(&l);
+}
+
+ERRLOG_TEST(past_the_rate_a_second_is_one_suppressed_record)
+{
+    struct errlog l;
+    errlog_init(&l, 100);
+    errlog_limit(&l, 50, 2, 99);
+    int64_t t = INT64_C(1000000) * 1795410312;
+    for (int i = 0; i < 7; i++)
+        cr_assert_eq(errlog_add_by(&l, 5, t + i, "{\"uid\":5}\n", 10), i < 2);
+    cr_assert(errlog_add_by(&l, 6, t + 10, "{\"uid\":6}\n", 10), "another uid is not limited");
+    errlog_flush(&l, t + 999999);
+    cr_assert_eq(lines_of(&l, "suppressed"), 0, "the second is not over");
+    errlog_flush(&l, t + 1000000);
+    cr_assert_eq(lines_of(&l, "\"suppressed\":5,"), 1);
+    cr_assert_eq(l.lines, 4);
+    errlog_flush(&l, t + 3000000);
+    cr_assert_eq(l.lines, 4, "reported once");
+    char *s = read_all(&l);
+    const char *rec = strstr(s, "{\"timestamp\":\"2026-11-23T05:05:12.000006Z\",\"uid\":5,"
+                                "\"suppressed\":5,");
+    cr_assert_not_null(rec, "%s", s);
+    free(s);
+    errlog_free(&l);
+}
+
+ERRLOG_TEST(the_spared_uid_has_no_share_and_no_rate)
+{
+    struct errlog l;
+    errlog_init(&l, 1000);
+    errlog_limit(&l, 3, 2, 99);
+    for (int i = 0; i < 50; i++)
+        cr_assert(errlog_add_by(&l, 99, 5, "{\"uid\":99}\n", 11));
+    cr_assert_eq(l.lines, 50);
+    errlog_free(&l);
+}
