@@ -71,8 +71,11 @@ $(BUILD)/libbusfs.a: $(CORE_OBJ)
 $(BIN): $(FS_OBJ) $(BUILD)/libbusfs.a
 	$(CC) $(ALL_CFLAGS) -o $@ $(FS_OBJ) $(BUILD)/libbusfs.a $(LDLIBS_FS)
 
+# The unit tests fail allocations on demand (tests/unit/failalloc.h).
+WRAP_ALLOC := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
+
 $(BUILD)/unit-tests: $(UNIT_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libbusfs.a
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS_CORE) $(LDLIBS_TEST)
+	$(CC) $(ALL_CFLAGS) $(WRAP_ALLOC) -o $@ $^ $(LDLIBS_CORE) $(LDLIBS_TEST)
 
 $(BUILD)/fs-tests: $(FST_SRC:%.c=$(BUILD)/%.o) $(BUILD)/libbusfs.a
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS_CORE) $(LDLIBS_TEST)

@@ -62,19 +62,28 @@ void bus_unlock_and_wake(struct bus *bus)
 /* Each agent is queued once per change, without searching the list: a broadcast to
  * every agent stays linear. (An agent deleted while queued is not found again; its
  * id is never reused.) */
+static int wake_reserve(struct bus *bus, size_t more)
+{
+	if (bus->wake_n + more <= bus->wake_cap)
+		return 0;
+	size_t cap = bus->wake_cap ? bus->wake_cap : 16;
+	while (cap < bus->wake_n + more)
+		cap *= 2;
+	uint64_t *p = realloc(bus->wake_ids, cap * sizeof *p);
+	if (!p)
+		return -ENOMEM;
+	bus->wake_ids = p;
+	bus->wake_cap = cap;
+	return 0;
+}
+
 static void want_wake(struct bus *bus, uint64_t id)
 {
 	struct agent *a = bus_find_id(bus, id);
 	if (a && a->wake_queued)
 		return;
-	if (bus->wake_n == bus->wake_cap) {
-		size_t cap = bus->wake_cap ? bus->wake_cap * 2 : 16;
-		uint64_t *p = realloc(bus->wake_ids, cap * sizeof *p);
-		if (!p)
-			return;
-		bus->wake_ids = p;
-		bus->wake_cap = cap;
-	}
+	if (wake_reserve(bus, 1) < 0)
+		return;
 	bus->wake_ids[bus->wake_n++] = id;
 	if (a)
 		a->wake_queued = true;
@@ -214,22 +223,34 @@ static void inbox_compact(struct inbox *in)
 	in->tail = o;
 }
 
+/* Room for `more` adds that then do not allocate. */
+static int inbox_reserve(struct inbox *in, size_t more)
+{
+	if (in->tail + more > in->cap && in->head > 0)
+		inbox_compact(in);
+	if (in->tail + more <= in->cap)
+		return 0;
+	size_t cap = in->cap ? in->cap : 16;
+	while (cap < in->tail + more)
+		cap *= 2;
+	uint64_t *nums = realloc(in->nums, cap * sizeof *nums);
+	if (!nums)
+		return -ENOMEM;
+	in->nums = nums;
+	struct bus_message **msgs = realloc(in->msgs, cap * sizeof *msgs);
+	if (!msgs)
+		return -ENOMEM;
+	in->msgs = msgs;
+	in->cap = cap;
+	return 0;
+}
+
 static int inbox_add(struct inbox *in, struct bus_message *m)
 {
 	if (in->tail - in->head > 2 * in->live + 32 || (in->tail == in->cap && in->head > 0))
 		inbox_compact(in);
-	if (in->tail == in->cap) {
-		size_t cap = in->cap ? in->cap * 2 : 16;
-		uint64_t *nums = realloc(in->nums, cap * sizeof *nums);
-		if (!nums)
-			return -ENOMEM;
-		in->nums = nums;
-		struct bus_message **msgs = realloc(in->msgs, cap * sizeof *msgs);
-		if (!msgs)
-			return -ENOMEM;
-		in->msgs = msgs;
-		in->cap = cap;
-	}
+	if (inbox_reserve(in, 1) < 0)
+		return -ENOMEM;
 	/* Numbers arrive in increasing order; keep the array sorted if one does not. */
 	size_t at = in->tail;
 	if (at > in->head && in->nums[at - 1] >= m->number) {
@@ -286,14 +307,18 @@ static struct bus_message *outbox_at(const struct outbox *o, size_t i)
 
 /* Adds a reference to m; a full ring hands its oldest message (and the reference to
  * it) to *evicted. */
+static int outbox_reserve(struct outbox *o)
+{
+	if (!o->ring)
+		o->ring = calloc(BUS_OUTBOX_KEEP, sizeof *o->ring);
+	return o->ring ? 0 : -ENOMEM;
+}
+
 static int outbox_add(struct outbox *o, struct bus_message *m, struct bus_message **evicted)
 {
 	*evicted = NULL;
-	if (!o->ring) {
-		o->ring = calloc(BUS_OUTBOX_KEEP, sizeof *o->ring);
-		if (!o->ring)
-			return -ENOMEM;
-	}
+	if (outbox_reserve(o) < 0)
+		return -ENOMEM;
 	message_ref(m);
 	if (o->count == BUS_OUTBOX_KEEP) {
 		*evicted = o->ring[o->start];
@@ -543,6 +568,85 @@ static int set_sequence(struct bus *bus, const char *from, const char *to, uint6
 	return strmap_set(&bus->seqs, key, seq);
 }
 
+/* The next message of a record: the one bus_commit decoded before writing it, or
+ * one decoded now (loading). */
+static struct bus_message *next_message(struct bus *bus, struct reader *r)
+{
+	if (bus->prep_next < bus->prep_n) {
+		r->pos = bus->prep_end[bus->prep_next];
+		return bus->prep[bus->prep_next++];
+	}
+	return message_decode(r);
+}
+
+static void prepared_clear(struct bus *bus)
+{
+	for (size_t i = bus->prep_next; i < bus->prep_n; i++)
+		message_unref(bus->prep[i]);
+	free(bus->prep);
+	free(bus->prep_end);
+	bus->prep = NULL;
+	bus->prep_end = NULL;
+	bus->prep_n = bus->prep_next = 0;
+}
+
+/* Decodes the messages of a live record and makes room for them in every structure
+ * their delivery touches (the number index, the inboxes, the outbox ring, the pair
+ * sequences, the sender's quota entry, the wake list), so that applying the record
+ * after it is in the journal cannot fail for memory. 0, -ENOMEM or -EINVAL. */
+static int prepare_messages(struct bus *bus, const uint8_t *rec, size_t len)
+{
+	struct reader r = {rec, len, 1, false};
+	char name[BUS_NAME_MAX + 1];
+	uint32_t n;
+	if (rec[0] == REC_DELIVER) {
+		n = rd_u32(&r);
+	} else if (rec[0] == REC_ACK) {
+		rd_str(&r, name, sizeof name);
+		(void)rd_u64(&r);
+		n = rd_u8(&r) ? 1 : 0;
+	} else {
+		return 0;
+	}
+	if (r.bad || n > len)
+		return -EINVAL;
+	if (n == 0)
+		return 0;
+	bus->prep = malloc(n * sizeof *bus->prep);
+	bus->prep_end = malloc(n * sizeof *bus->prep_end);
+	if (!bus->prep || !bus->prep_end)
+		return -ENOMEM;
+	int rc = 0;
+	for (uint32_t i = 0; i < n && rc == 0; i++) {
+		struct bus_message *m = message_decode(&r);
+		if (!m) {
+			rc = r.bad ? -EINVAL : -ENOMEM;
+			break;
+		}
+		bus->prep[bus->prep_n] = m;
+		bus->prep_end[bus->prep_n++] = r.pos;
+		struct agent *to = bus_find(bus, m->to), *from = bus_find(bus, m->from);
+		char key[2 * BUS_NAME_MAX + 2];
+		pair_key(key, m->from, m->to);
+		if (to && inbox_reserve(&to->inbox, ++to->prep_count) < 0)
+			rc = -ENOMEM;
+		else if (from && outbox_reserve(&from->outbox) < 0)
+			rc = -ENOMEM;
+		else if (from && !quota_of(&bus->quota, from->uid))
+			rc = -ENOMEM;
+		else if (strmap_set(&bus->seqs, key, strmap_get(&bus->seqs, key)) < 0)
+			rc = -ENOMEM; /* an absent pair enters at 0, which reads as absent */
+	}
+	for (size_t i = 0; i < bus->prep_n; i++) {
+		struct agent *to = bus_find(bus, bus->prep[i]->to);
+		if (to)
+			to->prep_count = 0;
+	}
+	if (rc == 0 && (msgindex_reserve(&bus->messages, n) < 0 || wake_reserve(bus, n) < 0))
+		rc = -ENOMEM;
+	return rc;
+}
+
 /* Puts a decoded message into its recipient's inbox and its sender's outbox. */
 static int deliver(struct bus *bus, struct bus_message *m, bool count)
 {
@@ -614,7 +718,7 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_sna
 	case REC_DELIVER: {
 		uint32_t n = rd_u32(&r);
 		for (uint32_t i = 0; i < n; i++) {
-			struct bus_message *m = message_decode(&r);
+			struct bus_message *m = next_message(bus, &r);
 			if (!m || deliver(bus, m, true) < 0)
 				return -EINVAL;
 		}
@@ -636,7 +740,7 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_sna
 		a->acked_total++;
 		bus->pending--;
 		if (has_ack) {
-			struct bus_message *ack = message_decode(&r);
+			struct bus_message *ack = next_message(bus, &r);
 			if (!ack || deliver(bus, ack, true) < 0)
 				return -EINVAL;
 		}
@@ -807,14 +911,33 @@ int bus_commit(struct bus *bus, struct bus_error *err)
 {
 	if (!buf_ok(&bus->rec))
 		return bus_fail(err, ENOMEM, "out of memory building a store record");
-	int rc = store_append(bus->store, bus->rec.data, bus->rec.len);
-	if (rc == -ENOSPC)
-		return bus_fail(err, ENOSPC, "no space left on the store's filesystem");
-	if (rc < 0)
-		return bus_fail(err, EIO, "the store could not record the change: %s", strerror(-rc));
-	rc = apply_record(bus, (const uint8_t *)bus->rec.data, bus->rec.len, false);
-	if (rc < 0)
+	const uint8_t *rec = (const uint8_t *)bus->rec.data;
+	size_t len = bus->rec.len;
+	int rc = prepare_messages(bus, rec, len);
+	if (rc < 0) {
+		prepared_clear(bus);
+		return rc == -ENOMEM ? bus_fail(err, ENOMEM, "out of memory for the change")
+				     : bus_fail(err, EIO, "internal error: a malformed record");
+	}
+	rc = store_append(bus->store, rec, len);
+	if (rc < 0) {
+		prepared_clear(bus);
+		if (rc == -ENOSPC)
+			return bus_fail(err, ENOSPC, "no space left on the store's filesystem");
+		return bus_fail(err, EIO, "the store could not record the change: %s",
+				strerror(-rc));
+	}
+	rc = apply_record(bus, rec, len, false);
+	prepared_clear(bus);
+	if (rc < 0) {
+		/* Not applied (only a record kind whose apply still allocates can get here, and
+		 * its apply changes nothing when it fails): take it back out of the journal, so
+		 * a restart does not see a change the caller was told failed. */
+		int cut = store_unappend(bus->store, len);
+		if (rc == -ENOMEM && cut == 0)
+			return bus_fail(err, ENOMEM, "out of memory applying the change");
 		return bus_fail(err, EIO, "internal error applying a committed record");
+	}
 	/* Reclaim journal space before it takes a large share of --store-max-bytes. */
 	uint64_t journal = store_journal_bytes(bus->store);
 	uint64_t snap = store_snapshot_bytes(bus->store);

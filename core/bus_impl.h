@@ -80,6 +80,7 @@ struct agent {
 	uint64_t batch_seq;
 	bool batch_touched;
 	bool wake_queued;       /* its id is in bus->wake_ids */
+	uint32_t prep_count;    /* messages to it in the record being prepared (bus.c) */
 };
 
 /* An alert of one rule for one agent: pending (its condition holds, `for=` has not
@@ -129,6 +130,12 @@ struct bus {
 
 	struct errlog errors;
 	struct buf rec;              /* scratch record */
+	/* The messages of the record bus_commit is committing, decoded before it goes to
+	 * the journal, with the reader offset after each: its apply takes them in order
+	 * instead of decoding, so nothing in it allocates once the record is written. */
+	struct bus_message **prep;
+	size_t *prep_end;
+	size_t prep_n, prep_next;
 	struct quota quota;          /* per uid: agents, pending and draft bytes */
 	uid_t server_uid;            /* the uid the quotas spare */
 	struct metrics metrics;
@@ -148,7 +155,9 @@ struct agent *bus_find_id(struct bus *bus, uint64_t id);
 size_t bus_id_index(const struct bus *bus, uint64_t id);
 void bus_lock(struct bus *bus);
 void bus_unlock_and_wake(struct bus *bus);
-/* Appends the record in bus->rec to the journal, then applies it. */
+/* Appends the record in bus->rec to the journal, then applies it. Everything the
+ * apply of a message record needs is allocated first, so an allocation failure gives
+ * ENOMEM with the journal and the state as they were. */
 int bus_commit(struct bus *bus, struct bus_error *err);
 /* Whether `need` more bytes fit under --store-max-bytes beside the store and the open
  * drafts (compacting first if useful). */

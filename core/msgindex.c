@@ -32,6 +32,14 @@ static int grow(struct msgindex *ix)
 	return 0;
 }
 
+int msgindex_reserve(struct msgindex *ix, size_t more)
+{
+	while ((ix->count + more) * 4 > ix->cap * 3)
+		if (grow(ix) < 0)
+			return -ENOMEM;
+	return 0;
+}
+
 int msgindex_put(struct msgindex *ix, struct bus_message *m)
 {
 	if ((ix->count + 1) * 4 > ix->cap * 3 && grow(ix) < 0)

@@ -21,6 +21,8 @@ struct msgindex {
 	size_t count;
 };
 
+/* Makes room for `more` puts that then cannot fail for memory; 0 or -ENOMEM. */
+int msgindex_reserve(struct msgindex *ix, size_t more);
 /* -ENOMEM, or -EEXIST when a message of that number is there already. */
 int msgindex_put(struct msgindex *ix, struct bus_message *m);
 struct bus_message *msgindex_get(const struct msgindex *ix, uint64_t number);

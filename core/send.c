@@ -323,6 +323,8 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 		};
 		message_encode(rec, &env);
 	}
+	if (!buf_ok(&payload))
+		buf_fail(rec); /* the envelope would have no payload: commit nothing */
 	buf_free(&payload);
 	draft_unreserve(bus, d);
 	draft_uncharge(bus, d);
@@ -567,11 +569,13 @@ static int encode_for_recipient(struct bus *bus, struct agent *a, void *ctx)
 		.sequence = ++a->batch_seq,
 		.time_us = b->now, .store_id = store_id(bus->store),
 		.type_token = b->rec->type, .type_len = b->rec->type_len,
-		.payload = payload.data ? payload.data : "null", .payload_len = payload.len,
+		.payload = payload.data, .payload_len = payload.len,
 		.requires_ack = b->rec->requires_ack, .urgent = b->rec->urgent,
 		.corr_token = b->rec->corr, .corr_len = b->rec->corr_len,
 	};
 	message_encode(&bus->rec, &env);
+	if (!buf_ok(&payload))
+		buf_fail(&bus->rec);
 	buf_free(&payload);
 	b->count++;
 	return 0;
@@ -753,6 +757,8 @@ static int ack_locked(struct bus *bus, struct agent *a, uint64_t number, const c
 			.corr_len = m->corr_len,
 		};
 		message_encode(rec, &env);
+		if (!buf_ok(&payload))
+			buf_fail(rec);
 		buf_free(&payload);
 	}
 	return bus_commit(bus, err);

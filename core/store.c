@@ -845,6 +845,24 @@ int store_append(struct store *st, const void *rec, size_t len)
 	return rc;
 }
 
+int store_unappend(struct store *st, size_t len)
+{
+	uint64_t total = FRAME_SIZE + (uint64_t)len;
+	if (st->journalfd < 0 || total > st->journal_bytes)
+		return -EINVAL;
+	flock(st->journalfd, LOCK_EX);
+	int rc = ftruncate(st->journalfd, (off_t)(st->journal_bytes - total)) < 0 ? -errno : 0;
+	if (rc == 0) {
+		st->journal_bytes -= total;
+		/* The cut freed the blocks ahead too; give the promised ones back their room. */
+		st->allocated = st->journal_bytes;
+		(void)allocate_to(st, st->journalfd, &st->allocated,
+				  st->journal_bytes + st->reserved);
+	}
+	flock(st->journalfd, LOCK_UN);
+	return rc;
+}
+
 static int snap_flush(struct store *st)
 {
 	int rc = write_all(st->snapfd, st->snapbuf.data, st->snapbuf.len);

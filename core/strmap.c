@@ -63,9 +63,16 @@ static int grow(struct strmap *m)
 
 int strmap_set(struct strmap *m, const char *key, uint64_t value)
 {
-	if ((m->count + 1) * 4 > m->cap * 3 && grow(m) < 0)
-		return -ENOMEM;
 	struct strmap_slot *s = find(m, key);
+	if (s && s->key) {
+		s->value = value; /* an existing key never allocates */
+		return 0;
+	}
+	if ((m->count + 1) * 4 > m->cap * 3) {
+		if (grow(m) < 0)
+			return -ENOMEM;
+		s = find(m, key);
+	}
 	if (!s->key) {
 		s->key = strdup(key);
 		if (!s->key)

@@ -27,6 +27,9 @@ void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(print
 void buf_consume(struct buf *b, size_t n);     /* drops the first n bytes */
 void buf_put_uint(struct buf *b, uint64_t v);  /* decimal text, without printf */
 static inline bool buf_ok(const struct buf *b) { return !b->failed; }
+/* Marks b failed, as an allocation failure would: for a builder whose input, made in
+ * another buffer, is incomplete. */
+static inline void buf_fail(struct buf *b) { b->failed = true; }
 
 /* Little-endian binary fields for store records. */
 void buf_put_u8(struct buf *b, uint8_t v);

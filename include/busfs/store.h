@@ -60,6 +60,9 @@ uint64_t store_fs_free(const struct store *st);
 /* Appends one record (rec[0] is its type) as one frame with one write(2). On a short
  * or failed write the journal is cut back to where it was and -EIO/-ENOSPC returned. */
 int store_append(struct store *st, const void *rec, size_t len);
+/* Takes back the record of `len` bytes the last store_append wrote, for a change the
+ * bus could not apply after all: the journal is cut back to before it. 0 or -errno. */
+int store_unappend(struct store *st, size_t len);
 
 /* Space promised to a write before it commits: the journal's blocks for bytes more
  * (beyond the journal and what is already promised) are allocated now (fallocate,

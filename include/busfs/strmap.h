@@ -21,7 +21,7 @@ void strmap_init(struct strmap *m);
 void strmap_free(struct strmap *m);
 /* The value, or 0 when absent. */
 uint64_t strmap_get(const struct strmap *m, const char *key);
-/* Returns 0 or -ENOMEM. */
+/* Returns 0 or -ENOMEM; setting a key that is there already cannot fail. */
 int strmap_set(struct strmap *m, const char *key, uint64_t value);
 
 #define strmap_foreach(m, s) \
