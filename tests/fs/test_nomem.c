@@ -1,0 +1,120 @@
+/*
+ * test_nomem.c — SPEC §11, memory: a server short of memory refuses sends with
+ * ENOMEM and never acknowledges a message it did not store whole.
+ *
+ * The server's address space is capped (prlimit RLIMIT_AS) a little above what it
+ * maps already, and large messages are sent until the allocations of a send fail.
+ * Every send that close() acknowledged must then be in the inbox, well-formed and
+ * complete; every refused one must be absent; with the cap lifted the bus works on
+ * and `busfs --check` finds the store intact.
+ */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define SENDS 80
+#define HEADROOM (16u << 20) /* bytes of address space beyond what the server maps */
+
+/* VmSize of a process in bytes, or 0. */
+static unsigned long long vm_size(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb * 1024;
+}
+
+static size_t body_size(int i)
+{
+    return (size_t)(256 << 10) + (size_t)(i % 4) * (128 << 10); /* 256-640 KiB */
+}
+
+static char *body_of(int i)
+{
+    size_t n = body_size(i);
+    char *s = malloc(n + 1);
+    cr_assert_not_null(s);
+    memset(s, 'a' + i % 26, n);
+    s[n] = '\n';
+    return s;
+}
+
+BUS_TEST(nomem, a_server_short_of_memory_refuses_with_enomem_and_keeps_what_it_acked)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    bus_send("alice", "bob", "before the cap\n");
+    unsigned long long mapped = vm_size(bus.pid);
+    cr_assert_gt(mapped, 0, "no VmSize for the server");
+    if (mapped > (1ull << 40))
+        cr_skip_test("the server is built with AddressSanitizer, whose shadow memory no "
+                     "address-space limit can leave room for");
+    /* Only the soft limit: lifting it again needs no privilege. */
+    struct rlimit none;
+    cr_assert_eq(prlimit(bus.pid, RLIMIT_AS, NULL, &none), 0, "prlimit: %s", strerror(errno));
+    struct rlimit cap = {mapped + HEADROOM, none.rlim_max};
+    cr_assert_eq(prlimit(bus.pid, RLIMIT_AS, &cap, NULL), 0, "prlimit: %s", strerror(errno));
+
+    bool acked[SENDS];
+    int refused = 0, sent = 0;
+    for (int i = 0; i < SENDS; i++) {
+        char *body = body_of(i);
+        enum bus_step step;
+        int e = bus_write_ex(AT("agents/alice/outbox/bob"), O_WRONLY | O_CREAT | O_TRUNC, body,
+                             body_size(i) + 1, &step);
+        free(body);
+        acked[i] = e == 0;
+        if (e == 0) {
+            sent++;
+            continue;
+        }
+        refused++;
+        if (e != ENOMEM) {
+            prlimit(bus.pid, RLIMIT_AS, &none, NULL);
+            cr_assert_fail("send %d failed with %s at step %d, not ENOMEM", i, strerror(e),
+                           (int)step);
+        }
+    }
+    cr_assert_eq(prlimit(bus.pid, RLIMIT_AS, &none, NULL), 0, "prlimit: %s", strerror(errno));
+    cr_assert_gt(refused, 0, "%d sends of up to 640 KiB fit in %u MiB: the cap was not felt",
+                 SENDS, HEADROOM >> 20);
+    cr_assert_gt(sent, 0, "not one send fit under the cap");
+
+    /* Every acknowledged message, whole and in order; nothing of a refused one. */
+    json_t *in = bus_inbox("bob");
+    cr_assert_eq(json_array_size(in), (size_t)sent + 1, "%zu messages in the inbox, %d acked",
+                 json_array_size(in), sent + 1);
+    size_t at = 1;
+    for (int i = 0; i < SENDS; i++) {
+        if (!acked[i])
+            continue;
+        const char *p = bus_str(json_array_get(in, at), "payload");
+        cr_assert_eq(strlen(p), body_size(i), "message %d: %zu bytes of payload", i, strlen(p));
+        cr_assert_eq(p[0], 'a' + i % 26, "message %d arrived out of order", i);
+        at++;
+    }
+    json_decref(in);
+    bus_assert_logged(AT("errors"), 0, "sends refused for memory");
+
+    bus_send("alice", "bob", "after the cap\n");
+    bus_terminate(&bus);
+    char *argv[] = {(char *)bus_bin(), "--check", "--store", bus.store, NULL};
+    struct bus_cmd c;
+    int status = bus_exec(NULL, argv, BUS_WAIT_MS, &c);
+    cr_assert_eq(status, 0, "busfs --check after running short of memory: %d: %s%s", status,
+                 c.out, c.err);
+    bus_cmd_free(&c);
+}
