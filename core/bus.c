@@ -690,8 +690,10 @@ static int apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_sna
 		uint64_t created = rd_u64(&r);
 		uint8_t draining = rd_u8(&r);
 		uint64_t delivered = rd_u64(&r), acked = rd_u64(&r);
-		if (r.bad || !bus_name_valid(name) || !(a = agent_insert(bus, name)))
+		if (r.bad || !bus_name_valid(name) || bus_find(bus, name))
 			return -EINVAL;
+		if (!(a = agent_insert(bus, name)))
+			return -ENOMEM;
 		if (count_agent(bus, uid, 1) < 0) {
 			agent_delete(bus, a);
 			return -ENOMEM;

@@ -310,3 +310,73 @@ NOMEM_TEST(an_ack_and_its_reply_are_all_or_nothing)
     cr_assert_gt(run, 3);
     reload_and_compare(names, 2, NULL);
 }
+
+NOMEM_TEST(an_agent_is_created_whole_or_not_at_all)
+{
+    long run;
+    unsigned made = 0;
+    for (run = 1; run <= MAX_RUNS; run++) {
+        char name[32];
+        snprintf(name, sizeof name, "agent%ld", run);
+        long long before = journal_size();
+        struct bus_agent_info info;
+        struct bus_error err = {0};
+        failalloc_arm(run);
+        int rc = bus_agent_create(the_bus, name, getuid(), getgid(), &info, &err);
+        bool fired = failalloc_disarm();
+        expect_done_or_enomem(rc, &err, run);
+        if (rc == 0) {
+            made++;
+            cr_assert_eq(bus_agent_by_name(the_bus, name, &info), 0, "run %ld", run);
+        } else {
+            cr_assert_eq(journal_size(), before, "run %ld: a failed mkdir changed the journal",
+                         run);
+            cr_assert_neq(bus_agent_by_name(the_bus, name, &info), 0, "run %ld", run);
+        }
+        if (!fired)
+            break;
+    }
+    cr_assert_leq(run, MAX_RUNS);
+    /* Every agent made is there after a restart, and only those. */
+    bus_close(the_bus);
+    the_bus = NULL;
+    struct bus_error err = {0};
+    cr_assert_eq(bus_open(&cfg, &the_bus, &err), 0, "%s", err.reason);
+    unsigned found = 0;
+    for (long i = 1; i <= run; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "agent%ld", i);
+        struct bus_agent_info info;
+        found += bus_agent_by_name(the_bus, name, &info) == 0;
+    }
+    cr_assert_eq(found, made);
+}
+
+NOMEM_TEST(a_health_report_is_taken_whole_or_not_at_all)
+{
+    uint64_t id = make_agent("alice");
+    const char *report = "{\"status\":\"degraded\",\"reason\":\"disk slow\",\"queue\":12}\n";
+    long run;
+    for (run = 1; run <= MAX_RUNS; run++) {
+        long long before = journal_size();
+        struct bus_error err = {0};
+        failalloc_arm(run);
+        int rc = bus_health_report(the_bus, id, getuid(), report, strlen(report), &err);
+        bool fired = failalloc_disarm();
+        expect_done_or_enomem(rc, &err, run);
+        if (rc < 0)
+            cr_assert_eq(journal_size(), before, "run %ld: a failed report changed the journal",
+                         run);
+        struct buf out;
+        buf_init(&out);
+        cr_assert_eq(bus_health_render(the_bus, id, &out), 0);
+        json_error_t e;
+        json_t *v = json_loadb(out.data, out.len, 0, &e);
+        cr_assert_not_null(v, "run %ld: health is not JSON (%s): %s", run, e.text, out.data);
+        json_decref(v);
+        buf_free(&out);
+        if (!fired)
+            break;
+    }
+    cr_assert_leq(run, MAX_RUNS);
+}
