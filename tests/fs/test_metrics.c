@@ -1788,7 +1788,7 @@ BUS_TEST(metrics, concurrent_writers_lose_nothing_and_summary_stays_whole)
     struct prom pr;
     prom_load(&pr);
     for (int i = 0; i < WRITERS; i++) {
-        char name[8];
+        char name[16];
         snprintf(name, sizeof name, "w%d", i);
         char *want = lines_of(log, name);
         char *view = bus_read_ok(AT("agents/%s/metrics", name), NULL);
