@@ -101,7 +101,9 @@ static void killed_outbox_writer_sends_nothing(enum end end, int sig)
     char want[64];
     snprintf(want, sizeof want, "writer killed by signal %d; 11 bytes dropped", sig);
     cr_assert(agent_logged("alice", want), "agents/alice/errors does not say \"%s\"", want);
-    cr_assert(strstr(bus_read_ok(AT("errors"), NULL), want), "errors does not say \"%s\"", want);
+    char *errors = bus_read_ok(AT("errors"), NULL);
+    cr_assert(strstr(errors, want), "errors does not say \"%s\"", want);
+    free(errors);
     /* The reservation was freed: bob's inbox takes a whole message and counts 1. */
     json_t *ctl = bus_ctl("bob");
     cr_assert_eq(bus_int(ctl, "reserved"), 0, "the killed writer's slot is still reserved");
