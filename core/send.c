@@ -52,6 +52,24 @@ static size_t payload_bound(const struct bus_draft *d)
 	return (m > d->body.len ? m : d->body.len) + 2;
 }
 
+/* A body from this size on has its commit's memory tried at each write. */
+#define MEMORY_TRY_FROM (64u << 10)
+
+/* Whether the memory this draft's commit will take (its payload, the store record
+ * and the stored messages: the payload bound plus twice the record) can be had now.
+ * It is allocated and given back at once: a server short of memory then refuses at
+ * write(), which every shell reports, rather than at close(), which bash's echo does
+ * not. A hint, not a promise: other work may take the memory in between. */
+static bool commit_memory_available(const struct bus_draft *d, uint64_t record)
+{
+	if (d->body.len < MEMORY_TRY_FROM)
+		return true;
+	uint64_t need = payload_bound(d) + 2 * record;
+	void *p = need <= SIZE_MAX ? malloc((size_t)need) : NULL;
+	free(p);
+	return p != NULL;
+}
+
 static size_t escaped_extra(const unsigned char *p, size_t n)
 {
 	size_t extra = 0;
@@ -265,8 +283,9 @@ int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size
 		/* reason filled in */
 	} else {
 		buf_append(&d->body, data, len);
-		if (!buf_ok(&d->body))
-			rc = bus_fail(err, ENOMEM, "out of memory");
+		if (!buf_ok(&d->body) || !commit_memory_available(d, record))
+			rc = bus_fail(err, ENOMEM, "out of memory for a message of %zu bytes",
+				      d->body.len);
 	}
 	if (rc < 0) {
 		d->text_len = old_text;

@@ -6,7 +6,8 @@
  * maps already, and large messages are sent until the allocations of a send fail.
  * Every send that close() acknowledged must then be in the inbox, well-formed and
  * complete; every refused one must be absent; with the cap lifted the bus works on
- * and `busfs --check` finds the store intact.
+ * and `busfs --check` finds the store intact. The refusals come at write(), which
+ * a shell reports: a `cat FILE > outbox/B` that exits 0 has sent its message.
  */
 #include "harness.h"
 
@@ -36,6 +37,16 @@ static unsigned long long vm_size(pid_t pid)
             break;
     fclose(f);
     return kb * 1024;
+}
+
+static int write_file(const char *path, const void *data, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return errno;
+    int rc = write(fd, data, len) == (ssize_t)len ? 0 : EIO;
+    close(fd);
+    return rc;
 }
 
 static size_t body_size(int i)
@@ -69,12 +80,28 @@ BUS_TEST(nomem, a_server_short_of_memory_refuses_with_enomem_and_keeps_what_it_a
     cr_assert_eq(prlimit(bus.pid, RLIMIT_AS, &cap, NULL), 0, "prlimit: %s", strerror(errno));
 
     bool acked[SENDS];
-    int refused = 0, sent = 0;
+    int refused = 0, sent = 0, at_close = 0, by_shell = 0, shell_refused = 0;
+    char file[PATH_MAX + 16];
+    snprintf(file, sizeof file, "%s/body", bus.dir);
     for (int i = 0; i < SENDS; i++) {
         char *body = body_of(i);
-        enum bus_step step;
-        int e = bus_write_ex(AT("agents/alice/outbox/bob"), O_WRONLY | O_CREAT | O_TRUNC, body,
+        enum bus_step step = BUS_STEP_NONE;
+        int e;
+        if (i % 4 == 3) {
+            /* As a shell sends: a command that exits 0 has sent its message. */
+            cr_assert_eq(write_file(file, body, body_size(i) + 1), 0);
+            struct bus_cmd r;
+            e = bus_sh(&bus, &r, "cat %s > agents/alice/outbox/bob", file) == 0 ? 0 : ENOMEM;
+            if (e)
+                cr_assert(strstr(r.err, strerror(ENOMEM)), "send %d: the shell said %s", i,
+                          r.err);
+            bus_cmd_free(&r);
+            by_shell++;
+            shell_refused += e != 0;
+        } else {
+            e = bus_write_ex(AT("agents/alice/outbox/bob"), O_WRONLY | O_CREAT | O_TRUNC, body,
                              body_size(i) + 1, &step);
+        }
         free(body);
         acked[i] = e == 0;
         if (e == 0) {
@@ -82,6 +109,7 @@ BUS_TEST(nomem, a_server_short_of_memory_refuses_with_enomem_and_keeps_what_it_a
             continue;
         }
         refused++;
+        at_close += step == BUS_STEP_CLOSE;
         if (e != ENOMEM) {
             prlimit(bus.pid, RLIMIT_AS, &none, NULL);
             cr_assert_fail("send %d failed with %s at step %d, not ENOMEM", i, strerror(e),
@@ -89,6 +117,11 @@ BUS_TEST(nomem, a_server_short_of_memory_refuses_with_enomem_and_keeps_what_it_a
         }
     }
     cr_assert_eq(prlimit(bus.pid, RLIMIT_AS, &none, NULL), 0, "prlimit: %s", strerror(errno));
+    cr_assert_leq(at_close * 4, refused, "%d of %d refusals came only at close(), which bash "
+                  "does not report", at_close, refused);
+    cr_assert(shell_refused > 0 && shell_refused < by_shell,
+              "%d of %d shell sends refused: the cap should have been met half-way",
+              shell_refused, by_shell);
     cr_assert_gt(refused, 0, "%d sends of up to 640 KiB fit in %u MiB: the cap was not felt",
                  SENDS, HEADROOM >> 20);
     cr_assert_gt(sent, 0, "not one send fit under the cap");
