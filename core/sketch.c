@@ -1,4 +1,8 @@
-/* sketch.c — log-bucketed quantile sketch (see sketch.h). */
+/* sketch.c — log-bucketed quantile sketch (see sketch.h).
+ *
+ * A store is dense (counts[j - offset] for bucket j) or, after sketch_shrink, sparse
+ * (index[] and counts[] side by side, nnz entries ascending). Only reads and merges
+ * FROM a store know the sparse form; every change makes the store dense first. */
 #include <errno.h>
 #include <float.h>
 #include <math.h>
@@ -39,6 +43,8 @@ static double bucket_value(int32_t i)
 static void store_init(struct sketch_store *st)
 {
 	st->counts = NULL;
+	st->index = NULL;
+	st->nnz = 0;
 	st->offset = 0;
 	st->cap = 0;
 	st->lo = INT32_MAX;
@@ -47,8 +53,19 @@ static void store_init(struct sketch_store *st)
 
 static int store_empty(const struct sketch_store *st) { return st->lo > st->hi; }
 
+static void store_free(struct sketch_store *st)
+{
+	free(st->counts);
+	free(st->index);
+	store_init(st);
+}
+
 static void store_reset(struct sketch_store *st)
 {
+	if (st->index) {
+		store_free(st);
+		return;
+	}
 	if (!store_empty(st))
 		memset(st->counts + (st->lo - st->offset), 0,
 		       (size_t)(st->hi - st->lo + 1) * sizeof *st->counts);
@@ -149,12 +166,89 @@ static void store_fit(struct sketch_store *st, int32_t lo, int32_t hi, uint64_t 
 	st->counts[lo - st->offset] += folded;
 }
 
-/* Counts n in bucket i: the slow path, when i is outside the array. */
+/* A sparse store made dense again: an array with spare slots both ways, as a new
+ * store gets. The same buckets, so the same answers. */
+static int store_densify(struct sketch_store *st)
+{
+	if (!st->index)
+		return 0;
+	int32_t need = st->hi - st->lo + 1;   /* <= MAXB: sparse stores come from dense ones */
+	int32_t c = (need + 63) & ~63;
+	c = c < MAXB ? c : MAXB;
+	uint64_t *buf = calloc((size_t)c, sizeof *buf);
+	if (!buf)
+		return -ENOMEM;
+	int32_t off = st->lo - (c - need) / 2;
+	for (int32_t k = 0; k < st->nnz; k++)
+		buf[st->index[k] - off] = st->counts[k];
+	free(st->counts);
+	free(st->index);
+	st->counts = buf;
+	st->index = NULL;
+	st->nnz = 0;
+	st->offset = off;
+	st->cap = c;
+	return 0;
+}
+
+/* The smallest form of a store's buckets (see sketch_shrink). */
+static void store_shrink(struct sketch_store *st)
+{
+	if (store_empty(st)) {
+		store_free(st);
+		return;
+	}
+	if (st->index)
+		return;   /* already as small as it gets */
+	int32_t span = st->hi - st->lo + 1, nnz = 0;
+	const uint64_t *c = st->counts + (st->lo - st->offset);
+	for (int32_t j = 0; j < span; j++)
+		nnz += c[j] != 0;
+	size_t dense = (size_t)span * sizeof *st->counts;
+	size_t sparse = (size_t)nnz * (sizeof *st->counts + sizeof *st->index);
+	if (sparse < dense) {
+		uint64_t *counts = malloc((size_t)nnz * sizeof *counts);
+		int32_t *index = malloc((size_t)nnz * sizeof *index);
+		if (!counts || !index) {
+			free(counts);
+			free(index);
+			return;
+		}
+		for (int32_t j = 0, k = 0; j < span; j++) {
+			if (c[j]) {
+				index[k] = st->lo + j;
+				counts[k++] = c[j];
+			}
+		}
+		free(st->counts);
+		st->counts = counts;
+		st->index = index;
+		st->nnz = nnz;
+		st->offset = 0;
+		st->cap = 0;
+		return;
+	}
+	if (span == st->cap)
+		return;
+	uint64_t *exact = malloc(dense);
+	if (!exact)
+		return;
+	memcpy(exact, c, dense);
+	free(st->counts);
+	st->counts = exact;
+	st->offset = st->lo;
+	st->cap = span;
+}
+
+/* Counts n in bucket i: the slow path, when i is outside the array (or the store is
+ * sparse: its cap is 0). */
 static int store_insert(struct sketch_store *st, int32_t i, uint64_t n)
 {
 	int32_t lo, hi;
 	uint64_t *buf;
 	int32_t cap;
+	if (store_densify(st) < 0)
+		return -ENOMEM;
 	store_span(st, i, i, &lo, &hi);
 	if (store_prepare(st, lo, hi, &buf, &cap) < 0)
 		return -ENOMEM;
@@ -193,9 +287,15 @@ void sketch_init(struct sketch *s)
 
 void sketch_free(struct sketch *s)
 {
-	free(s->pos.counts);
-	free(s->neg.counts);
+	store_free(&s->pos);
+	store_free(&s->neg);
 	sketch_init(s);
+}
+
+void sketch_shrink(struct sketch *s)
+{
+	store_shrink(&s->pos);
+	store_shrink(&s->neg);
 }
 
 void sketch_reset(struct sketch *s)
@@ -242,10 +342,15 @@ int sketch_merge(struct sketch *dst, const struct sketch *src)
 	uint64_t *buf[2] = {NULL, NULL};
 	if (src->count == 0)
 		return 0;
-	/* Allocate everything first, so a failure leaves dst as it was. */
+	/* Allocate everything first, so a failure leaves dst as it was (a sparse dst
+	 * made dense holds the same buckets). When src is dst, it is dense after this. */
 	for (int k = 0; k < 2; k++) {
 		if (store_empty(o[k]))
 			continue;
+		if (store_densify(d[k]) < 0) {
+			free(buf[0]);
+			return -ENOMEM;
+		}
 		store_span(d[k], o[k]->lo, o[k]->hi, &lo[k], &hi[k]);
 		if (store_prepare(d[k], lo[k], hi[k], &buf[k], &cap[k]) < 0) {
 			free(buf[0]);
@@ -258,9 +363,16 @@ int sketch_merge(struct sketch *dst, const struct sketch *src)
 		/* o[k]'s bounds before store_fit: it may be d[k] itself */
 		int32_t olo = o[k]->lo, ohi = o[k]->hi;
 		store_fit(d[k], lo[k], hi[k], buf[k], cap[k]);
-		for (int32_t j = olo; j <= ohi; j++)
-			d[k]->counts[(j > lo[k] ? j : lo[k]) - d[k]->offset] +=
-				o[k]->counts[j - o[k]->offset];
+		if (o[k]->index) {
+			for (int32_t t = 0; t < o[k]->nnz; t++) {
+				int32_t j = o[k]->index[t];
+				d[k]->counts[(j > lo[k] ? j : lo[k]) - d[k]->offset] += o[k]->counts[t];
+			}
+		} else {
+			for (int32_t j = olo; j <= ohi; j++)
+				d[k]->counts[(j > lo[k] ? j : lo[k]) - d[k]->offset] +=
+					o[k]->counts[j - o[k]->offset];
+		}
 		d[k]->lo = lo[k];
 		d[k]->hi = hi[k];
 	}
@@ -279,6 +391,23 @@ static double clamp(const struct sketch *s, double v)
 	return v < s->min ? s->min : v > s->max ? s->max : v;
 }
 
+/* A store's slots from its low end, k in [0, store_slots), as bucket and count:
+ * a dense store's are [lo, hi] (zeros included), a sparse one's its list. */
+static int32_t store_slots(const struct sketch_store *st)
+{
+	return store_empty(st) ? 0 : st->index ? st->nnz : st->hi - st->lo + 1;
+}
+
+static uint64_t store_slot(const struct sketch_store *st, int32_t k, int32_t *bucket)
+{
+	if (st->index) {
+		*bucket = st->index[k];
+		return st->counts[k];
+	}
+	*bucket = st->lo + k;
+	return st->counts[st->lo + k - st->offset];
+}
+
 double sketch_quantile(const struct sketch *s, double q)
 {
 	if (s->count == 0 || isnan(q))
@@ -288,10 +417,10 @@ double sketch_quantile(const struct sketch *s, double q)
 	if (q >= 1)
 		return s->max;
 	uint64_t rank = (uint64_t)(q * (double)(s->count - 1));
+	int32_t j;
 	/* Ascending: negatives by decreasing magnitude, zeros, positives. */
-	const struct sketch_store *st = &s->neg;
-	for (int32_t j = st->hi; j >= st->lo; j--) {
-		uint64_t c = st->counts[j - st->offset];
+	for (int32_t k = store_slots(&s->neg); k-- > 0;) {
+		uint64_t c = store_slot(&s->neg, k, &j);
 		if (rank < c)
 			return clamp(s, -bucket_value(j));
 		rank -= c;
@@ -299,9 +428,8 @@ double sketch_quantile(const struct sketch *s, double q)
 	if (rank < s->zeros)
 		return clamp(s, 0);
 	rank -= s->zeros;
-	st = &s->pos;
-	for (int32_t j = st->lo; j <= st->hi; j++) {
-		uint64_t c = st->counts[j - st->offset];
+	for (int32_t k = 0, n = store_slots(&s->pos); k < n; k++) {
+		uint64_t c = store_slot(&s->pos, k, &j);
 		if (rank < c)
 			return clamp(s, bucket_value(j));
 		rank -= c;
@@ -309,7 +437,14 @@ double sketch_quantile(const struct sketch *s, double q)
 	return s->max;
 }
 
+static size_t store_bytes(const struct sketch_store *st)
+{
+	if (st->index)
+		return (size_t)st->nnz * (sizeof *st->counts + sizeof *st->index);
+	return (size_t)st->cap * sizeof *st->counts;
+}
+
 size_t sketch_bytes(const struct sketch *s)
 {
-	return ((size_t)s->pos.cap + (size_t)s->neg.cap) * sizeof(uint64_t);
+	return store_bytes(&s->pos) + store_bytes(&s->neg);
 }

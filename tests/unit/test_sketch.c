@@ -1,7 +1,8 @@
 /*
  * test_sketch.c — core/sketch.c: quantiles within 1% of the exact order statistics
  * x[floor(q (n - 1))] on known distributions, exact count/sum/min/max, merging (the
- * same buckets as one sketch), the bucket cap, add_n and reset.
+ * same buckets as one sketch), the bucket cap, add_n, reset, and shrinking (the same
+ * answers in less memory).
  *
  * The data come from a fixed-seed splitmix64 (no rand()), shaped by libm.
  */
@@ -662,4 +663,76 @@ SKETCH_TEST(reset_empties_the_sketch_keeps_its_memory_and_it_works_after)
     cr_assert(sketch_quantile(&s, 0.5) == 1);
     sketch_free(&s);
     sketch_free(&fresh);
+}
+
+/* A copy of s made by merging it into an empty sketch: dense, the same buckets
+ * (assert_same_sketch reads dense stores only). */
+static void copy_of(struct sketch *out, const struct sketch *s)
+{
+    sketch_init(out);
+    cr_assert_eq(sketch_merge(out, s), 0);
+}
+
+SKETCH_TEST(a_shrunk_sketch_gives_the_same_answers_and_merges_the_same)
+{
+    static const struct { double lo, hi; int n; } cases[] = {
+        {-6, 9, 20},     /* few values, wide: sparse */
+        {-6, 9, 50000},  /* many values, wide and collapsed: exact dense */
+        {0, 3, 5000},    /* narrow and full */
+        {2, 2.001, 3},   /* one bucket */
+    };
+    seed(21);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct sketch s, dense, merged, again;
+        sketch_init(&s);
+        for (int i = 0; i < cases[c].n; i++) {
+            double v = decades(cases[c].lo, cases[c].hi);
+            cr_assert_eq(sketch_add(&s, next() % 3 ? v : next() % 2 ? -v : 0), 0);
+        }
+        copy_of(&dense, &s);
+        size_t before = sketch_bytes(&s);
+        sketch_shrink(&s);
+        cr_assert(sketch_bytes(&s) <= before, "case %zu: %zu > %zu bytes", c, sketch_bytes(&s),
+                  before);
+        for (int k = 0; k <= 1000; k++) {
+            double q = k / 1000.0, a = sketch_quantile(&s, q), b = sketch_quantile(&dense, q);
+            cr_assert(a == b, "case %zu q=%g: %.17g vs %.17g", c, q, a, b);
+        }
+        cr_assert(s.count == dense.count && s.sum == dense.sum && s.min == dense.min &&
+                  s.max == dense.max && s.zeros == dense.zeros);
+        copy_of(&merged, &s);   /* merging from the shrunk form */
+        assert_same_sketch(&merged, &dense);
+        /* merging into the shrunk form, and adding to it: dense again, same buckets */
+        cr_assert_eq(sketch_merge(&s, &dense), 0);
+        cr_assert_eq(sketch_merge(&merged, &dense), 0);
+        assert_same_sketch(&s, &merged);
+        sketch_shrink(&s);
+        cr_assert_eq(sketch_add(&s, 1e12), 0);
+        cr_assert_eq(sketch_add(&merged, 1e12), 0);
+        copy_of(&again, &s);   /* s's negative store may still be sparse */
+        assert_same_sketch(&again, &merged);
+        sketch_reset(&s);
+        cr_assert(s.count == 0 && isnan(sketch_quantile(&s, 0.5)));
+        sketch_free(&s);
+        sketch_free(&dense);
+        sketch_free(&merged);
+        sketch_free(&again);
+    }
+}
+
+SKETCH_TEST(a_few_values_decades_apart_shrink_to_a_few_bytes_each)
+{
+    struct sketch s;
+    sketch_init(&s);
+    const double v[] = {1e-6, 1e9, -1e-6, -1e9, 3, 0};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        cr_assert_eq(sketch_add(&s, v[i]), 0);
+    cr_assert(sketch_bytes(&s) >= 2 * 1700 * sizeof(uint64_t), "dense: the span, %zu bytes",
+              sketch_bytes(&s));
+    sketch_shrink(&s);
+    cr_assert(sketch_bytes(&s) <= 5 * 12, "sparse: %zu bytes", sketch_bytes(&s));
+    sketch_reset(&s);
+    sketch_shrink(&s);
+    cr_assert_eq(sketch_bytes(&s), 0, "an empty sketch holds nothing");
+    sketch_free(&s);
 }
