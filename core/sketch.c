@@ -1,8 +1,10 @@
 /* sketch.c — log-bucketed quantile sketch (see sketch.h).
  *
- * A store is dense (counts[j - offset] for bucket j) or, after sketch_shrink, sparse
- * (index[] and counts[] side by side, nnz entries ascending). Only reads and merges
- * FROM a store know the sparse form; every change makes the store dense first. */
+ * A store is dense (counts[j - offset] for bucket j) or sparse (index[] and counts[]
+ * side by side, nnz entries ascending, room for scap). A store starts sparse and
+ * turns dense once its list would outgrow the array its span needs, or when low
+ * buckets must collapse, or when a sketch is merged into it; sketch_shrink makes it
+ * sparse again when that is smaller. Both forms hold the very same buckets. */
 #include <errno.h>
 #include <float.h>
 #include <math.h>
@@ -45,6 +47,7 @@ static void store_init(struct sketch_store *st)
 	st->counts = NULL;
 	st->index = NULL;
 	st->nnz = 0;
+	st->scap = 0;
 	st->offset = 0;
 	st->cap = 0;
 	st->lo = INT32_MAX;
@@ -186,6 +189,7 @@ static int store_densify(struct sketch_store *st)
 	st->counts = buf;
 	st->index = NULL;
 	st->nnz = 0;
+	st->scap = 0;
 	st->offset = off;
 	st->cap = c;
 	return 0;
@@ -198,8 +202,25 @@ static void store_shrink(struct sketch_store *st)
 		store_free(st);
 		return;
 	}
-	if (st->index)
-		return;   /* already as small as it gets */
+	if (st->index) {
+		if (st->scap > st->nnz) {   /* the list's spare room */
+			uint64_t *counts = malloc((size_t)st->nnz * sizeof *counts);
+			int32_t *index = malloc((size_t)st->nnz * sizeof *index);
+			if (!counts || !index) {
+				free(counts);
+				free(index);
+				return;
+			}
+			memcpy(counts, st->counts, (size_t)st->nnz * sizeof *counts);
+			memcpy(index, st->index, (size_t)st->nnz * sizeof *index);
+			free(st->counts);
+			free(st->index);
+			st->counts = counts;
+			st->index = index;
+			st->scap = st->nnz;
+		}
+		return;
+	}
 	int32_t span = st->hi - st->lo + 1, nnz = 0;
 	const uint64_t *c = st->counts + (st->lo - st->offset);
 	for (int32_t j = 0; j < span; j++)
@@ -224,6 +245,7 @@ static void store_shrink(struct sketch_store *st)
 		st->counts = counts;
 		st->index = index;
 		st->nnz = nnz;
+		st->scap = nnz;
 		st->offset = 0;
 		st->cap = 0;
 		return;
@@ -240,13 +262,88 @@ static void store_shrink(struct sketch_store *st)
 	st->cap = span;
 }
 
+/* The first entry of a sparse store at or above bucket i. */
+static int32_t sparse_find(const struct sketch_store *st, int32_t i)
+{
+	int32_t lo = 0, hi = st->nnz;
+	while (lo < hi) {
+		int32_t mid = lo + (hi - lo) / 2;
+		if (st->index[mid] < i)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Counts n in bucket i of a sparse store, or of one with no memory yet (which turns
+ * sparse). Returns 1, leaving the store as it was, when it had better be dense: the
+ * list would outgrow the array the span needs, or low buckets must collapse. */
+static int store_sparse_add(struct sketch_store *st, int32_t i, uint64_t n)
+{
+	int32_t lo = i, hi = i;
+	if (!store_empty(st)) {
+		store_span(st, i, i, &lo, &hi);
+		if (lo > st->lo)
+			return 1;   /* low buckets collapse: the dense code does that */
+	}
+	int32_t b = i > lo ? i : lo;   /* where the value lands */
+	int32_t k = st->index ? sparse_find(st, b) : 0;
+	if (st->index && k < st->nnz && st->index[k] == b) {
+		st->counts[k] += n;
+		st->lo = lo;
+		st->hi = hi;
+		return 0;
+	}
+	/* The list never takes more than the dense array would: at most 16 KiB a store. */
+	size_t dense = (size_t)((hi - lo + 1 + 63) & ~63) * sizeof *st->counts;
+	size_t most = dense / (sizeof *st->counts + sizeof *st->index);
+	if ((size_t)st->nnz + 1 > most)
+		return 1;
+	if (st->nnz == st->scap) {
+		int32_t cap = st->scap ? st->scap * 2 : 4;
+		cap = (size_t)cap < most ? cap : (int32_t)most;
+		uint64_t *counts = malloc((size_t)cap * sizeof *counts);
+		int32_t *index = malloc((size_t)cap * sizeof *index);
+		if (!counts || !index) {
+			free(counts);
+			free(index);
+			return -ENOMEM;
+		}
+		if (st->nnz) {
+			memcpy(counts, st->counts, (size_t)st->nnz * sizeof *counts);
+			memcpy(index, st->index, (size_t)st->nnz * sizeof *index);
+		}
+		free(st->counts);
+		free(st->index);
+		st->counts = counts;
+		st->index = index;
+		st->scap = cap;
+		st->offset = 0;
+		st->cap = 0;
+	}
+	memmove(st->counts + k + 1, st->counts + k, (size_t)(st->nnz - k) * sizeof *st->counts);
+	memmove(st->index + k + 1, st->index + k, (size_t)(st->nnz - k) * sizeof *st->index);
+	st->counts[k] = n;
+	st->index[k] = b;
+	st->nnz++;
+	st->lo = lo;
+	st->hi = hi;
+	return 0;
+}
+
 /* Counts n in bucket i: the slow path, when i is outside the array (or the store is
- * sparse: its cap is 0). */
+ * sparse, its cap 0, or has no memory yet). */
 static int store_insert(struct sketch_store *st, int32_t i, uint64_t n)
 {
 	int32_t lo, hi;
 	uint64_t *buf;
 	int32_t cap;
+	if (st->index || !st->counts) {
+		int rc = store_sparse_add(st, i, n);
+		if (rc <= 0)
+			return rc;
+	}
 	if (store_densify(st) < 0)
 		return -ENOMEM;
 	store_span(st, i, i, &lo, &hi);
@@ -440,7 +537,7 @@ double sketch_quantile(const struct sketch *s, double q)
 static size_t store_bytes(const struct sketch_store *st)
 {
 	if (st->index)
-		return (size_t)st->nnz * (sizeof *st->counts + sizeof *st->index);
+		return (size_t)st->scap * (sizeof *st->counts + sizeof *st->index);
 	return (size_t)st->cap * sizeof *st->counts;
 }
 
