@@ -1091,6 +1091,8 @@ static struct bus *bus_alloc(const struct bus_config *cfg)
 		bus->cfg.max_agents_per_uid = 1000;
 	if (!bus->cfg.max_drafts_per_sender)
 		bus->cfg.max_drafts_per_sender = 64;
+	if (!bus->cfg.max_series)
+		bus->cfg.max_series = METRICS_MAX_SERIES;
 	bus->server_uid = getuid();
 	quota_init(&bus->quota);
 	bus->next_id = 1;
@@ -1142,8 +1144,8 @@ int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *e
 	if (!bus->cfg.max_bytes_per_uid)
 		bus->cfg.max_bytes_per_uid = bus->cfg.store_max_bytes / 4;
 	rc = metrics_open(&bus->metrics, cfg->store_dir, bus->cfg.summary_window_s,
-			  bus->cfg.metrics_retention_s, bus->cfg.store_max_bytes, bus_clock_now_us(),
-			  err);
+			  bus->cfg.metrics_retention_s, bus->cfg.store_max_bytes, bus->cfg.max_series,
+			  bus_clock_now_us(), err);
 	if (rc == 0)
 		rc = alerts_open(bus, err);
 	if (rc < 0) {

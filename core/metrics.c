@@ -18,11 +18,20 @@
 
 /* ---------- series ---------- */
 
+#define SERIES_KEY_MAX (METRIC_NAME_MAX + 64 + METRIC_UNIT_MAX + 8)
+
+static void series_key(char *key, const char *metric, const char *agent, const char *unit)
+{
+	snprintf(key, SERIES_KEY_MAX, "%s\x01%s\x01%s", metric, agent, unit);
+}
+
+/* The series, created when new (whatever max_series: metrics_add checks it first,
+ * and a rebuild keeps what was accepted); NULL when out of memory. */
 static struct series *series_get(struct metrics *m, const char *metric, const char *agent,
 				 const char *unit)
 {
-	char key[METRIC_NAME_MAX + 64 + METRIC_UNIT_MAX + 8];
-	snprintf(key, sizeof key, "%s\x01%s\x01%s", metric, agent, unit);
+	char key[SERIES_KEY_MAX];
+	series_key(key, metric, agent, unit);
 	uint64_t at = strmap_get(&m->series_at, key);
 	if (at)
 		return m->series[at - 1];
@@ -42,22 +51,47 @@ static struct series *series_get(struct metrics *m, const char *metric, const ch
 	snprintf(s->metric, sizeof s->metric, "%s", metric);
 	snprintf(s->agent, sizeof s->agent, "%s", agent);
 	snprintf(s->unit, sizeof s->unit, "%s", unit);
-	for (int i = 0; i < METRIC_SLICES; i++) {
+	s->last_us = INT64_MIN;
+	for (int i = 0; i < METRIC_SLICES; i++)
 		s->slice_k[i] = INT64_MIN;
-		sketch_init(&s->slice[i]);
-	}
 	s->past_k = INT64_MIN;
 	sketch_init(&s->past);
 	m->series[m->nseries++] = s;
 	return s;
 }
 
+static void slice_free(struct series *s, int i)
+{
+	if (s->slice[i]) {
+		sketch_free(s->slice[i]);
+		free(s->slice[i]);
+		s->slice[i] = NULL;
+	}
+	s->unshrunk &= ~(UINT32_C(1) << i);
+}
+
 static void series_free(struct series *s)
 {
 	for (int i = 0; i < METRIC_SLICES; i++)
-		sketch_free(&s->slice[i]);
+		slice_free(s, i);
 	sketch_free(&s->past);
 	free(s);
+}
+
+/* Frees series i; the last one takes its place in the array and in the index. */
+static void series_remove(struct metrics *m, size_t i)
+{
+	char key[SERIES_KEY_MAX];
+	struct series *s = m->series[i];
+	series_key(key, s->metric, s->agent, s->unit);
+	strmap_del(&m->series_at, key);
+	series_free(s);
+	if (i != --m->nseries) {
+		struct series *moved = m->series[m->nseries];
+		m->series[i] = moved;
+		series_key(key, moved->metric, moved->agent, moved->unit);
+		strmap_set(&m->series_at, key, i + 1);   /* the key is there: no allocation */
+	}
 }
 
 static int64_t slice_of(const struct metrics *m, int64_t us)
@@ -72,14 +106,22 @@ static int series_add(struct metrics *m, struct series *s, double v, int64_t ts,
 	if (k > now_k - METRIC_SLICES && k >= 0) {
 		int i = (int)(k % METRIC_SLICES);
 		if (s->slice_k[i] != k) {
-			sketch_reset(&s->slice[i]);
+			slice_free(s, i);
 			s->slice_k[i] = k;
 		}
-		if (sketch_add(&s->slice[i], v) < 0)
+		if (!s->slice[i]) {
+			if (!(s->slice[i] = malloc(sizeof *s->slice[i])))
+				return -ENOMEM;
+			sketch_init(s->slice[i]);
+		}
+		if (sketch_add(s->slice[i], v) < 0)
 			return -ENOMEM;
+		s->unshrunk |= UINT32_C(1) << i;
 		if (k < s->past_k)
 			s->past_k = INT64_MIN;   /* a finished slice changed (a rebuild, a clock step) */
 	}
+	if (ts > s->last_us)
+		s->last_us = ts;
 	s->count_total++;
 	s->sum_total += v;
 	return 0;
@@ -95,18 +137,18 @@ static int series_window(const struct metrics *m, struct series *s, int64_t now,
 		s->past_k = now_k;
 		for (int i = 0; i < METRIC_SLICES; i++) {
 			int64_t k = s->slice_k[i];
-			if (k > now_k - METRIC_SLICES && k < now_k &&
-			    sketch_merge(&s->past, &s->slice[i]) < 0) {
+			if (k > now_k - METRIC_SLICES && k < now_k && s->slice[i] &&
+			    sketch_merge(&s->past, s->slice[i]) < 0) {
 				s->past_k = INT64_MIN;
 				return -ENOMEM;
 			}
 		}
+		sketch_shrink(&s->past);   /* read, not written, until the next slice */
 	}
 	if (sketch_merge(acc, &s->past) < 0)
 		return -ENOMEM;
-	const struct sketch *cur = &s->slice[(now_k >= 0 ? now_k : 0) % METRIC_SLICES];
-	if (s->slice_k[(now_k >= 0 ? now_k : 0) % METRIC_SLICES] == now_k &&
-	    sketch_merge(acc, cur) < 0)
+	int cur = (int)((now_k >= 0 ? now_k : 0) % METRIC_SLICES);
+	if (s->slice_k[cur] == now_k && s->slice[cur] && sketch_merge(acc, s->slice[cur]) < 0)
 		return -ENOMEM;
 	return 0;
 }
@@ -305,9 +347,41 @@ uint64_t metrics_size(struct metrics *m, const char *agent)
 	return v ? v->vend : 0;
 }
 
+/* One pass over the series: frees those with no point within the retention and the
+ * slices that left the window, shrinks the slices that ended since the last pass,
+ * and frees the merged past of a series not read since its slice ended (a reading
+ * rebuilds it, exactly as it would have). */
+static void series_tidy(struct metrics *m, int64_t now)
+{
+	int64_t now_k = slice_of(m, now);
+	m->tidied_us = now;
+	for (size_t n = m->nseries; n-- > 0;) {
+		struct series *s = m->series[n];
+		if (s->last_us < now - m->keep_us) {
+			series_remove(m, n);
+			continue;
+		}
+		for (int i = 0; i < METRIC_SLICES; i++) {
+			if (!s->slice[i])
+				continue;
+			if (s->slice_k[i] <= now_k - METRIC_SLICES) {
+				slice_free(s, i);
+			} else if ((s->unshrunk >> i & 1) && s->slice_k[i] < now_k) {
+				sketch_shrink(s->slice[i]);
+				s->unshrunk &= ~(UINT32_C(1) << i);
+			}
+		}
+		if (s->past_k != now_k) {
+			sketch_free(&s->past);
+			s->past_k = INT64_MIN;
+		}
+	}
+}
+
 void metrics_expire(struct metrics *m, int64_t now_us)
 {
 	seglog_expire(m->log, now_us);
+	series_tidy(m, now_us);
 }
 
 /* Where each view will start once the log starts at new_start, written to
@@ -387,10 +461,53 @@ static int index_point(struct metrics *m, const char *agent, const char *metric,
 	return series_add(m, s, v, ts, now);
 }
 
+/* How many series the points would start; -ENOMEM. */
+static ssize_t series_new_in(struct metrics *m, const char *agent,
+			     const struct metric_point *pts, size_t n)
+{
+	char key[SERIES_KEY_MAX];
+	struct strmap fresh;
+	strmap_init(&fresh);
+	for (size_t i = 0; i < n; i++) {
+		series_key(key, pts[i].name, agent, pts[i].unit);
+		if (!strmap_get(&m->series_at, key) && !strmap_get(&fresh, key) &&
+		    strmap_set(&fresh, key, 1) < 0) {
+			strmap_free(&fresh);
+			return -ENOMEM;
+		}
+	}
+	ssize_t count = (ssize_t)fresh.count;
+	strmap_free(&fresh);
+	return count;
+}
+
+/* 0 when the points may start the series they need; at the cap, series gone idle
+ * since the last tick are freed first (at most one pass a slice). */
+static int series_room(struct metrics *m, const char *agent, const struct metric_point *pts,
+		       size_t n, int64_t now, struct bus_error *err)
+{
+	ssize_t fresh = series_new_in(m, agent, pts, n);
+	if (fresh < 0)
+		return bus_fail(err, ENOMEM, "out of memory");
+	if (m->nseries + (size_t)fresh <= m->max_series)
+		return 0;
+	if (now - m->tidied_us >= m->slice_us) {
+		series_tidy(m, now);
+		if (m->nseries + (size_t)fresh <= m->max_series)
+			return 0;
+	}
+	return bus_fail(err, ENOSPC,
+			"too many metric series: %zu of --max-series %zu, and this write starts "
+			"%zd more", m->nseries, m->max_series, fresh);
+}
+
 int metrics_add(struct metrics *m, const char *agent, const struct metric_point *pts, size_t n,
 		int64_t now_us, struct bus_error *err)
 {
 	char ts[BUS_TIME_LEN + 1];
+	int room = series_room(m, agent, pts, n, now_us, err);
+	if (room < 0)
+		return room;
 	size_t *ends = malloc(n * sizeof *ends);
 	if (!ends)
 		return bus_fail(err, ENOMEM, "out of memory");
@@ -484,7 +601,7 @@ static int rebuild_line(void *ctx, uint64_t off, const char *line, size_t len)
 }
 
 int metrics_open(struct metrics *m, const char *store_dir, double window_s, double retention_s,
-		 uint64_t max_bytes, int64_t now_us, struct bus_error *err)
+		 uint64_t max_bytes, size_t max_series, int64_t now_us, struct bus_error *err)
 {
 	memset(m, 0, sizeof *m);
 	strmap_init(&m->series_at);
@@ -493,6 +610,9 @@ int metrics_open(struct metrics *m, const char *store_dir, double window_s, doub
 	m->window_us = (int64_t)(window_s * 1e6);
 	m->slice_us = m->window_us / METRIC_SLICES > 1000 ? m->window_us / METRIC_SLICES : 1000;
 	int64_t keep = (int64_t)(retention_s * 1e6);
+	m->keep_us = keep;
+	m->max_series = max_series ? max_series : METRICS_MAX_SERIES;
+	m->tidied_us = 0;
 	snprintf(m->dir, sizeof m->dir, "%s/metrics", store_dir);
 	struct seglog_config cfg = {
 		.dir = m->dir,

@@ -6,8 +6,13 @@
  * is a view of the same log: per agent name, the log offsets of its lines and their
  * offsets within the view. Summaries come from sketches per series (metric, agent,
  * unit) and time slice: SLICES slices of window/SLICES each, reused round robin, so
- * the memory of a series is fixed and a summary merges at most SLICES sketches per
- * series, however many points the window holds. Everything is rebuilt from the log
+ * a summary merges at most SLICES sketches per series, however many points the
+ * window holds. A series holds memory for what it has: a slice's sketch exists once
+ * a point lands in it, is shrunk (sketch_shrink) at the first tick after its slice
+ * ends and freed once it leaves the window, so an idle series costs its struct and
+ * little else. At most max_series series exist (a write that would start more gets
+ * ENOSPC); one with no point within the retention is freed at a tick. Everything is
+ * rebuilt from the log
  * at start, and STORE/metrics/views keeps where each agent's view began after the
  * dropped points ("NAME OFFSET" lines, rewritten before points are dropped), so a
  * view's size never shrinks, restarts included. */
@@ -27,14 +32,18 @@
 
 #define METRIC_SLICES 30
 
+#define METRICS_MAX_SERIES 10000   /* the default of --max-series */
+
 struct series {
 	char metric[METRIC_NAME_MAX + 1];
 	char agent[65];
 	char unit[METRIC_UNIT_MAX + 1];
 	uint64_t count_total;           /* since the oldest point kept at start */
 	double sum_total;
+	int64_t last_us;                /* the newest point's time */
+	uint32_t unshrunk;              /* bit i: slice[i] took points since its last shrink */
 	int64_t slice_k[METRIC_SLICES]; /* which slice (time / slice_us) each sketch holds */
-	struct sketch slice[METRIC_SLICES];
+	struct sketch *slice[METRIC_SLICES];   /* NULL: no point in that slice */
 	/* The window's finished slices merged, for the current slice past_k: a reading
 	 * then merges two sketches, not thirty. Invalid (INT64_MIN) when a point lands in
 	 * a finished slice, which only a rebuild at start does. */
@@ -55,6 +64,9 @@ struct metrics {
 	struct seglog *log;
 	char dir[4096];                 /* STORE/metrics */
 	int64_t window_us, slice_us;
+	int64_t keep_us;                /* the retention: older points and idle series go */
+	size_t max_series;
+	int64_t tidied_us;              /* the last pass of series_tidy */
 	struct strmap series_at;        /* "metric\x01agent\x01unit" -> index + 1 */
 	struct series **series;
 	size_t nseries, series_cap;
@@ -72,11 +84,13 @@ struct window_stats {
 	double min, max, avg, p50, p95, p99, rate;
 };
 
+/* max_series 0 means METRICS_MAX_SERIES. */
 int metrics_open(struct metrics *m, const char *store_dir, double window_s, double retention_s,
-		 uint64_t max_bytes, int64_t now_us, struct bus_error *err);
+		 uint64_t max_bytes, size_t max_series, int64_t now_us, struct bus_error *err);
 void metrics_close(struct metrics *m);
 
-/* Stores the points of one write (already parsed) for agent, all or nothing. */
+/* Stores the points of one write (already parsed) for agent, all or nothing: ENOSPC
+ * ("too many metric series") when they would start series beyond max_series. */
 int metrics_add(struct metrics *m, const char *agent, const struct metric_point *pts, size_t n,
 		int64_t now_us, struct bus_error *err);
 
@@ -84,6 +98,9 @@ int metrics_add(struct metrics *m, const char *agent, const struct metric_point 
 ssize_t metrics_read(struct metrics *m, const char *agent, uint64_t *off, char *buf, size_t n);
 uint64_t metrics_size(struct metrics *m, const char *agent);
 
+/* Drops points past the retention, frees series with no point within it and the
+ * slices that left the window, shrinks finished slices. A pass over the series:
+ * call it per tick, not per point. */
 void metrics_expire(struct metrics *m, int64_t now_us);
 
 /* Stats over the window for one agent's metric (agent NULL: every agent). */

@@ -1,4 +1,10 @@
-/* sketch.c — log-bucketed quantile sketch (see sketch.h). */
+/* sketch.c — log-bucketed quantile sketch (see sketch.h).
+ *
+ * A store is dense (counts[j - offset] for bucket j) or sparse (index[] and counts[]
+ * side by side, nnz entries ascending, room for scap). A store starts sparse and
+ * turns dense once its list would outgrow the array its span needs, or when low
+ * buckets must collapse, or when a sketch is merged into it; sketch_shrink makes it
+ * sparse again when that is smaller. Both forms hold the very same buckets. */
 #include <errno.h>
 #include <float.h>
 #include <math.h>
@@ -39,6 +45,9 @@ static double bucket_value(int32_t i)
 static void store_init(struct sketch_store *st)
 {
 	st->counts = NULL;
+	st->index = NULL;
+	st->nnz = 0;
+	st->scap = 0;
 	st->offset = 0;
 	st->cap = 0;
 	st->lo = INT32_MAX;
@@ -47,8 +56,19 @@ static void store_init(struct sketch_store *st)
 
 static int store_empty(const struct sketch_store *st) { return st->lo > st->hi; }
 
+static void store_free(struct sketch_store *st)
+{
+	free(st->counts);
+	free(st->index);
+	store_init(st);
+}
+
 static void store_reset(struct sketch_store *st)
 {
+	if (st->index) {
+		store_free(st);
+		return;
+	}
 	if (!store_empty(st))
 		memset(st->counts + (st->lo - st->offset), 0,
 		       (size_t)(st->hi - st->lo + 1) * sizeof *st->counts);
@@ -149,12 +169,183 @@ static void store_fit(struct sketch_store *st, int32_t lo, int32_t hi, uint64_t 
 	st->counts[lo - st->offset] += folded;
 }
 
-/* Counts n in bucket i: the slow path, when i is outside the array. */
+/* A sparse store made dense again: an array with spare slots both ways, as a new
+ * store gets. The same buckets, so the same answers. */
+static int store_densify(struct sketch_store *st)
+{
+	if (!st->index)
+		return 0;
+	int32_t need = st->hi - st->lo + 1;   /* <= MAXB: sparse stores come from dense ones */
+	int32_t c = (need + 63) & ~63;
+	c = c < MAXB ? c : MAXB;
+	uint64_t *buf = calloc((size_t)c, sizeof *buf);
+	if (!buf)
+		return -ENOMEM;
+	int32_t off = st->lo - (c - need) / 2;
+	for (int32_t k = 0; k < st->nnz; k++)
+		buf[st->index[k] - off] = st->counts[k];
+	free(st->counts);
+	free(st->index);
+	st->counts = buf;
+	st->index = NULL;
+	st->nnz = 0;
+	st->scap = 0;
+	st->offset = off;
+	st->cap = c;
+	return 0;
+}
+
+/* The smallest form of a store's buckets (see sketch_shrink). */
+static void store_shrink(struct sketch_store *st)
+{
+	if (store_empty(st)) {
+		store_free(st);
+		return;
+	}
+	if (st->index) {
+		if (st->scap > st->nnz) {   /* the list's spare room */
+			uint64_t *counts = malloc((size_t)st->nnz * sizeof *counts);
+			int32_t *index = malloc((size_t)st->nnz * sizeof *index);
+			if (!counts || !index) {
+				free(counts);
+				free(index);
+				return;
+			}
+			memcpy(counts, st->counts, (size_t)st->nnz * sizeof *counts);
+			memcpy(index, st->index, (size_t)st->nnz * sizeof *index);
+			free(st->counts);
+			free(st->index);
+			st->counts = counts;
+			st->index = index;
+			st->scap = st->nnz;
+		}
+		return;
+	}
+	int32_t span = st->hi - st->lo + 1, nnz = 0;
+	const uint64_t *c = st->counts + (st->lo - st->offset);
+	for (int32_t j = 0; j < span; j++)
+		nnz += c[j] != 0;
+	size_t dense = (size_t)span * sizeof *st->counts;
+	size_t sparse = (size_t)nnz * (sizeof *st->counts + sizeof *st->index);
+	if (sparse < dense) {
+		uint64_t *counts = malloc((size_t)nnz * sizeof *counts);
+		int32_t *index = malloc((size_t)nnz * sizeof *index);
+		if (!counts || !index) {
+			free(counts);
+			free(index);
+			return;
+		}
+		for (int32_t j = 0, k = 0; j < span; j++) {
+			if (c[j]) {
+				index[k] = st->lo + j;
+				counts[k++] = c[j];
+			}
+		}
+		free(st->counts);
+		st->counts = counts;
+		st->index = index;
+		st->nnz = nnz;
+		st->scap = nnz;
+		st->offset = 0;
+		st->cap = 0;
+		return;
+	}
+	if (span == st->cap)
+		return;
+	uint64_t *exact = malloc(dense);
+	if (!exact)
+		return;
+	memcpy(exact, c, dense);
+	free(st->counts);
+	st->counts = exact;
+	st->offset = st->lo;
+	st->cap = span;
+}
+
+/* The first entry of a sparse store at or above bucket i. */
+static int32_t sparse_find(const struct sketch_store *st, int32_t i)
+{
+	int32_t lo = 0, hi = st->nnz;
+	while (lo < hi) {
+		int32_t mid = lo + (hi - lo) / 2;
+		if (st->index[mid] < i)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Counts n in bucket i of a sparse store, or of one with no memory yet (which turns
+ * sparse). Returns 1, leaving the store as it was, when it had better be dense: the
+ * list would outgrow the array the span needs, or low buckets must collapse. */
+static int store_sparse_add(struct sketch_store *st, int32_t i, uint64_t n)
+{
+	int32_t lo = i, hi = i;
+	if (!store_empty(st)) {
+		store_span(st, i, i, &lo, &hi);
+		if (lo > st->lo)
+			return 1;   /* low buckets collapse: the dense code does that */
+	}
+	int32_t b = i > lo ? i : lo;   /* where the value lands */
+	int32_t k = st->index ? sparse_find(st, b) : 0;
+	if (st->index && k < st->nnz && st->index[k] == b) {
+		st->counts[k] += n;
+		st->lo = lo;
+		st->hi = hi;
+		return 0;
+	}
+	/* The list never takes more than the dense array would: at most 16 KiB a store. */
+	size_t dense = (size_t)((hi - lo + 1 + 63) & ~63) * sizeof *st->counts;
+	size_t most = dense / (sizeof *st->counts + sizeof *st->index);
+	if ((size_t)st->nnz + 1 > most)
+		return 1;
+	if (st->nnz == st->scap) {
+		int32_t cap = st->scap ? st->scap * 2 : 4;
+		cap = (size_t)cap < most ? cap : (int32_t)most;
+		uint64_t *counts = malloc((size_t)cap * sizeof *counts);
+		int32_t *index = malloc((size_t)cap * sizeof *index);
+		if (!counts || !index) {
+			free(counts);
+			free(index);
+			return -ENOMEM;
+		}
+		if (st->nnz) {
+			memcpy(counts, st->counts, (size_t)st->nnz * sizeof *counts);
+			memcpy(index, st->index, (size_t)st->nnz * sizeof *index);
+		}
+		free(st->counts);
+		free(st->index);
+		st->counts = counts;
+		st->index = index;
+		st->scap = cap;
+		st->offset = 0;
+		st->cap = 0;
+	}
+	memmove(st->counts + k + 1, st->counts + k, (size_t)(st->nnz - k) * sizeof *st->counts);
+	memmove(st->index + k + 1, st->index + k, (size_t)(st->nnz - k) * sizeof *st->index);
+	st->counts[k] = n;
+	st->index[k] = b;
+	st->nnz++;
+	st->lo = lo;
+	st->hi = hi;
+	return 0;
+}
+
+/* Counts n in bucket i: the slow path, when i is outside the array (or the store is
+ * sparse, its cap 0, or has no memory yet). */
 static int store_insert(struct sketch_store *st, int32_t i, uint64_t n)
 {
 	int32_t lo, hi;
 	uint64_t *buf;
 	int32_t cap;
+	if (st->index || !st->counts) {
+		int rc = store_sparse_add(st, i, n);
+		if (rc <= 0)
+			return rc;
+	}
+	if (store_densify(st) < 0)
+		return -ENOMEM;
 	store_span(st, i, i, &lo, &hi);
 	if (store_prepare(st, lo, hi, &buf, &cap) < 0)
 		return -ENOMEM;
@@ -193,9 +384,15 @@ void sketch_init(struct sketch *s)
 
 void sketch_free(struct sketch *s)
 {
-	free(s->pos.counts);
-	free(s->neg.counts);
+	store_free(&s->pos);
+	store_free(&s->neg);
 	sketch_init(s);
+}
+
+void sketch_shrink(struct sketch *s)
+{
+	store_shrink(&s->pos);
+	store_shrink(&s->neg);
 }
 
 void sketch_reset(struct sketch *s)
@@ -242,10 +439,15 @@ int sketch_merge(struct sketch *dst, const struct sketch *src)
 	uint64_t *buf[2] = {NULL, NULL};
 	if (src->count == 0)
 		return 0;
-	/* Allocate everything first, so a failure leaves dst as it was. */
+	/* Allocate everything first, so a failure leaves dst as it was (a sparse dst
+	 * made dense holds the same buckets). When src is dst, it is dense after this. */
 	for (int k = 0; k < 2; k++) {
 		if (store_empty(o[k]))
 			continue;
+		if (store_densify(d[k]) < 0) {
+			free(buf[0]);
+			return -ENOMEM;
+		}
 		store_span(d[k], o[k]->lo, o[k]->hi, &lo[k], &hi[k]);
 		if (store_prepare(d[k], lo[k], hi[k], &buf[k], &cap[k]) < 0) {
 			free(buf[0]);
@@ -258,9 +460,16 @@ int sketch_merge(struct sketch *dst, const struct sketch *src)
 		/* o[k]'s bounds before store_fit: it may be d[k] itself */
 		int32_t olo = o[k]->lo, ohi = o[k]->hi;
 		store_fit(d[k], lo[k], hi[k], buf[k], cap[k]);
-		for (int32_t j = olo; j <= ohi; j++)
-			d[k]->counts[(j > lo[k] ? j : lo[k]) - d[k]->offset] +=
-				o[k]->counts[j - o[k]->offset];
+		if (o[k]->index) {
+			for (int32_t t = 0; t < o[k]->nnz; t++) {
+				int32_t j = o[k]->index[t];
+				d[k]->counts[(j > lo[k] ? j : lo[k]) - d[k]->offset] += o[k]->counts[t];
+			}
+		} else {
+			for (int32_t j = olo; j <= ohi; j++)
+				d[k]->counts[(j > lo[k] ? j : lo[k]) - d[k]->offset] +=
+					o[k]->counts[j - o[k]->offset];
+		}
 		d[k]->lo = lo[k];
 		d[k]->hi = hi[k];
 	}
@@ -279,6 +488,23 @@ static double clamp(const struct sketch *s, double v)
 	return v < s->min ? s->min : v > s->max ? s->max : v;
 }
 
+/* A store's slots from its low end, k in [0, store_slots), as bucket and count:
+ * a dense store's are [lo, hi] (zeros included), a sparse one's its list. */
+static int32_t store_slots(const struct sketch_store *st)
+{
+	return store_empty(st) ? 0 : st->index ? st->nnz : st->hi - st->lo + 1;
+}
+
+static uint64_t store_slot(const struct sketch_store *st, int32_t k, int32_t *bucket)
+{
+	if (st->index) {
+		*bucket = st->index[k];
+		return st->counts[k];
+	}
+	*bucket = st->lo + k;
+	return st->counts[st->lo + k - st->offset];
+}
+
 double sketch_quantile(const struct sketch *s, double q)
 {
 	if (s->count == 0 || isnan(q))
@@ -288,10 +514,10 @@ double sketch_quantile(const struct sketch *s, double q)
 	if (q >= 1)
 		return s->max;
 	uint64_t rank = (uint64_t)(q * (double)(s->count - 1));
+	int32_t j;
 	/* Ascending: negatives by decreasing magnitude, zeros, positives. */
-	const struct sketch_store *st = &s->neg;
-	for (int32_t j = st->hi; j >= st->lo; j--) {
-		uint64_t c = st->counts[j - st->offset];
+	for (int32_t k = store_slots(&s->neg); k-- > 0;) {
+		uint64_t c = store_slot(&s->neg, k, &j);
 		if (rank < c)
 			return clamp(s, -bucket_value(j));
 		rank -= c;
@@ -299,9 +525,8 @@ double sketch_quantile(const struct sketch *s, double q)
 	if (rank < s->zeros)
 		return clamp(s, 0);
 	rank -= s->zeros;
-	st = &s->pos;
-	for (int32_t j = st->lo; j <= st->hi; j++) {
-		uint64_t c = st->counts[j - st->offset];
+	for (int32_t k = 0, n = store_slots(&s->pos); k < n; k++) {
+		uint64_t c = store_slot(&s->pos, k, &j);
 		if (rank < c)
 			return clamp(s, bucket_value(j));
 		rank -= c;
@@ -309,7 +534,14 @@ double sketch_quantile(const struct sketch *s, double q)
 	return s->max;
 }
 
+static size_t store_bytes(const struct sketch_store *st)
+{
+	if (st->index)
+		return (size_t)st->scap * (sizeof *st->counts + sizeof *st->index);
+	return (size_t)st->cap * sizeof *st->counts;
+}
+
 size_t sketch_bytes(const struct sketch *s)
 {
-	return ((size_t)s->pos.cap + (size_t)s->neg.cap) * sizeof(uint64_t);
+	return store_bytes(&s->pos) + store_bytes(&s->neg);
 }

@@ -1,4 +1,5 @@
-/* strmap.c — FNV-1a hashed, linearly probed string map. */
+/* strmap.c — FNV-1a hashed, linearly probed string map; deletion shifts the rest of
+ * the probe run back (no tombstones), so a lookup still stops at the first empty slot. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,4 +82,24 @@ int strmap_set(struct strmap *m, const char *key, uint64_t value)
 	}
 	s->value = value;
 	return 0;
+}
+
+void strmap_del(struct strmap *m, const char *key)
+{
+	struct strmap_slot *s = find(m, key);
+	if (!s || !s->key)
+		return;
+	free(s->key);
+	s->key = NULL;
+	m->count--;
+	size_t mask = m->cap - 1, hole = (size_t)(s - m->slots);
+	for (size_t i = (hole + 1) & mask; m->slots[i].key; i = (i + 1) & mask) {
+		size_t home = hash(m->slots[i].key) & mask;
+		/* The entry at i may fill the hole unless its home lies in (hole, i]. */
+		if (((i - home) & mask) >= ((i - hole) & mask)) {
+			m->slots[hole] = m->slots[i];
+			m->slots[i].key = NULL;
+			hole = i;
+		}
+	}
 }

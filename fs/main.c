@@ -50,7 +50,10 @@ static void usage(FILE *out)
 		"                             is stale (30)\n"
 		"  --summary-window SECONDS   what summary.json, busfs.prom quantiles and alert\n"
 		"                             rules look at (60)\n"
-		"  --metrics-retention SECONDS  metric points older than this are dropped (3600)\n"
+		"  --metrics-retention SECONDS  metric points older than this are dropped (3600),\n"
+		"                             and series with no point since then are freed\n"
+		"  --max-series N             distinct metric series (metric, agent, unit); a point\n"
+		"                             that would start one more gets ENOSPC (10000)\n"
 		"  --alert-interval SECONDS   how often alert rules are evaluated (5)\n"
 		"                             SECONDS may have a fraction (0.5)\n"
 		"  --check                    verify the store offline; exit 0 when consistent,\n"
@@ -175,6 +178,7 @@ enum {
 	OPT_MAX_AGENTS_PER_UID = 0x5101,
 	OPT_MAX_BYTES_PER_UID,
 	OPT_MAX_DRAFTS_PER_SENDER,
+	OPT_MAX_SERIES,
 };
 
 int main(int argc, char **argv)
@@ -190,6 +194,7 @@ int main(int argc, char **argv)
 		{"health-ttl", required_argument, NULL, 't'},
 		{"summary-window", required_argument, NULL, 'W'},
 		{"metrics-retention", required_argument, NULL, 'R'},
+		{"max-series", required_argument, NULL, OPT_MAX_SERIES},
 		{"alert-interval", required_argument, NULL, 'A'},
 		{"check", no_argument, NULL, 'k'},
 		{"salvage", no_argument, NULL, 'S'},
@@ -258,6 +263,11 @@ int main(int argc, char **argv)
 		case 'R':
 			if (parse_seconds("--metrics-retention", optarg, &cfg.metrics_retention_s) < 0)
 				return 1;
+			break;
+		case OPT_MAX_SERIES:
+			if (parse_count("--max-series", optarg, &v) < 0 || v > UINT32_MAX)
+				return 1;
+			cfg.max_series = (uint32_t)v;
 			break;
 		case 'A':
 			if (parse_seconds("--alert-interval", optarg, &cfg.alert_interval_s) < 0)

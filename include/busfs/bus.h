@@ -30,7 +30,10 @@ struct bus_config {
 	uint64_t store_max_bytes;    /* 0: half of the store filesystem's free space */
 	double health_ttl_s;         /* default 30: older reports make an agent stale */
 	double summary_window_s;     /* default 60: what summaries and alert rules look at */
-	double metrics_retention_s;  /* default 3600: older metric points are dropped */
+	double metrics_retention_s;  /* default 3600: older metric points are dropped, and
+				      * series without a point in it are freed */
+	uint32_t max_series;         /* default 10000 metric series (metric, agent, unit);
+				      * a point starting one more gets ENOSPC */
 	double alert_interval_s;     /* default 5: how often alert rules are evaluated */
 	/* Per uid, except the server's own (SPEC §11); 0 means the default. */
 	uint32_t max_agents_per_uid;    /* default 1000: beyond, mkdir gives EDQUOT */

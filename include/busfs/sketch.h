@@ -9,6 +9,11 @@
  *
  * Each store is a dense array of counts grown on demand, never beyond
  * SKETCH_MAX_BUCKETS; 2048 buckets span gamma^2048 ≈ 1.7e14, about 14.2 decades.
+ * A dense array costs its span, not its values: 1e-3 and 1e9 take 1,700 slots. So a
+ * store starts as a sparse list of its nonzero buckets (12 bytes each) and turns
+ * dense only when the list would take more than the array; a sketch that is done
+ * growing can be shrunk (sketch_shrink) to the smaller of an exact-size array and
+ * a list. Every form holds the same buckets, so gives the same answers.
  * When a store would span more, its lowest-magnitude buckets collapse into one:
  * quantiles falling in that bucket lose their accuracy, higher ones keep it. A
  * value's bucket is max(its own, the highest bucket of its sign - MAX_BUCKETS + 1)
@@ -31,8 +36,11 @@
  * (lo > hi when empty), and lies within the array. */
 struct sketch_store {
 	uint64_t *counts;   /* NULL until the first value */
+	int32_t *index;     /* sparse: counts[k] is bucket index[k], k < nnz; NULL: dense */
+	int32_t nnz;        /* sparse only: nonzero buckets, ascending */
+	int32_t scap;       /* sparse only: room for that many */
 	int32_t offset;
-	int32_t cap;        /* slots allocated, <= SKETCH_MAX_BUCKETS */
+	int32_t cap;        /* dense slots allocated, <= SKETCH_MAX_BUCKETS; 0 when sparse */
 	int32_t lo, hi;     /* lowest and highest nonempty bucket */
 };
 
@@ -63,8 +71,13 @@ int sketch_merge(struct sketch *dst, const struct sketch *src);
  * NAN. Linear in the number of buckets. */
 double sketch_quantile(const struct sketch *s, double q);
 
+/* Makes the buckets take as little memory as they can: an exact-size dense array or
+ * a sparse list, whichever is smaller; no memory at all when empty. Nothing changes
+ * when memory is short. A sketch merged into turns dense again. */
+void sketch_shrink(struct sketch *s);
+
 /* Heap bytes held by the sketch, for memory accounting: at most
- * 2 * SKETCH_MAX_BUCKETS * sizeof(uint64_t). */
+ * 2 * SKETCH_MAX_BUCKETS * sizeof(uint64_t) dense, 12 bytes a nonzero bucket sparse. */
 size_t sketch_bytes(const struct sketch *s);
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * test_sketch.c — core/sketch.c: quantiles within 1% of the exact order statistics
  * x[floor(q (n - 1))] on known distributions, exact count/sum/min/max, merging (the
- * same buckets as one sketch), the bucket cap, add_n and reset.
+ * same buckets as one sketch), the bucket cap, add_n, reset, and shrinking (the same
+ * answers in less memory).
  *
  * The data come from a fixed-seed splitmix64 (no rand()), shaped by libm.
  */
@@ -110,6 +111,25 @@ static double check_accuracy(const char *what, const double *v, size_t n)
     return worst;
 }
 
+/* Bucket j's count, whether the store is a dense array or a sparse list. */
+static uint64_t bucket_count(const struct sketch_store *st, int32_t j)
+{
+    if (!st->index)
+        return st->counts[j - st->offset];
+    for (int32_t k = 0; k < st->nnz; k++)
+        if (st->index[k] == j)
+            return st->counts[k];
+    return 0;
+}
+
+/* The bytes a store's counts need at least: its span dense, 12 a bucket sparse. */
+static size_t store_used(const struct sketch_store *st)
+{
+    if (st->index)
+        return (size_t)st->nnz * (sizeof(uint64_t) + sizeof(int32_t));
+    return (size_t)(st->hi - st->lo + 1) * sizeof(uint64_t);
+}
+
 /* The same buckets, counts and extremes (sum aside: it depends on the order of adds). */
 static void assert_same_store(const struct sketch_store *a, const struct sketch_store *b,
                               const char *sign)
@@ -117,7 +137,7 @@ static void assert_same_store(const struct sketch_store *a, const struct sketch_
     cr_assert(a->lo == b->lo && a->hi == b->hi, "%s buckets [%d, %d] vs [%d, %d]", sign, a->lo,
               a->hi, b->lo, b->hi);
     for (int32_t j = a->lo; j <= a->hi; j++)
-        cr_assert_eq(a->counts[j - a->offset], b->counts[j - b->offset], "%s bucket %d", sign, j);
+        cr_assert_eq(bucket_count(a, j), bucket_count(b, j), "%s bucket %d", sign, j);
 }
 
 static void assert_same_sketch(const struct sketch *a, const struct sketch *b)
@@ -576,7 +596,7 @@ SKETCH_TEST(the_bucket_cap_bounds_memory_and_keeps_high_quantiles)
             cr_assert(sketch_bytes(&s) <= bound, "%zu bytes", sketch_bytes(&s));
     }
     cr_assert(sketch_bytes(&s) <= bound, "%zu bytes", sketch_bytes(&s));
-    size_t used = (size_t)(s.pos.hi - s.pos.lo + 1 + s.neg.hi - s.neg.lo + 1) * sizeof(uint64_t);
+    size_t used = store_used(&s.pos) + store_used(&s.neg);
     cr_assert(sketch_bytes(&s) >= used, "%zu bytes for %zu of counts", sketch_bytes(&s), used);
     cr_assert(s.pos.hi - s.pos.lo < SKETCH_MAX_BUCKETS && s.neg.hi - s.neg.lo < SKETCH_MAX_BUCKETS);
     double *x = sorted_copy(v, N);
@@ -662,4 +682,82 @@ SKETCH_TEST(reset_empties_the_sketch_keeps_its_memory_and_it_works_after)
     cr_assert(sketch_quantile(&s, 0.5) == 1);
     sketch_free(&s);
     sketch_free(&fresh);
+}
+
+/* A copy of s made by merging it into an empty sketch: dense, the same buckets. */
+static void copy_of(struct sketch *out, const struct sketch *s)
+{
+    sketch_init(out);
+    cr_assert_eq(sketch_merge(out, s), 0);
+}
+
+SKETCH_TEST(a_shrunk_sketch_gives_the_same_answers_and_merges_the_same)
+{
+    static const struct { double lo, hi; int n; } cases[] = {
+        {-6, 9, 20},     /* few values, wide: sparse */
+        {-6, 9, 50000},  /* many values, wide and collapsed: exact dense */
+        {0, 3, 5000},    /* narrow and full */
+        {2, 2.001, 3},   /* one bucket */
+    };
+    seed(21);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct sketch s, dense, merged, again;
+        sketch_init(&s);
+        for (int i = 0; i < cases[c].n; i++) {
+            double v = decades(cases[c].lo, cases[c].hi);
+            cr_assert_eq(sketch_add(&s, next() % 3 ? v : next() % 2 ? -v : 0), 0);
+        }
+        copy_of(&dense, &s);
+        size_t before = sketch_bytes(&s);
+        sketch_shrink(&s);
+        cr_assert(sketch_bytes(&s) <= before, "case %zu: %zu > %zu bytes", c, sketch_bytes(&s),
+                  before);
+        for (int k = 0; k <= 1000; k++) {
+            double q = k / 1000.0, a = sketch_quantile(&s, q), b = sketch_quantile(&dense, q);
+            cr_assert(a == b, "case %zu q=%g: %.17g vs %.17g", c, q, a, b);
+        }
+        cr_assert(s.count == dense.count && s.sum == dense.sum && s.min == dense.min &&
+                  s.max == dense.max && s.zeros == dense.zeros);
+        copy_of(&merged, &s);   /* merging from the shrunk form */
+        assert_same_sketch(&merged, &dense);
+        /* merging into the shrunk form, and adding to it: dense again, same buckets */
+        cr_assert_eq(sketch_merge(&s, &dense), 0);
+        cr_assert_eq(sketch_merge(&merged, &dense), 0);
+        assert_same_sketch(&s, &merged);
+        sketch_shrink(&s);
+        cr_assert_eq(sketch_add(&s, 1e12), 0);
+        cr_assert_eq(sketch_add(&merged, 1e12), 0);
+        copy_of(&again, &s);
+        assert_same_sketch(&again, &merged);
+        sketch_reset(&s);
+        cr_assert(s.count == 0 && isnan(sketch_quantile(&s, 0.5)));
+        sketch_free(&s);
+        sketch_free(&dense);
+        sketch_free(&merged);
+        sketch_free(&again);
+    }
+}
+
+SKETCH_TEST(a_few_values_decades_apart_take_a_few_bytes_each)
+{
+    struct sketch s, merged;
+    sketch_init(&s);
+    const double v[] = {1e-6, 1e8, -1e-6, -1e8, 3, 0};   /* 14 decades: no collapse */
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        cr_assert_eq(sketch_add(&s, v[i]), 0);
+    cr_assert(sketch_bytes(&s) <= 2 * 4 * 12, "added: a list, %zu bytes", sketch_bytes(&s));
+    copy_of(&merged, &s);
+    cr_assert(sketch_bytes(&merged) >= 2 * 1700 * sizeof(uint64_t),
+              "merged into: dense, the span, %zu bytes", sketch_bytes(&merged));
+    for (int k = 0; k <= 100; k++)
+        cr_assert(sketch_quantile(&s, k / 100.0) == sketch_quantile(&merged, k / 100.0));
+    sketch_shrink(&merged);
+    cr_assert(sketch_bytes(&merged) <= 5 * 12, "shrunk: %zu bytes", sketch_bytes(&merged));
+    sketch_free(&merged);
+    sketch_shrink(&s);
+    cr_assert(sketch_bytes(&s) <= 5 * 12, "shrunk: %zu bytes", sketch_bytes(&s));
+    sketch_reset(&s);
+    sketch_shrink(&s);
+    cr_assert_eq(sketch_bytes(&s), 0, "an empty sketch holds nothing");
+    sketch_free(&s);
 }

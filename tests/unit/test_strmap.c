@@ -110,3 +110,32 @@ STRMAP_TEST(keys_that_collide_in_the_low_bits_are_all_found)
     }
     strmap_free(&m);
 }
+
+STRMAP_TEST(del_removes_one_key_and_keeps_every_other)
+{
+    struct strmap m;
+    char key[32];
+    strmap_init(&m);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        cr_assert_eq(strmap_set(&m, key, (uint64_t)i + 1), 0);
+    }
+    strmap_del(&m, "absent"); /* nothing */
+    cr_assert_eq(m.count, 5000);
+    for (int i = 0; i < 5000; i += 3) {
+        snprintf(key, sizeof key, "k%d", i);
+        strmap_del(&m, key);
+    }
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        cr_assert_eq(strmap_get(&m, key), i % 3 ? (uint64_t)i + 1 : 0, "key %s", key);
+    }
+    cr_assert_eq(m.count, 5000 - 1667);
+    size_t seen = 0;
+    strmap_foreach(&m, s) seen++;
+    cr_assert_eq(seen, m.count);
+    /* deleted keys can come back */
+    cr_assert_eq(strmap_set(&m, "k0", 42), 0);
+    cr_assert_eq(strmap_get(&m, "k0"), 42);
+    strmap_free(&m);
+}
