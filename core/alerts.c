@@ -64,20 +64,37 @@ static void alert_remove(struct alerts *al, struct alert *a)
 	al->n--;
 }
 
-int alerts_apply_rules(struct bus *bus, const char *text, size_t len)
+/* REC_RULES: bytes, the user's rules, one canonical line each. */
+int rules_apply(struct bus *bus, struct reader *r)
 {
+	size_t len = 0;
+	const char *text = rd_bytes(r, &len);
+	if (r->bad)
+		return -EINVAL;
 	struct rule_set s;
 	rule_set_init(&s);
 	int rc = rules_parse(text, len, &s, NULL);
 	if (rc == 0)
 		rc = rule_set_replace(&bus->alerts.user, &s);
 	rule_set_free(&s);
-	return rc;
+	return rc < 0 ? -EINVAL : 0;
 }
 
-int alerts_apply_alert(struct bus *bus, const char *rule, const char *agent, bool firing,
-		       int64_t since_us, double value, enum rule_severity severity)
+/* REC_ALERT: str rule, str agent, u8 firing, u64 since_us, u64 value (double bits),
+ * u8 severity. */
+int alert_apply(struct bus *bus, struct reader *r)
 {
+	char rule[RULE_NAME_MAX + 1], agent[BUS_NAME_MAX + 1];
+	rd_str(r, rule, sizeof rule);
+	rd_str(r, agent, sizeof agent);
+	uint8_t firing = rd_u8(r);
+	int64_t since_us = (int64_t)rd_u64(r);
+	uint64_t bits = rd_u64(r);
+	uint8_t severity = rd_u8(r);
+	double value;
+	memcpy(&value, &bits, sizeof value);
+	if (r->bad || severity > SEV_CRITICAL)
+		return -EINVAL;
 	struct alert *a = alert_get(&bus->alerts, rule, agent);
 	if (!a)
 		return -ENOMEM;
@@ -88,7 +105,7 @@ int alerts_apply_alert(struct bus *bus, const char *rule, const char *agent, boo
 	a->firing = true;
 	a->since_us = since_us;
 	a->value = value;
-	a->severity = severity;
+	a->severity = (enum rule_severity)severity;
 	return 0;
 }
 
@@ -117,19 +134,24 @@ static void put_alert_record(struct buf *b, const struct alert *a, bool firing)
 	buf_put_u8(b, (uint8_t)a->severity);
 }
 
-void alerts_snapshot(struct bus *bus, int (*add)(struct bus *bus, struct buf *b), struct buf *b,
-		     int *rc)
+int rules_save(struct bus *bus, struct buf *b)
 {
-	if (*rc == 0 && bus->alerts.user.n) {
-		put_rules_record(b, &bus->alerts.user);
-		*rc = add(bus, b);
-	}
-	for (size_t i = 0; i < bus->alerts.n && *rc == 0; i++) {
+	if (!bus->alerts.user.n)
+		return 0;
+	put_rules_record(b, &bus->alerts.user);
+	return bus_snapshot_put(bus, b);
+}
+
+int alert_save(struct bus *bus, struct buf *b)
+{
+	int rc = 0;
+	for (size_t i = 0; i < bus->alerts.n && rc == 0; i++) {
 		if (!bus->alerts.v[i].firing)
 			continue;
 		put_alert_record(b, &bus->alerts.v[i], true);
-		*rc = add(bus, b);
+		rc = bus_snapshot_put(bus, b);
 	}
+	return rc;
 }
 
 /* ---------- the history log ---------- */

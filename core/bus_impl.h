@@ -17,29 +17,12 @@
 #include "metrics.h"
 #include "msgindex.h"
 #include "quota.h"
+#include "records.h"
 
 #define BUS_ERRNO_MAX 160
 /* Freeing this much at once (a large message, draft or outbox) trims the heap. */
 #define BUS_TRIM_BYTES (256u << 10)
 
-enum record_type {
-	REC_AGENT_ADD = 1,  /* str name, u32 uid, u32 gid, u64 created_us, u8 draining,
-			       u64 delivered_total, u64 acked_total */
-	REC_AGENT_DEL = 2,  /* str name */
-	REC_DELIVER = 3,    /* u32 n, n x message */
-	REC_ACK = 4,        /* str agent, u64 number, u8 has_ack, [message] */
-	REC_STATE = 5,      /* str agent, u8 draining */
-	REC_HEALTH = 6,     /* str agent, u8 status, u64 last_seen_us, bytes reason, bytes extra */
-	REC_BEAT = 7,       /* str agent, u64 last_seen_us */
-	REC_REJECT = 8,     /* u32 errno: one refused operation, for the counters */
-	REC_RULES = 9,      /* bytes: the user's alert rules, one canonical line each */
-	REC_SNAP_HEAD = 10, /* u64 counter, u64 delivered_total, u64 rejected_total */
-	REC_SNAP_SEQ = 11,  /* str pair key, u64 sequence */
-	REC_SNAP_MSG = 12,  /* u8 where (1 inbox, 2 outbox), message */
-	REC_SNAP_REJECT = 13, /* u32 errno, u64 count */
-	REC_ALERT = 14,     /* str rule, str agent, u8 firing, u64 since_us, u64 value (double),
-			       u8 severity */
-};
 
 /* Pending messages in delivery order. Removal leaves a hole (NULL) that compaction
  * of the array reclaims; nums[] stays sorted, so lookups are a binary search. */
@@ -142,6 +125,7 @@ struct bus {
 	struct alerts alerts;
 
 	uint64_t version;            /* counts changes (bus_unlock_and_wake) */
+	uint64_t records_by_kind[256]; /* records applied since the start, by kind (--check) */
 
 	bus_wake_fn wake;
 	void *wake_ctx;
@@ -149,12 +133,66 @@ struct bus {
 	size_t wake_n, wake_cap;
 };
 
+/* bus.c: the lock, wake-ups, life cycle. */
+void bus_lock(struct bus *bus);
+void bus_unlock_and_wake(struct bus *bus);
+/* Queues the agent's parked readers to be woken at bus_unlock_and_wake. */
+void want_wake(struct bus *bus, uint64_t id);
+/* Room for `more` wake-ups that then cannot fail for memory. */
+int wake_reserve(struct bus *bus, size_t more);
+void wake_flags_clear(struct bus *bus);
+struct bus *bus_alloc(const struct bus_config *cfg);
+void bus_free(struct bus *bus);
+
+/* agents.c */
 struct agent *bus_find(struct bus *bus, const char *name);
 struct agent *bus_find_id(struct bus *bus, uint64_t id);
 /* The index in bus->by_id of the first agent whose id is >= id. */
 size_t bus_id_index(const struct bus *bus, uint64_t id);
-void bus_lock(struct bus *bus);
-void bus_unlock_and_wake(struct bus *bus);
+bool bus_may_act_as(const struct agent *a, uid_t uid);
+/* Whether the per-uid limits apply to uid (all but the server's own). */
+bool bus_quota_applies(const struct bus *bus, uid_t uid);
+/* The agent, when uid may act for it (`what` names the act in the refusal); NULL with
+ * err filled (ENOENT, EACCES) otherwise. Under the lock. */
+struct agent *bus_owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid, const char *what,
+			      struct bus_error *err);
+/* "FROM\x01TO" into key (2 * BUS_NAME_MAX + 2 bytes). */
+void pair_key(char *key, const char *from, const char *to);
+uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to);
+void agent_free(struct agent *a);
+void agent_info(const struct agent *a, struct bus_agent_info *out);
+
+/* inbox.c: sorted message arrays (inboxes, inflight, dead) and outbox rings. */
+int inbox_depth(const struct agent *a);
+size_t inbox_search(const struct inbox *in, uint64_t number);
+struct bus_message *inbox_find(const struct inbox *in, uint64_t number);
+/* Room for `more` adds that then do not allocate. */
+int inbox_reserve(struct inbox *in, size_t more);
+int inbox_add(struct inbox *in, struct bus_message *m);
+/* Removes and returns the message (the caller owns the inbox's reference). */
+struct bus_message *inbox_take(struct inbox *in, uint64_t number);
+struct bus_message *inbox_oldest(const struct inbox *in);
+void inbox_free(struct inbox *in);
+struct bus_message *outbox_at(const struct outbox *o, size_t i);
+int outbox_reserve(struct outbox *o);
+/* First index whose number is > after. */
+size_t outbox_search(const struct outbox *o, uint64_t after);
+void outbox_free(struct outbox *o);
+int inbox_put(struct bus *bus, struct agent *to, struct bus_message *m);
+/* Takes the message out of the inbox; the caller owns the inbox's reference. */
+struct bus_message *inbox_remove(struct bus *bus, struct agent *a, uint64_t number);
+void outbox_put(struct bus *bus, struct agent *from, struct bus_message *m);
+/* Before an agent goes: its messages leave the index (agent_free drops them). */
+void agent_forget_messages(struct bus *bus, struct agent *a);
+
+/* deliver.c */
+void bus_uncharge(struct bus *bus, struct bus_message *m);
+void bus_uncharge_all(struct bus *bus, struct inbox *in);
+void bus_give_back(size_t bytes);
+int bus_prepare_messages(struct bus *bus, const uint8_t *rec, size_t len);
+void bus_prepared_clear(struct bus *bus);
+
+/* records.c */
 /* Appends the record in bus->rec to the journal, then applies it. Everything the
  * apply of a message record needs is allocated first, so an allocation failure gives
  * ENOMEM with the journal and the state as they were. */
@@ -167,29 +205,15 @@ bool bus_space_for(struct bus *bus, uint64_t need);
  * now, else ENOSPC with the reason. bus_space_release gives all of *held back. */
 int bus_space_reserve(struct bus *bus, uint64_t *held, uint64_t want, struct bus_error *err);
 void bus_space_release(struct bus *bus, uint64_t *held);
-uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to);
-int inbox_depth(const struct agent *a);
-struct bus_message *inbox_find(const struct inbox *in, uint64_t number);
-bool bus_may_act_as(const struct agent *a, uid_t uid);
-/* Whether the per-uid limits apply to uid (all but the server's own). */
-bool bus_quota_applies(const struct bus *bus, uid_t uid);
-/* The agent, when uid may act for it (`what` names the act in the refusal); NULL with
- * err filled (ENOENT, EACCES) otherwise. Under the lock. */
-struct agent *bus_owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid, const char *what,
-			      struct bus_error *err);
-/* alerts.c: applying records, snapshots, the history log. */
-int alerts_apply_rules(struct bus *bus, const char *text, size_t len);
-int alerts_apply_alert(struct bus *bus, const char *rule, const char *agent, bool firing,
-		       int64_t since_us, double value, enum rule_severity severity);
-void alerts_snapshot(struct bus *bus, int (*add)(struct bus *bus, struct buf *b), struct buf *b,
-		     int *rc);
+void bus_compact_locked(struct bus *bus);
+/* The records applied since the bus was opened, per kind, one line each. */
+void bus_records_report(const struct bus *bus, struct buf *report);
+
+/* alerts.c */
 int alerts_open(struct bus *bus, struct bus_error *err);
 void alerts_close(struct bus *bus);
 
-/* The agent's health status at now_us (stale and unknown included). */
+/* status.c: the agent's health status at now_us (stale and unknown included). */
 enum health_status bus_agent_health(const struct bus *bus, const struct agent *a, int64_t now_us);
-
-/* Appends a REC_HEALTH record holding the agent's current health to b. */
-void bus_put_health(struct buf *b, const struct agent *a);
 
 #endif

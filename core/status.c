@@ -17,7 +17,7 @@ enum health_status bus_agent_health(const struct bus *bus, const struct agent *a
 				(int64_t)(bus->cfg.health_ttl_s * 1e6));
 }
 
-void bus_put_health(struct buf *b, const struct agent *a)
+static void put_health(struct buf *b, const struct agent *a)
 {
 	buf_put_u8(b, REC_HEALTH);
 	buf_put_str(b, a->name);
@@ -25,6 +25,59 @@ void bus_put_health(struct buf *b, const struct agent *a)
 	buf_put_u64(b, (uint64_t)a->last_seen_us);
 	buf_put_bytes(b, a->health_reason.data, a->health_reason.len);
 	buf_put_bytes(b, a->health_extra.data, a->health_extra.len);
+}
+
+/* REC_HEALTH: str agent, u8 status, u64 last_seen_us, bytes reason, bytes extra. */
+int health_apply(struct bus *bus, struct reader *r)
+{
+	char name[BUS_NAME_MAX + 1];
+	struct agent *a;
+	rd_str(r, name, sizeof name);
+	uint8_t status = rd_u8(r);
+	uint64_t seen = rd_u64(r);
+	size_t rlen = 0, xlen = 0;
+	if (seen > (uint64_t)INT64_MAX / 2)
+		return -EINVAL;
+	const char *reason = rd_bytes(r, &rlen);
+	const char *extra = rd_bytes(r, &xlen);
+	if (r->bad || status > HEALTH_UNHEALTHY || !(a = bus_find(bus, name)))
+		return -EINVAL;
+	a->health = (enum health_status)status;
+	a->last_seen_us = (int64_t)seen;
+	bus_time_format(a->last_seen_us, a->last_seen_text);
+	buf_reset(&a->health_reason);
+	buf_append(&a->health_reason, reason, rlen);
+	buf_reset(&a->health_extra);
+	buf_append(&a->health_extra, extra, xlen);
+	return buf_ok(&a->health_reason) && buf_ok(&a->health_extra) ? 0 : -ENOMEM;
+}
+
+/* REC_BEAT: str agent, u64 last_seen_us. */
+int beat_apply(struct bus *bus, struct reader *r)
+{
+	char name[BUS_NAME_MAX + 1];
+	struct agent *a;
+	rd_str(r, name, sizeof name);
+	uint64_t seen = rd_u64(r);
+	if (r->bad || seen > (uint64_t)INT64_MAX / 2 || !(a = bus_find(bus, name)))
+		return -EINVAL;
+	a->last_seen_us = (int64_t)seen;
+	bus_time_format(a->last_seen_us, a->last_seen_text);
+	return 0;
+}
+
+/* Every agent that ever reported or beat. */
+int health_save(struct bus *bus, struct buf *b)
+{
+	int rc = 0;
+	for (size_t k = 0; k < bus->nagents && rc == 0; k++) {
+		const struct agent *a = bus->by_id[k];
+		if (!a->health && !a->last_seen_us)
+			continue;
+		put_health(b, a);
+		rc = bus_snapshot_put(bus, b);
+	}
+	return rc;
 }
 
 int bus_health_report(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data,
