@@ -151,6 +151,8 @@ void agent_free(struct agent *a)
 {
 	quota_drafts_free(&a->drafts);
 	inbox_free(&a->inbox);
+	inbox_free(&a->inflight);
+	inbox_free(&a->dead);
 	outbox_free(&a->outbox);
 	errlog_free(&a->errors);
 	buf_free(&a->health_reason);
@@ -167,7 +169,9 @@ static void agent_delete(struct bus *bus, struct agent *a)
 	size_t i = bus_id_index(bus, a->id);
 	memmove(bus->by_id + i, bus->by_id + i + 1, (bus->nagents - i - 1) * sizeof *bus->by_id);
 	bus->nagents--;
-	bus->pending -= a->inbox.live;
+	bus->pending -= a->inbox.live + a->inflight.live;
+	bus->leased -= a->inflight.live;
+	bus->dead -= a->dead.live;
 	agent_forget_messages(bus, a);
 	agent_free(a);
 }
@@ -185,6 +189,9 @@ void agent_info(const struct agent *a, struct bus_agent_info *out)
 	out->reserved = a->reserved;
 	out->delivered_total = a->delivered_total;
 	out->acked_total = a->acked_total;
+	out->leased = (uint32_t)a->inflight.live;
+	out->dead = (uint32_t)a->dead.live;
+	out->redelivered_total = a->redelivered_total;
 	out->outbox_count = (uint32_t)a->outbox.count;
 	out->errors_bytes = a->errors.text.len;
 	out->last_seen_us = a->last_seen_us;
@@ -214,10 +221,12 @@ static void put_agent(struct buf *b, const struct agent *a)
 	buf_put_u8(b, a->draining);
 	buf_put_u64(b, a->delivered_total);
 	buf_put_u64(b, a->acked_total);
+	if (a->redelivered_total)
+		buf_put_u64(b, a->redelivered_total);
 }
 
 /* REC_AGENT_ADD: str name, u32 uid, u32 gid, u64 created_us, u8 draining,
- * u64 delivered_total, u64 acked_total. */
+ * u64 delivered_total, u64 acked_total[, u64 redelivered_total]. */
 int agent_add_apply(struct bus *bus, struct reader *r)
 {
 	char name[BUS_NAME_MAX + 1];
@@ -227,6 +236,7 @@ int agent_add_apply(struct bus *bus, struct reader *r)
 	uint64_t created = rd_u64(r);
 	uint8_t draining = rd_u8(r);
 	uint64_t delivered = rd_u64(r), acked = rd_u64(r);
+	uint64_t redelivered = r->pos < r->len ? rd_u64(r) : 0;
 	if (r->bad || !bus_name_valid(name) || bus_find(bus, name))
 		return -EINVAL;
 	if (!(a = agent_insert(bus, name)))
@@ -241,6 +251,7 @@ int agent_add_apply(struct bus *bus, struct reader *r)
 	a->draining = draining;
 	a->delivered_total = delivered;
 	a->acked_total = acked;
+	a->redelivered_total = redelivered;
 	return 0;
 }
 
@@ -272,6 +283,8 @@ int agent_del_apply(struct bus *bus, struct reader *r)
 		return -EINVAL;
 	want_wake(bus, a->id);
 	bus_uncharge_all(bus, &a->inbox);
+	bus_uncharge_all(bus, &a->inflight);
+	bus_uncharge_all(bus, &a->dead);
 	count_agent(bus, a->uid, -1);
 	size_t held = outbox_bytes(&a->outbox);
 	agent_delete(bus, a);
@@ -340,6 +353,12 @@ int bus_agent_remove(struct bus *bus, const char *name, uid_t uid, struct bus_er
 	else if (a->inbox.live)
 		rc = bus_fail(err, ENOTEMPTY, "the inbox of %s holds %zu message(s)", name,
 			      a->inbox.live);
+	else if (a->inflight.live)
+		rc = bus_fail(err, ENOTEMPTY, "%zu message(s) of %s are leased (inflight/)", a->inflight.live,
+			      name);
+	else if (a->dead.live)
+		rc = bus_fail(err, ENOTEMPTY, "%s holds %zu dead letter(s): rm dead/* or retry them",
+			      name, a->dead.live);
 	else if (a->reserved)
 		rc = bus_fail(err, EBUSY, "%u message(s) to %s are being written", a->reserved, name);
 	else {

@@ -110,11 +110,18 @@ struct bus *bus_alloc(const struct bus_config *cfg)
 		bus->cfg.max_drafts_per_sender = 64;
 	if (!bus->cfg.max_series)
 		bus->cfg.max_series = METRICS_MAX_SERIES;
+	if (!(bus->cfg.lease_s > 0))
+		bus->cfg.lease_s = 60;
+	if (!bus->cfg.max_deliver)
+		bus->cfg.max_deliver = 5;
+	if (!(bus->cfg.message_ttl_s >= 0))
+		bus->cfg.message_ttl_s = 0;
 	bus->server_uid = getuid();
 	quota_init(&bus->quota);
 	bus->next_id = 1;
 	bus->started = bus_clock_monotonic();
 	strmap_init(&bus->seqs);
+	strmap_init(&bus->leases);
 	errlog_init(&bus->errors, BUS_ERRORS_KEEP);
 	errlog_limit(&bus->errors, BUS_ERRORS_KEEP_PER_UID, BUS_ERRORS_PER_SECOND, bus->server_uid);
 	buf_init(&bus->rec);
@@ -130,6 +137,8 @@ void bus_free(struct bus *bus)
 	msgindex_free(&bus->messages);
 	free(bus->by_name);
 	strmap_free(&bus->seqs);
+	strmap_free(&bus->leases);
+	free(bus->timers);
 	errlog_free(&bus->errors);
 	quota_free(&bus->quota);
 	buf_free(&bus->rec);
@@ -221,22 +230,29 @@ void bus_stats(struct bus *bus, struct bus_stats *out)
 
 /* ---------- errors ---------- */
 
+/* One line of the errors logs. */
+static void error_line(struct buf *line, int64_t now, const char *agent, const char *op,
+		       const char *path, uid_t uid, const struct bus_error *err)
+{
+	char ts[BUS_TIME_LEN + 1];
+	bus_time_format(now, ts);
+	buf_printf(line, "{\"timestamp\":\"%s\",\"op\":\"%s\",\"path\":", ts, op);
+	json_append_string(line, path, strlen(path));
+	if (agent)
+		buf_printf(line, ",\"agent\":\"%s\"", agent);
+	buf_printf(line, ",\"uid\":%u,\"errno\":\"%s\",\"reason\":", (unsigned)uid,
+		   bus_errno_name(err->code));
+	json_append_string(line, err->reason, strlen(err->reason));
+	buf_puts(line, "}\n");
+}
+
 void bus_log_error(struct bus *bus, const char *agent, const char *op, const char *path,
 		   uid_t uid, const struct bus_error *err)
 {
-	char ts[BUS_TIME_LEN + 1];
 	struct buf line;
 	buf_init(&line);
 	int64_t now = bus_clock_now_us();
-	bus_time_format(now, ts);
-	buf_printf(&line, "{\"timestamp\":\"%s\",\"op\":\"%s\",\"path\":", ts, op);
-	json_append_string(&line, path, strlen(path));
-	if (agent)
-		buf_printf(&line, ",\"agent\":\"%s\"", agent);
-	buf_printf(&line, ",\"uid\":%u,\"errno\":\"%s\",\"reason\":", (unsigned)uid,
-		   bus_errno_name(err->code));
-	json_append_string(&line, err->reason, strlen(err->reason));
-	buf_puts(&line, "}\n");
+	error_line(&line, now, agent, op, path, uid, err);
 	if (buf_ok(&line)) {
 		bus_lock(bus);
 		/* The counters are journalled so they survive a crash; the log lines are not. */
@@ -252,6 +268,22 @@ void bus_log_error(struct bus *bus, const char *agent, const char *op, const cha
 		if (a)
 			errlog_add(&a->errors, line.data, line.len);
 		pthread_mutex_unlock(&bus->lock);
+	}
+	buf_free(&line);
+}
+
+void bus_note_locked(struct bus *bus, const char *agent, const char *op, const char *path,
+		     const struct bus_error *err)
+{
+	struct buf line;
+	buf_init(&line);
+	int64_t now = bus_clock_now_us();
+	error_line(&line, now, agent, op, path, bus->server_uid, err);
+	if (buf_ok(&line)) {
+		errlog_add_by(&bus->errors, bus->server_uid, now, line.data, line.len);
+		struct agent *a = agent ? bus_find(bus, agent) : NULL;
+		if (a)
+			errlog_add(&a->errors, line.data, line.len);
 	}
 	buf_free(&line);
 }

@@ -51,6 +51,10 @@ struct agent {
 	uint64_t delivered_total;
 	uint64_t acked_total;
 	struct outbox outbox;
+	/* Leased messages (inflight/) and dead letters (dead/), by delivery number. */
+	struct inbox inflight;
+	struct inbox dead;
+	uint64_t redelivered_total;  /* leases that ended without an ack */
 	struct errlog errors;
 	/* The last health report, and when it or a heartbeat came (0: never). */
 	enum health_status health;
@@ -65,6 +69,18 @@ struct agent {
 	bool wake_queued;       /* its id is in bus->wake_ids */
 	uint32_t prep_count;    /* messages to it in the record being prepared (bus.c) */
 };
+
+/* A moment the ticker must act at (lease.c): a min-heap on `when`. An entry is only
+ * a hint: when it comes due, the message's state says whether it still applies. */
+enum timer_kind { TIMER_LEASE_END = 1, TIMER_READY = 2, TIMER_TTL = 3 };
+struct timer {
+	int64_t when;
+	uint64_t number;
+	uint64_t token;      /* TIMER_LEASE_END: the lease it ends */
+	uint8_t kind;
+};
+
+enum dead_reason { DEAD_MAX_DELIVER = 1, DEAD_EXPIRED = 2, DEAD_NREASONS = 3 };
 
 /* An alert of one rule for one agent: pending (its condition holds, `for=` has not
  * passed yet; not stored) or firing (stored). */
@@ -105,7 +121,16 @@ struct bus {
 	struct strmap seqs;          /* "from\x01to" -> last sequence */
 	uint64_t counter;            /* last delivery number = msg_id counter */
 	uint64_t snap_last;          /* while loading: the last snapshot message's number */
-	uint64_t pending;
+	uint64_t pending;            /* in inboxes and inflight: not consumed, not dead */
+	uint64_t leased;             /* in inflight */
+	uint64_t dead;               /* in dead */
+	uint64_t last_token;         /* the newest lease's fencing token */
+	uint64_t redeliveries_total; /* leases that ended (expired or nak) without an ack */
+	uint64_t dead_total[DEAD_NREASONS]; /* dead letters made, by reason; [0] discarded */
+	struct timer *timers;        /* lease ends, nak delays, ttls (lease.c) */
+	size_t ntimers, timers_cap;
+	bool timers_lost;            /* a timer could not be kept: rebuild at the next tick */
+	struct strmap leases;        /* "token" -> number of each leased message */
 	uint64_t delivered_total;
 	uint64_t rejected_total;
 	uint64_t rejected_by[BUS_ERRNO_MAX]; /* per errno; [0] holds codes beyond the table */
@@ -141,6 +166,10 @@ void want_wake(struct bus *bus, uint64_t id);
 /* Room for `more` wake-ups that then cannot fail for memory. */
 int wake_reserve(struct bus *bus, size_t more);
 void wake_flags_clear(struct bus *bus);
+/* A line in the errors logs for something the bus did on its own (a dead letter
+ * pushed out), as the server's uid, not counted as a refusal. Under the lock. */
+void bus_note_locked(struct bus *bus, const char *agent, const char *op, const char *path,
+		     const struct bus_error *err);
 struct bus *bus_alloc(const struct bus_config *cfg);
 void bus_free(struct bus *bus);
 
@@ -182,6 +211,13 @@ int inbox_put(struct bus *bus, struct agent *to, struct bus_message *m);
 /* Takes the message out of the inbox; the caller owns the inbox's reference. */
 struct bus_message *inbox_remove(struct bus *bus, struct agent *a, uint64_t number);
 void outbox_put(struct bus *bus, struct agent *from, struct bus_message *m);
+/* The agent's sorted array for a place other than BUS_OUTBOX. */
+struct inbox *agent_place(struct agent *a, enum bus_place p);
+/* Puts m in a sorted place, handing it the caller's reference; place_take gives the
+ * place's reference back. Moving: put in the new place first, then take. */
+int place_put(struct bus *bus, struct agent *a, enum bus_place p, struct bus_message *m);
+struct bus_message *place_take(struct bus *bus, struct agent *a, enum bus_place p,
+			       uint64_t number);
 /* Before an agent goes: its messages leave the index (agent_free drops them). */
 void agent_forget_messages(struct bus *bus, struct agent *a);
 
@@ -208,6 +244,20 @@ void bus_space_release(struct bus *bus, uint64_t *held);
 void bus_compact_locked(struct bus *bus);
 /* The records applied since the bus was opened, per kind, one line each. */
 void bus_records_report(const struct bus *bus, struct buf *report);
+
+/* lease.c */
+void timer_add(struct bus *bus, int64_t when, uint64_t number, uint64_t token,
+	       enum timer_kind kind);
+/* The timers a message's state asks for (loading a snapshot). */
+void lease_timers_of(struct bus *bus, const struct bus_message *m);
+/* Enters a loaded lease in the token index; 0 or -ENOMEM. */
+int lease_index_put(struct bus *bus, uint64_t token, uint64_t number);
+/* The agent's message `number` leased under `token`, else NULL with ENOENT (no such
+ * message) or ESTALE (not leased under that token) in err. */
+struct bus_message *lease_check(struct bus *bus, struct agent *a, uint64_t number,
+				const char *msg_id, uint64_t token, struct bus_error *err);
+/* "discarded", "max_deliver", "expired". */
+const char *bus_dead_reason_name(int reason);
 
 /* alerts.c */
 int alerts_open(struct bus *bus, struct bus_error *err);

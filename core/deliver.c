@@ -153,6 +153,8 @@ static int deliver(struct bus *bus, struct bus_message *m, bool count)
 		bus->counter = m->number;
 	bus->pending++;
 	charge(bus, m);
+	if (m->expires_us)
+		timer_add(bus, m->expires_us, m->number, 0, TIMER_TTL);
 	if (count) {
 		to->delivered_total++;
 		bus->delivered_total++;
@@ -183,9 +185,13 @@ int ack_apply(struct bus *bus, struct reader *r)
 	uint8_t has_ack = rd_u8(r);
 	if (r->bad || !(a = bus_find(bus, name)))
 		return -EINVAL;
+	/* A pending message, or a leased one (its token was checked before the record). */
 	struct bus_message *m = inbox_remove(bus, a, number);
+	if (!m && (m = place_take(bus, a, BUS_INFLIGHT, number)))
+		bus->leased--;
 	if (!m)
 		return -EINVAL;
+	m->token = 0;
 	bus_uncharge(bus, m);
 	size_t freed = m->len;
 	message_unref(m);
@@ -225,13 +231,39 @@ int seq_save(struct bus *bus, struct buf *b)
 	return rc;
 }
 
-/* REC_SNAP_MSG: u8 where (1 inbox, 2 outbox), message. */
+/* REC_SNAP_MSG: u8 where (1 inbox, 2 outbox, 4 inflight, 8 dead, 16 lease state
+ * follows), message, then with 16: u32 deliveries, u64 token, u64 deadline_us,
+ * u64 ready_us, u8 dead_reason, u64 dead_us. */
+#define WHERE_INBOX 1
+#define WHERE_OUTBOX 2
+#define WHERE_INFLIGHT 4
+#define WHERE_DEAD 8
+#define WHERE_STATE 16
+
 int snap_msg_apply(struct bus *bus, struct reader *r)
 {
 	uint8_t where = rd_u8(r);
 	struct bus_message *m = message_decode(r);
 	if (!m)
 		return -EINVAL;
+	if (where & WHERE_STATE) {
+		m->deliveries = rd_u32(r);
+		m->token = rd_u64(r);
+		m->deadline_us = (int64_t)rd_u64(r);
+		m->ready_us = (int64_t)rd_u64(r);
+		m->dead_reason = rd_u8(r);
+		m->dead_us = (int64_t)rd_u64(r);
+	}
+	enum bus_place held = where & WHERE_INFLIGHT ? BUS_INFLIGHT
+			      : where & WHERE_DEAD ? BUS_DEAD : BUS_INBOX;
+	int places = !!(where & WHERE_INBOX) + !!(where & WHERE_INFLIGHT) + !!(where & WHERE_DEAD);
+	if (r->bad || places > 1 || (where & ~31) || m->deadline_us < 0 || m->ready_us < 0 ||
+	    m->dead_us < 0 || (held == BUS_INFLIGHT) != (m->token != 0) ||
+	    m->token > bus->last_token || (held == BUS_DEAD && !m->dead_reason) ||
+	    m->dead_reason >= DEAD_NREASONS) {
+		message_unref(m);
+		return -EINVAL;
+	}
 	/* A snapshot lists each message once, in number order, within its counter. */
 	if (m->number <= bus->snap_last || m->number > bus->counter) {
 		message_unref(m);
@@ -244,11 +276,21 @@ int snap_msg_apply(struct bus *bus, struct reader *r)
 		if (from)
 			outbox_put(bus, from, m);
 	}
-	if (where & 1) {
+	if (places) {
 		struct agent *a = bus_find(bus, m->to);
-		if (a && inbox_put(bus, a, m) == 0) {
-			bus->pending++;
+		if (a && held == BUS_INFLIGHT && lease_index_put(bus, m->token, m->number) < 0) {
+			message_unref(m);
+			return -ENOMEM;
+		}
+		if (a && place_put(bus, a, held, m) == 0) {
+			if (held != BUS_DEAD)
+				bus->pending++;
+			if (held == BUS_INFLIGHT)
+				bus->leased++;
+			if (held == BUS_DEAD)
+				bus->dead++;
 			charge(bus, m);
+			lease_timers_of(bus, m);
 			return 0;
 		}
 		rc = -EINVAL;
@@ -272,7 +314,8 @@ int snap_msg_save(struct bus *bus, struct buf *b)
 	int rc = 0;
 	for (size_t k = 0; k < bus->nagents && rc == 0; k++) {
 		struct agent *a = bus->by_id[k];
-		size_t need = nmsgs + a->inbox.live + a->outbox.count;
+		size_t need = nmsgs + a->inbox.live + a->inflight.live + a->dead.live +
+			      a->outbox.count;
 		if (need > cap) {
 			cap = need * 2;
 			struct bus_message **p = realloc(msgs, cap * sizeof *p);
@@ -282,9 +325,12 @@ int snap_msg_save(struct bus *bus, struct buf *b)
 			}
 			msgs = p;
 		}
-		for (size_t i = a->inbox.head; i < a->inbox.tail; i++)
-			if (a->inbox.msgs[i])
-				msgs[nmsgs++] = a->inbox.msgs[i];
+		for (enum bus_place p = BUS_INBOX; p <= BUS_DEAD; p++) {
+			const struct inbox *in = agent_place(a, p);
+			for (size_t i = in->head; i < in->tail; i++)
+				if (in->msgs[i])
+					msgs[nmsgs++] = in->msgs[i];
+		}
 		for (size_t i = 0; i < a->outbox.count; i++)
 			msgs[nmsgs++] = outbox_at(&a->outbox, i);
 	}
@@ -298,15 +344,30 @@ int snap_msg_save(struct bus *bus, struct buf *b)
 		struct agent *from = bus_find(bus, m->from);
 		uint8_t where = 0;
 		if (to && inbox_find(&to->inbox, m->number) == m)
-			where |= 1;
+			where |= WHERE_INBOX;
+		if (to && inbox_find(&to->inflight, m->number) == m)
+			where |= WHERE_INFLIGHT;
+		if (to && inbox_find(&to->dead, m->number) == m)
+			where |= WHERE_DEAD;
+		if ((where & (WHERE_INBOX | WHERE_INFLIGHT | WHERE_DEAD)) &&
+		    (m->deliveries || m->token || m->ready_us || m->dead_reason))
+			where |= WHERE_STATE;
 		if (from && from->outbox.count) {
 			size_t k = outbox_search(&from->outbox, m->number - 1);
 			if (k < from->outbox.count && outbox_at(&from->outbox, k) == m)
-				where |= 2;
+				where |= WHERE_OUTBOX;
 		}
 		buf_put_u8(b, REC_SNAP_MSG);
 		buf_put_u8(b, where);
 		message_encode_again(b, m);
+		if (where & WHERE_STATE) {
+			buf_put_u32(b, m->deliveries);
+			buf_put_u64(b, m->token);
+			buf_put_u64(b, (uint64_t)m->deadline_us);
+			buf_put_u64(b, (uint64_t)m->ready_us);
+			buf_put_u8(b, m->dead_reason);
+			buf_put_u64(b, (uint64_t)m->dead_us);
+		}
 		rc = bus_snapshot_put(bus, b);
 	}
 	free(msgs);

@@ -40,6 +40,8 @@ const char *bus_errno_name(int code)
 	case ENAMETOOLONG: return "ENAMETOOLONG";
 	case EINTR: return "EINTR";
 	case EDQUOT: return "EDQUOT";
+	case ESTALE: return "ESTALE";
+	case ETIMEDOUT: return "ETIMEDOUT";
 	}
 	snprintf(other, sizeof other, "E%d", code);
 	return other;

@@ -177,37 +177,67 @@ void outbox_free(struct outbox *o)
 	memset(o, 0, sizeof *o);
 }
 
-/* ---------- the number index: a message is in it while an inbox or outbox holds it ---------- */
+/* ---------- the number index: a message is in it while any place holds it ---------- */
+
+static bool held(const struct bus_message *m)
+{
+	return m->in_inbox || m->in_outbox || m->in_inflight || m->in_dead;
+}
 
 static int index_enter(struct bus *bus, struct bus_message *m)
 {
-	return m->in_inbox || m->in_outbox ? 0 : msgindex_put(&bus->messages, m);
+	return held(m) ? 0 : msgindex_put(&bus->messages, m);
 }
 
 static void index_leave(struct bus *bus, struct bus_message *m)
 {
-	if (!m->in_inbox && !m->in_outbox)
+	if (!held(m))
 		msgindex_remove(&bus->messages, m->number);
+}
+
+struct inbox *agent_place(struct agent *a, enum bus_place p)
+{
+	return p == BUS_INFLIGHT ? &a->inflight : p == BUS_DEAD ? &a->dead : &a->inbox;
+}
+
+static bool *place_flag(struct bus_message *m, enum bus_place p)
+{
+	return p == BUS_INFLIGHT ? &m->in_inflight : p == BUS_DEAD ? &m->in_dead : &m->in_inbox;
+}
+
+/* Puts m in one of the agent's sorted places, handing it the caller's reference. A
+ * message moving between places is put in the new one before it is taken from the
+ * old, so it never leaves the number index on the way. */
+int place_put(struct bus *bus, struct agent *a, enum bus_place p, struct bus_message *m)
+{
+	int rc = index_enter(bus, m);
+	if (rc == 0 && (rc = inbox_add(agent_place(a, p), m)) < 0)
+		index_leave(bus, m);
+	if (rc == 0)
+		*place_flag(m, p) = true;
+	return rc;
+}
+
+/* Takes the message out of the place; the caller owns that place's reference. */
+struct bus_message *place_take(struct bus *bus, struct agent *a, enum bus_place p,
+			       uint64_t number)
+{
+	struct bus_message *m = inbox_take(agent_place(a, p), number);
+	if (m) {
+		*place_flag(m, p) = false;
+		index_leave(bus, m);
+	}
+	return m;
 }
 
 int inbox_put(struct bus *bus, struct agent *to, struct bus_message *m)
 {
-	int rc = index_enter(bus, m);
-	if (rc == 0 && (rc = inbox_add(&to->inbox, m)) < 0)
-		index_leave(bus, m);
-	m->in_inbox = rc == 0;
-	return rc;
+	return place_put(bus, to, BUS_INBOX, m);
 }
 
-/* Takes the message out of the inbox; the caller owns the inbox's reference. */
 struct bus_message *inbox_remove(struct bus *bus, struct agent *a, uint64_t number)
 {
-	struct bus_message *m = inbox_take(&a->inbox, number);
-	if (m) {
-		m->in_inbox = false;
-		index_leave(bus, m);
-	}
-	return m;
+	return place_take(bus, a, BUS_INBOX, number);
 }
 
 void outbox_put(struct bus *bus, struct agent *from, struct bus_message *m)
@@ -230,11 +260,15 @@ void outbox_put(struct bus *bus, struct agent *from, struct bus_message *m)
 /* Before an agent goes: its messages leave the index (agent_free drops them). */
 void agent_forget_messages(struct bus *bus, struct agent *a)
 {
-	for (size_t i = a->inbox.head; i < a->inbox.tail; i++) {
-		struct bus_message *m = a->inbox.msgs[i];
-		if (m) {
-			m->in_inbox = false;
-			index_leave(bus, m);
+	static const enum bus_place places[] = {BUS_INBOX, BUS_INFLIGHT, BUS_DEAD};
+	for (size_t k = 0; k < 3; k++) {
+		struct inbox *in = agent_place(a, places[k]);
+		for (size_t i = in->head; i < in->tail; i++) {
+			struct bus_message *m = in->msgs[i];
+			if (m) {
+				*place_flag(m, places[k]) = false;
+				index_leave(bus, m);
+			}
 		}
 	}
 	for (size_t i = 0; i < a->outbox.count; i++) {
@@ -247,69 +281,80 @@ void agent_forget_messages(struct bus *bus, struct agent *a)
 
 /* ---------- views ---------- */
 
-uint64_t bus_message_holder(struct bus *bus, uint64_t number, bool inbox)
+uint64_t bus_message_holder(struct bus *bus, uint64_t number, enum bus_place place)
 {
 	bus_lock(bus);
 	struct bus_message *m = msgindex_get(&bus->messages, number);
 	struct agent *a = NULL;
-	if (m && (inbox ? m->in_inbox : m->in_outbox))
-		a = bus_find(bus, inbox ? m->to : m->from);
+	if (m && (place == BUS_OUTBOX ? m->in_outbox : *place_flag(m, place)))
+		a = bus_find(bus, place == BUS_OUTBOX ? m->from : m->to);
 	uint64_t id = a ? a->id : 0;
 	pthread_mutex_unlock(&bus->lock);
 	return id;
 }
 
-struct bus_message *bus_inbox_get(struct bus *bus, uint64_t agent_id, uint64_t number)
+static struct bus_message *place_find(struct agent *a, enum bus_place place, uint64_t number)
+{
+	if (place != BUS_OUTBOX)
+		return inbox_find(agent_place(a, place), number);
+	if (!a->outbox.count || !number)
+		return NULL;
+	size_t k = outbox_search(&a->outbox, number - 1);
+	return k < a->outbox.count && outbox_at(&a->outbox, k)->number == number
+		       ? outbox_at(&a->outbox, k) : NULL;
+}
+
+struct bus_message *bus_place_get(struct bus *bus, uint64_t agent_id, enum bus_place place,
+				  uint64_t number)
 {
 	bus_lock(bus);
 	struct agent *a = bus_find_id(bus, agent_id);
-	struct bus_message *m = a ? inbox_find(&a->inbox, number) : NULL;
+	struct bus_message *m = a ? place_find(a, place, number) : NULL;
 	if (m)
 		message_ref(m);
 	pthread_mutex_unlock(&bus->lock);
 	return m;
 }
 
+struct bus_message *bus_inbox_get(struct bus *bus, uint64_t agent_id, uint64_t number)
+{
+	return bus_place_get(bus, agent_id, BUS_INBOX, number);
+}
+
 struct bus_message *bus_outbox_get(struct bus *bus, uint64_t agent_id, uint64_t number)
+{
+	return bus_place_get(bus, agent_id, BUS_OUTBOX, number);
+}
+
+void bus_place_list(struct bus *bus, uint64_t agent_id, enum bus_place place,
+		    uint64_t after_number, int (*fn)(void *ctx, const struct bus_message *m),
+		    void *ctx)
 {
 	bus_lock(bus);
 	struct agent *a = bus_find_id(bus, agent_id);
-	struct bus_message *m = NULL;
-	if (a && a->outbox.count && number) {
-		size_t k = outbox_search(&a->outbox, number - 1);
-		if (k < a->outbox.count && outbox_at(&a->outbox, k)->number == number) {
-			m = outbox_at(&a->outbox, k);
-			message_ref(m);
-		}
+	if (a && place == BUS_OUTBOX) {
+		for (size_t i = outbox_search(&a->outbox, after_number); i < a->outbox.count; i++)
+			if (fn(ctx, outbox_at(&a->outbox, i)))
+				break;
+	} else if (a) {
+		const struct inbox *in = agent_place(a, place);
+		for (size_t i = inbox_search(in, after_number + 1); i < in->tail; i++)
+			if (in->msgs[i] && fn(ctx, in->msgs[i]))
+				break;
 	}
 	pthread_mutex_unlock(&bus->lock);
-	return m;
 }
 
 void bus_inbox_list(struct bus *bus, uint64_t agent_id, uint64_t after_number,
 		    int (*fn)(void *ctx, const struct bus_message *m), void *ctx)
 {
-	bus_lock(bus);
-	struct agent *a = bus_find_id(bus, agent_id);
-	if (a) {
-		for (size_t i = inbox_search(&a->inbox, after_number + 1); i < a->inbox.tail; i++)
-			if (a->inbox.msgs[i] && fn(ctx, a->inbox.msgs[i]))
-				break;
-	}
-	pthread_mutex_unlock(&bus->lock);
+	bus_place_list(bus, agent_id, BUS_INBOX, after_number, fn, ctx);
 }
 
 void bus_outbox_list(struct bus *bus, uint64_t agent_id, uint64_t after_number,
 		     int (*fn)(void *ctx, const struct bus_message *m), void *ctx)
 {
-	bus_lock(bus);
-	struct agent *a = bus_find_id(bus, agent_id);
-	if (a) {
-		for (size_t i = outbox_search(&a->outbox, after_number); i < a->outbox.count; i++)
-			if (fn(ctx, outbox_at(&a->outbox, i)))
-				break;
-	}
-	pthread_mutex_unlock(&bus->lock);
+	bus_place_list(bus, agent_id, BUS_OUTBOX, after_number, fn, ctx);
 }
 
 int bus_next_peek(struct bus *bus, uint64_t agent_id, struct bus_message **out, bool *draining)

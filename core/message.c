@@ -111,8 +111,11 @@ void message_id_format(char *out, uint32_t store_id, int64_t time_us, uint64_t n
 	*p = '\0';
 }
 
-/* Record layout: u64 number, u64 sequence, u8 flags, str to, str from, str msg_id,
- * u32 corr_off, u32 corr_len, bytes envelope. */
+/* Record layout: u64 number, u64 sequence, u8 flags (1 requires_ack, 2 has a ttl),
+ * str to, str from, str msg_id, u32 corr_off, u32 corr_len, bytes envelope, then
+ * u64 expires_us when flag 2 is set. */
+#define MSG_FLAG_ACK 1
+#define MSG_FLAG_TTL 2
 void message_encode(struct buf *rec, const struct envelope *env)
 {
 	char id[BUS_MSG_ID_LEN + 1];
@@ -122,7 +125,7 @@ void message_encode(struct buf *rec, const struct envelope *env)
 
 	buf_put_u64(rec, env->number);
 	buf_put_u64(rec, env->sequence);
-	buf_put_u8(rec, env->requires_ack ? 1 : 0);
+	buf_put_u8(rec, (env->requires_ack ? MSG_FLAG_ACK : 0) | (env->expires_us ? MSG_FLAG_TTL : 0));
 	buf_put_str(rec, env->to);
 	buf_put_str(rec, env->from);
 	buf_put_str(rec, id);
@@ -172,19 +175,23 @@ void message_encode(struct buf *rec, const struct envelope *env)
 		for (int i = 0; i < 4; i++)
 			p[i] = (uint8_t)(len >> (8 * i));
 	}
+	if (env->expires_us)
+		buf_put_u64(rec, (uint64_t)env->expires_us);
 }
 
 void message_encode_again(struct buf *rec, const struct bus_message *m)
 {
 	buf_put_u64(rec, m->number);
 	buf_put_u64(rec, m->sequence);
-	buf_put_u8(rec, m->requires_ack ? 1 : 0);
+	buf_put_u8(rec, (m->requires_ack ? MSG_FLAG_ACK : 0) | (m->expires_us ? MSG_FLAG_TTL : 0));
 	buf_put_str(rec, m->to);
 	buf_put_str(rec, m->from);
 	buf_put_str(rec, m->msg_id);
 	buf_put_u32(rec, m->corr_off);
 	buf_put_u32(rec, m->corr_len);
 	buf_put_bytes(rec, m->envelope, m->len);
+	if (m->expires_us)
+		buf_put_u64(rec, (uint64_t)m->expires_us);
 }
 
 struct bus_message *message_decode(struct reader *r)
@@ -200,7 +207,9 @@ struct bus_message *message_decode(struct reader *r)
 	uint32_t corr_len = rd_u32(r);
 	size_t len;
 	const char *env = rd_bytes(r, &len);
-	if (r->bad || !env || len == 0 || number == 0 || (uint64_t)corr_off + corr_len > len)
+	uint64_t expires = flags & MSG_FLAG_TTL ? rd_u64(r) : 0;
+	if (r->bad || !env || len == 0 || number == 0 || (uint64_t)corr_off + corr_len > len ||
+	    (flags & ~(MSG_FLAG_ACK | MSG_FLAG_TTL)) || expires > (uint64_t)INT64_MAX / 2)
 		return NULL;
 	size_t tl = strlen(to) + 1, fl = strlen(from) + 1, il = strlen(id) + 1;
 	struct bus_message *m = malloc(sizeof *m + len + 1 + tl + fl + il);
@@ -209,8 +218,13 @@ struct bus_message *message_decode(struct reader *r)
 	atomic_init(&m->refs, 1);
 	m->number = number;
 	m->sequence = sequence;
-	m->requires_ack = flags & 1;
-	m->in_inbox = m->in_outbox = false;
+	m->requires_ack = flags & MSG_FLAG_ACK;
+	m->in_inbox = m->in_outbox = m->in_inflight = m->in_dead = false;
+	m->dead_reason = 0;
+	m->deliveries = 0;
+	m->token = 0;
+	m->deadline_us = m->ready_us = m->dead_us = 0;
+	m->expires_us = (int64_t)expires;
 	m->charged = false;
 	m->charged_uid = 0;
 	m->corr_off = corr_off;

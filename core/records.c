@@ -18,12 +18,20 @@
 
 /* ---------- counters: REC_SNAP_HEAD, REC_REJECT, REC_SNAP_REJECT ---------- */
 
-/* REC_SNAP_HEAD: u64 counter, u64 delivered_total, u64 rejected_total. */
+/* REC_SNAP_HEAD: u64 counter, u64 delivered_total, u64 rejected_total, then (stores
+ * that had leases) u64 last_token, u64 redeliveries_total and u64 dead letters made
+ * by reason: discarded, max_deliver, expired. */
 static int head_apply(struct bus *bus, struct reader *r)
 {
 	bus->counter = rd_u64(r);
 	bus->delivered_total = rd_u64(r);
 	bus->rejected_total = rd_u64(r);
+	if (r->pos < r->len) {
+		bus->last_token = rd_u64(r);
+		bus->redeliveries_total = rd_u64(r);
+		for (int i = 0; i < DEAD_NREASONS; i++)
+			bus->dead_total[i] = rd_u64(r);
+	}
 	return r->bad ? -EINVAL : 0;
 }
 
@@ -33,6 +41,10 @@ static int head_save(struct bus *bus, struct buf *b)
 	buf_put_u64(b, bus->counter);
 	buf_put_u64(b, bus->delivered_total);
 	buf_put_u64(b, bus->rejected_total);
+	buf_put_u64(b, bus->last_token);
+	buf_put_u64(b, bus->redeliveries_total);
+	for (int i = 0; i < DEAD_NREASONS; i++)
+		buf_put_u64(b, bus->dead_total[i]);
 	return bus_snapshot_put(bus, b);
 }
 
@@ -92,6 +104,11 @@ static const struct record_kind record_kinds[] = {
 	{REC_ACK, "ack", JOURNAL, ack_apply, NULL},
 	{REC_BEAT, "heartbeat", JOURNAL, beat_apply, NULL},
 	{REC_REJECT, "refusal", JOURNAL, reject_apply, NULL},
+	{REC_LEASE, "lease", JOURNAL, lease_apply, NULL},
+	{REC_RELEASE, "lease ended", JOURNAL, release_apply, NULL},
+	{REC_DEAD, "dead letter", JOURNAL, dead_apply, NULL},
+	{REC_RETRY, "retry", JOURNAL, retry_apply, NULL},
+	{REC_DISCARD, "dead discarded", JOURNAL, discard_apply, NULL},
 };
 
 #define NKINDS (sizeof record_kinds / sizeof record_kinds[0])

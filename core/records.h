@@ -30,6 +30,14 @@ enum record_type {
 	REC_SNAP_REJECT = 13, /* u32 errno, u64 count */
 	REC_ALERT = 14,     /* str rule, str agent, u8 firing, u64 since_us, u64 value (double),
 			       u8 severity */
+	REC_LEASE = 15,     /* str agent, u64 number, u64 token, u64 deadline_us, u32 delivery:
+			       a claim (from the inbox, a new token) or an extension */
+	REC_RELEASE = 16,   /* str agent, u64 number, u64 token, u64 ready_us, u8 why (1 nak,
+			       2 expired): the lease ends, the message is pending again */
+	REC_DEAD = 17,      /* str agent, u64 number, u64 token (0: from the inbox), u8 reason,
+			       u64 at_us, u64 discarded (the oldest dead letter pushed out, or 0) */
+	REC_RETRY = 18,     /* str agent, u64 number: a dead letter is pending again */
+	REC_DISCARD = 19,   /* str agent, u64 number: a dead letter removed (rm) */
 };
 
 struct record_kind {
@@ -64,6 +72,11 @@ int snap_msg_save(struct bus *bus, struct buf *b);
 int health_apply(struct bus *bus, struct reader *r);          /* status.c */
 int beat_apply(struct bus *bus, struct reader *r);
 int health_save(struct bus *bus, struct buf *b);
+int lease_apply(struct bus *bus, struct reader *r);           /* lease.c */
+int release_apply(struct bus *bus, struct reader *r);
+int dead_apply(struct bus *bus, struct reader *r);
+int retry_apply(struct bus *bus, struct reader *r);
+int discard_apply(struct bus *bus, struct reader *r);
 int rules_apply(struct bus *bus, struct reader *r);           /* alerts.c */
 int rules_save(struct bus *bus, struct buf *b);
 int alert_apply(struct bus *bus, struct reader *r);

@@ -1,4 +1,4 @@
-/* send.c — how messages enter the bus: outbox drafts, `send` records, acks and ctl.
+/* send.c — how messages enter the bus: outbox drafts and `send` records.
  *
  * Everything that can refuse a message is checked before its last byte is accepted:
  * recipient, drain, capacity and the opener's open drafts to that inbox at open (a
@@ -105,10 +105,11 @@ static int draft_check(struct bus *bus, const struct bus_draft *d, const struct 
 		return bus_fail(err, ENOENT, "recipient %s is not registered", name);
 	if (r->draining)
 		return bus_fail(err, ESHUTDOWN, "recipient %s is draining", r->name);
-	if (r->inbox.live + r->reserved >= cap)
+	if (r->inbox.live + r->inflight.live + r->reserved >= cap)
 		return bus_fail(err, EAGAIN,
 				"the inbox of %s is full (%zu pending + %u being written, "
-				"capacity %u)", r->name, r->inbox.live, r->reserved, cap);
+				"capacity %u)", r->name, r->inbox.live + r->inflight.live, r->reserved,
+				cap);
 	if (bus_quota_applies(bus, d->uid) && quota_drafts_open(&r->drafts, d->uid) >= most)
 		return bus_fail(err, EAGAIN, "uid %u already has %u unfinished messages open to %s, "
 				"the most --max-drafts-per-sender allows", (unsigned)d->uid, most,
@@ -569,9 +570,10 @@ static int count_recipient(struct bus *bus, struct agent *a, void *ctx)
 		a->batch_seq = bus_pair_sequence(bus, b->sender->name, a->name);
 	}
 	a->batch_count++;
-	if (a->inbox.live + a->reserved + a->batch_count > bus->cfg.inbox_capacity)
+	size_t held = a->inbox.live + a->inflight.live;
+	if (held + a->reserved + a->batch_count > bus->cfg.inbox_capacity)
 		return bus_fail(b->err, EAGAIN, "the inbox of %s is full (%zu pending + %u being "
-				"written, capacity %u)", a->name, a->inbox.live, a->reserved,
+				"written, capacity %u)", a->name, held, a->reserved,
 				bus->cfg.inbox_capacity);
 	return 0;
 }
@@ -738,140 +740,4 @@ out:
 		buf_consume(pending, consumed);
 	bus_unlock_and_wake(bus);
 	return rc;
-}
-
-/* ---------- acks and ctl ---------- */
-
-static int ack_locked(struct bus *bus, struct agent *a, uint64_t number, const char *msg_id,
-		      uid_t uid, struct bus_error *err, bool *dropped)
-{
-	if (!bus_may_act_as(a, uid))
-		return bus_fail(err, EACCES, "uid %u may not consume messages of %s (owned by uid %u)",
-				(unsigned)uid, a->name, (unsigned)a->uid);
-	struct bus_message *m = inbox_find(&a->inbox, number);
-	if (!m || (msg_id && strcmp(m->msg_id, msg_id) != 0))
-		return bus_fail(err, ENOENT, "no message %s in the inbox of %s",
-				msg_id ? msg_id : "with that number", a->name);
-	struct agent *sender = m->requires_ack ? bus_find(bus, m->from) : NULL;
-	*dropped = m->requires_ack && !sender;
-	struct buf *rec = &bus->rec;
-	buf_reset(rec);
-	buf_put_u8(rec, REC_ACK);
-	buf_put_str(rec, a->name);
-	buf_put_u64(rec, number);
-	buf_put_u8(rec, sender ? 1 : 0);
-	if (sender) {
-		struct buf payload;
-		buf_init(&payload);
-		buf_printf(&payload, "{\"ack\":\"%s\"}", m->msg_id);
-		static const char TYPE_ACK[] = "\"ack\"";
-		struct envelope env = {
-			.from = a->name, .to = sender->name,
-			.number = bus->counter + 1,
-			.sequence = bus_pair_sequence(bus, a->name, sender->name) + 1,
-			.time_us = bus_clock_now_us(), .store_id = store_id(bus->store),
-			.type_token = TYPE_ACK, .type_len = sizeof TYPE_ACK - 1,
-			.payload = payload.data, .payload_len = payload.len,
-			.corr_token = m->corr_len ? m->envelope + m->corr_off : NULL,
-			.corr_len = m->corr_len,
-		};
-		message_encode(rec, &env);
-		if (!buf_ok(&payload))
-			buf_fail(rec);
-		buf_free(&payload);
-	}
-	return bus_commit(bus, err);
-}
-
-static void log_dropped_ack(struct bus *bus, const char *agent, const char *from, const char *id)
-{
-	struct bus_error note;
-	bus_fail(&note, ENOENT, "ack of %s dropped: its sender %s is no longer registered", id,
-		 from);
-	bus_log_error(bus, agent, "ack", "ack", 0, &note);
-}
-
-int bus_ack(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id, uid_t uid,
-	    struct bus_error *err)
-{
-	bool dropped = false;
-	char from[BUS_NAME_MAX + 1] = "", id[BUS_MSG_ID_LEN + 1] = "", name[BUS_NAME_MAX + 1] = "";
-	bus_lock(bus);
-	struct agent *a = bus_find_id(bus, agent_id);
-	int rc;
-	if (!a) {
-		rc = bus_fail(err, ENOENT, "no such agent");
-	} else {
-		struct bus_message *m = inbox_find(&a->inbox, number);
-		if (m) {
-			snprintf(from, sizeof from, "%s", m->from);
-			snprintf(id, sizeof id, "%s", m->msg_id);
-		}
-		memcpy(name, a->name, sizeof name);
-		rc = ack_locked(bus, a, number, msg_id, uid, err, &dropped);
-	}
-	bus_unlock_and_wake(bus);
-	if (rc == 0 && dropped)
-		log_dropped_ack(bus, name, from, id);
-	return rc;
-}
-
-int bus_ctl(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data, size_t len,
-	    struct bus_error *err)
-{
-	char cmd[128];
-	while (len && json_space(data[len - 1]))
-		len--;
-	while (len && (data[0] == ' ' || data[0] == '\t')) {
-		data++;
-		len--;
-	}
-	if (len == 0 || len >= sizeof cmd || memchr(data, '\0', len) || memchr(data, '\n', len))
-		return bus_fail(err, EINVAL, "ctl takes one command: drain, resume or ack MSG_ID");
-	memcpy(cmd, data, len);
-	cmd[len] = '\0';
-
-	if (strncmp(cmd, "ack ", 4) == 0) {
-		const char *id = cmd + 4;
-		while (*id == ' ')
-			id++;
-		uint64_t number = message_id_number(id);
-		if (!number)
-			return bus_fail(err, EINVAL, "'%.60s' is not a msg_id", id);
-		return bus_ack(bus, agent_id, number, id, uid, err);
-	}
-	bool drain = strcmp(cmd, "drain") == 0;
-	if (!drain && strcmp(cmd, "resume") != 0)
-		return bus_fail(err, EINVAL, "unknown ctl command '%.60s': use drain, resume or "
-				"ack MSG_ID", cmd);
-	bus_lock(bus);
-	struct agent *a = bus_find_id(bus, agent_id);
-	int rc = 0;
-	if (!a)
-		rc = bus_fail(err, ENOENT, "no such agent");
-	else if (!bus_may_act_as(a, uid))
-		rc = bus_fail(err, EACCES, "uid %u may not control %s (owned by uid %u)",
-			      (unsigned)uid, a->name, (unsigned)a->uid);
-	else if (a->draining != drain) {
-		buf_reset(&bus->rec);
-		buf_put_u8(&bus->rec, REC_STATE);
-		buf_put_str(&bus->rec, a->name);
-		buf_put_u8(&bus->rec, drain);
-		rc = bus_commit(bus, err);
-	}
-	bus_unlock_and_wake(bus);
-	return rc;
-}
-
-int bus_ctl_render(struct bus *bus, uint64_t agent_id, struct buf *out)
-{
-	bus_lock(bus);
-	struct agent *a = bus_find_id(bus, agent_id);
-	if (a)
-		buf_printf(out, "{\"agent\":\"%s\",\"state\":\"%s\",\"inbox_depth\":%zu,"
-			   "\"reserved\":%u,\"delivered_total\":%" PRIu64 ",\"acked_total\":%" PRIu64
-			   "}\n", a->name, a->draining ? "draining" : "active", a->inbox.live,
-			   a->reserved, a->delivered_total, a->acked_total);
-	pthread_mutex_unlock(&bus->lock);
-	return a ? 0 : -ENOENT;
 }

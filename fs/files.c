@@ -119,6 +119,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fi->direct_io = 1;
 	why[0] = '\0';
 	uid_t uid = fuse_req_ctx(req)->uid;
+	h->uid = uid;
 	switch (r.node) {
 	case N_README:
 		if (writing)
@@ -153,12 +154,30 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fi->nonseekable = 1;
 		break;
 	case N_NEXT:
+	case N_CLAIM:
 		if (writing)
-			snprintf(why, sizeof why, "next is read-only");
+			snprintf(why, sizeof why, "%s is read-only", r.node == N_NEXT ? "next" : "claim");
 		else if (!owner_ok(req, &a))
-			snprintf(why, sizeof why, "uid %u may not read the inbox of %s",
-				 (unsigned)uid, a.name);
+			snprintf(why, sizeof why, "uid %u may not %s the inbox of %s", (unsigned)uid,
+				 r.node == N_NEXT ? "read" : "claim from", a.name);
 		fi->nonseekable = 1;
+		break;
+	case N_LEASE_MSG:
+	case N_DEAD_MSG:
+		if (writing)
+			snprintf(why, sizeof why, "%s files are read-only; rm %s",
+				 r.node == N_LEASE_MSG ? "inflight" : "dead",
+				 r.node == N_LEASE_MSG ? "acks the message" : "discards the letter");
+		else if (!owner_ok(req, &a))
+			snprintf(why, sizeof why, "uid %u may not read the %s of %s", (unsigned)uid,
+				 r.node == N_LEASE_MSG ? "leases" : "dead letters", a.name);
+		else if (bus_place_render(fs->bus, r.agent_id,
+					  r.node == N_LEASE_MSG ? BUS_INFLIGHT : BUS_DEAD, r.number,
+					  &h->doc) < 0) {
+			handle_free(fs, h);
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
 		break;
 	case N_CTL:
 	case N_HEALTH:
@@ -256,7 +275,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	}
 	struct fuse_entry_param e;
 	memset(&e, 0, sizeof e);
-	struct node_ref r = {N_PAIR, p.agent_id, to.id};
+	struct node_ref r = {N_PAIR, p.agent_id, to.id, 0};
 	node_attr(fs, &r, &e.attr);
 	e.ino = e.attr.st_ino;
 	e.generation = 1;
@@ -324,6 +343,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	case N_PROM:
 	case N_ACTIVE:
 	case N_RULES:
+	case N_LEASE_MSG:
+	case N_DEAD_MSG:
 		reply_slice(req, h->doc.data, h->doc.len, size, off);
 		return;
 	case N_METRICS_LOG:
@@ -345,7 +366,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		reply_slice(req, h->msg->envelope, h->msg->len, size, off);
 		return;
 	case N_NEXT:
-		if (h->msg || h->next_done || off > 0) {
+	case N_CLAIM:
+		if (next_answered(h) || off > 0) {
 			next_reply(req, h, size, off);
 			return;
 		}
@@ -571,7 +593,7 @@ static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		    struct fuse_pollhandle *ph)
 {
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-	if (h->node == N_NEXT) {
+	if (h->node == N_NEXT || h->node == N_CLAIM) {
 		waiters_poll(fs_of(req), req, h, ph);
 		return;
 	}
@@ -590,12 +612,13 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct fs *fs = fs_of(req);
 	struct node_ref r = ref_of(fs, ino);
 	struct bus_agent_info a;
-	if ((r.node == N_INBOX || r.node == N_OUTBOX) &&
+	if ((r.node == N_INBOX || r.node == N_OUTBOX || r.node == N_INFLIGHT || r.node == N_DEAD) &&
 	    bus_agent_by_id(fs->bus, r.agent_id, &a) == 0 && !owner_ok(req, &a)) {
 		char why[160];
 		snprintf(why, sizeof why, "uid %u may not list the %s of %s",
-			 (unsigned)fuse_req_ctx(req)->uid, r.node == N_INBOX ? "inbox" : "outbox",
-			 a.name);
+			 (unsigned)fuse_req_ctx(req)->uid,
+			 r.node == N_INBOX ? "inbox" : r.node == N_OUTBOX ? "outbox"
+			 : r.node == N_INFLIGHT ? "leases" : "dead letters", a.name);
 		refuse_at(req, "opendir", ino, NULL, EACCES, why);
 		return;
 	}
@@ -621,7 +644,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	}
 	struct fuse_entry_param e;
 	memset(&e, 0, sizeof e);
-	struct node_ref r = {N_AGENT_DIR, a.id, 0};
+	struct node_ref r = {N_AGENT_DIR, a.id, 0, 0};
 	node_attr(fs, &r, &e.attr);
 	e.ino = e.attr.st_ino;
 	e.generation = 1;
@@ -650,14 +673,44 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_err(req, 0);
 }
 
+/* `rm inflight/F` acks the lease F names (a file of an old lease is gone: ENOENT);
+ * `rm dead/F` discards the dead letter. */
+static void unlink_lease_or_dead(fuse_req_t req, struct fs *fs, const struct node_ref *p,
+				 fuse_ino_t parent, const char *name)
+{
+	char id[BUS_MSG_ID_LEN + 1];
+	uint64_t token = 0;
+	uint64_t number = p->node == N_INFLIGHT ? lease_parse_file_name(name, id, &token)
+						: message_parse_file_name(name, id);
+	struct bus_error err = {0};
+	if (!number) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	uid_t uid = fuse_req_ctx(req)->uid;
+	int rc = p->node == N_INFLIGHT
+		 ? bus_lease_ack(fs->bus, p->agent_id, number, id, token, uid, &err)
+		 : bus_dead_discard(fs->bus, p->agent_id, number, id, uid, &err);
+	if (rc == -ENOENT || rc == -ESTALE)
+		fuse_reply_err(req, ENOENT);
+	else if (rc < 0)
+		refuse_at(req, "unlink", parent, name, err.code, err.reason);
+	else
+		fuse_reply_err(req, 0);
+}
+
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fs_of(req);
 	struct node_ref p = ref_of(fs, parent);
+	if (p.node == N_INFLIGHT || p.node == N_DEAD) {
+		unlink_lease_or_dead(req, fs, &p, parent, name);
+		return;
+	}
 	if (p.node != N_INBOX) {
 		refuse_at(req, "unlink", parent, name, EACCES,
 			  p.node == N_OUTBOX ? "the outbox is a read-only record of sent messages"
-					     : "only inbox messages can be removed");
+					     : "only inbox, inflight and dead messages can be removed");
 		return;
 	}
 	char id[BUS_MSG_ID_LEN + 1];
@@ -735,6 +788,18 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	 * before its write also carries a time, and is not one. */
 	const int times = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
 			  FUSE_SET_ATTR_MTIME_NOW;
+	if (r.node == N_LEASE_MSG && (to_set & times) && !(to_set & FUSE_SET_ATTR_SIZE)) {
+		/* `touch inflight/F`: the lease gets --lease from now. */
+		struct bus_error err = {0};
+		if (bus_lease_touch(fs->bus, r.token, uid, &err) < 0) {
+			if (err.code == ENOENT)
+				fuse_reply_err(req, ENOENT);
+			else
+				refuse_at(req, "touch", ino, NULL, err.code, err.reason);
+			return;
+		}
+		node_attr(fs, &r, &st);
+	}
 	if (r.node == N_HEALTH && (to_set & times) && !(to_set & FUSE_SET_ATTR_SIZE)) {
 		struct bus_error err = {0};
 		if (bus_health_beat(fs->bus, r.agent_id, uid, &err) < 0) {

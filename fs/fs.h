@@ -23,12 +23,16 @@
  *   INO_PAIR    the sender's agent id: an outbox file being written (one per sender)
  *   INO_INBOX   the message's store-wide number; the bus knows whose inbox holds it
  *   INO_OUTBOX  the same number, for the copy in the sender's outbox
+ *   INO_LEASE   a lease's token: an inflight/ file is one lease, so a file of an old
+ *               lease never names the message's next one
+ *   INO_DEAD    the message's number, for its file in dead/
  * Agent ids (2^52 of them: over a century at a million mkdirs a second) and message
  * numbers (2^60) only grow and are never reused, so an inode number is unique for the
  * life of a mount and a stale one can only ever answer ENOENT. */
 #define INO_KIND_SHIFT 60
 #define INO_AGENT_ID_MAX ((UINT64_C(1) << (INO_KIND_SHIFT - 8)) - 1)
-enum ino_kind { INO_FIXED = 0, INO_AGENT = 1, INO_PAIR = 2, INO_INBOX = 3, INO_OUTBOX = 4 };
+enum ino_kind { INO_FIXED = 0, INO_AGENT = 1, INO_PAIR = 2, INO_INBOX = 3, INO_OUTBOX = 4,
+		INO_LEASE = 5, INO_DEAD = 6 };
 
 /* What a node is. Fixed nodes and agent nodes come from the tables in tree.c. */
 enum node {
@@ -39,9 +43,10 @@ enum node {
 	N_ALERTS_DIR, N_RULES, N_ACTIVE, N_ALERTS_LOG,
 	N_AGENT_DIR, N_INBOX, N_OUTBOX, N_SEND, N_NEXT,    /* per agent */
 	N_CTL, N_AGENT_ERRORS, N_HEALTH, N_AGENT_METRICS,
-	N_AGENT_LAST = N_AGENT_METRICS,
+	N_CLAIM, N_INFLIGHT, N_DEAD,
+	N_AGENT_LAST = N_DEAD,
 	N_PAIR,                                            /* outbox/B being written */
-	N_INBOX_MSG, N_OUTBOX_MSG,                         /* message files */
+	N_INBOX_MSG, N_OUTBOX_MSG, N_LEASE_MSG, N_DEAD_MSG, /* message files */
 };
 
 struct node_ref {
@@ -49,6 +54,7 @@ struct node_ref {
 	uint64_t agent_id;     /* agent nodes, messages; sender for N_PAIR */
 	uint64_t number;       /* messages; recipient id for N_PAIR (0 = all, PAIR_UNKNOWN
 				* when only the inode number is known) */
+	uint64_t token;        /* N_LEASE_MSG: the lease */
 };
 #define PAIR_UNKNOWN UINT64_MAX
 
@@ -67,7 +73,9 @@ struct handle {
 	struct buf pending;           /* N_SEND: a record split across writes */
 	struct buf doc;               /* generated documents: rendered once at open */
 	struct bus_message *msg;      /* message files; N_NEXT once answered */
-	bool next_done;               /* N_NEXT answered with end-of-file */
+	bool next_done;               /* N_NEXT, N_CLAIM answered with end-of-file */
+	bool claimed;                 /* N_CLAIM: h->doc holds the message it leased */
+	uid_t uid;                    /* the opener's */
 	size_t unflushed;             /* N_PAIR: bytes accepted since the last flush */
 	pid_t writer;                 /* the thread of the last accepted write: a killed
 				       * process's FLUSH drops the pending bytes unless
@@ -81,7 +89,8 @@ struct handle {
 				       * its writes gave */
 	uint64_t log_expect, log_pos; /* logs: the offset the next sequential read asks
 				       * for, and where in the log it continues */
-	struct fuse_pollhandle *ph;   /* N_NEXT, owned here until handed to the notifier */
+	struct fuse_pollhandle *ph;   /* N_NEXT, N_CLAIM: owned here until handed to the
+				       * notifier */
 	struct handle *poll_next, *poll_prev;  /* list of handles holding a poll handle */
 	struct handle *open_next, *open_prev;  /* list of all open handles (struct fs) */
 };
@@ -166,7 +175,9 @@ void waiters_park(struct fs *fs, fuse_req_t req, struct handle *h, size_t size, 
 void waiters_poll(struct fs *fs, fuse_req_t req, struct handle *h, struct fuse_pollhandle *ph);
 void waiters_forget_handle(struct fs *fs, struct handle *h);
 void waiters_shutdown(struct fs *fs);
-/* Answers a `next` read from a message or with end-of-file. */
+/* Answers a `next` or `claim` read from what it holds, or with end-of-file. */
 void next_reply(struct fuse_req *req, struct handle *h, size_t size, off_t off);
+/* Whether a read of this waiting file has its answer already (no need to park). */
+bool next_answered(const struct handle *h);
 
 #endif

@@ -55,6 +55,12 @@ static void usage(FILE *out)
 		"  --max-series N             distinct metric series (metric, agent, unit); a point\n"
 		"                             that would start one more gets ENOSPC (10000)\n"
 		"  --alert-interval SECONDS   how often alert rules are evaluated (5)\n"
+		"  --lease SECONDS            how long a claim holds its message before it is\n"
+		"                             pending again (60); extend renews it\n"
+		"  --max-deliver N            a message whose N-th lease ends without an ack\n"
+		"                             becomes a dead letter in dead/ (5)\n"
+		"  --message-ttl SECONDS      a pending message older than this becomes a dead\n"
+		"                             letter; a send record's ttl_s overrides it (0: none)\n"
 		"                             SECONDS may have a fraction (0.5)\n"
 		"  --check                    verify the store offline; exit 0 when consistent,\n"
 		"                             2 when it is damaged or holds a non-regular file\n"
@@ -179,6 +185,9 @@ enum {
 	OPT_MAX_BYTES_PER_UID,
 	OPT_MAX_DRAFTS_PER_SENDER,
 	OPT_MAX_SERIES,
+	OPT_LEASE,
+	OPT_MAX_DELIVER,
+	OPT_MESSAGE_TTL,
 };
 
 int main(int argc, char **argv)
@@ -196,6 +205,9 @@ int main(int argc, char **argv)
 		{"metrics-retention", required_argument, NULL, 'R'},
 		{"max-series", required_argument, NULL, OPT_MAX_SERIES},
 		{"alert-interval", required_argument, NULL, 'A'},
+		{"lease", required_argument, NULL, OPT_LEASE},
+		{"max-deliver", required_argument, NULL, OPT_MAX_DELIVER},
+		{"message-ttl", required_argument, NULL, OPT_MESSAGE_TTL},
 		{"check", no_argument, NULL, 'k'},
 		{"salvage", no_argument, NULL, 'S'},
 		{"clear-stale", no_argument, NULL, 'C'},
@@ -212,7 +224,7 @@ int main(int argc, char **argv)
 	struct bus_config cfg = {.store_dir = default_store, .inbox_capacity = 1000,
 				 .max_message_size = 1u << 20, .health_ttl_s = 30,
 				 .summary_window_s = 60, .metrics_retention_s = 3600,
-				 .alert_interval_s = 5};
+				 .alert_interval_s = 5, .lease_s = 60, .max_deliver = 5};
 	bool check = false, salvage = false, clear_stale = false, foreground = false, debug = false;
 	const char *mount_opts[64];
 	size_t nopts = 0;
@@ -272,6 +284,29 @@ int main(int argc, char **argv)
 		case 'A':
 			if (parse_seconds("--alert-interval", optarg, &cfg.alert_interval_s) < 0)
 				return 1;
+			break;
+		case OPT_LEASE:
+			if (parse_seconds("--lease", optarg, &cfg.lease_s) < 0 ||
+			    cfg.lease_s > BUS_MAX_SECONDS) {
+				fprintf(stderr, "busfs: --lease is at most %.0f seconds\n",
+					BUS_MAX_SECONDS);
+				return 1;
+			}
+			break;
+		case OPT_MAX_DELIVER:
+			if (parse_count("--max-deliver", optarg, &v) < 0 || v > UINT32_MAX)
+				return 1;
+			cfg.max_deliver = (uint32_t)v;
+			break;
+		case OPT_MESSAGE_TTL:
+			/* 0 turns the default ttl off. */
+			if (strcmp(optarg, "0") != 0 &&
+			    (parse_seconds("--message-ttl", optarg, &cfg.message_ttl_s) < 0 ||
+			     cfg.message_ttl_s < 1 || cfg.message_ttl_s > BUS_MAX_SECONDS)) {
+				fprintf(stderr, "busfs: --message-ttl is 0 (none) or 1 to %.0f seconds\n",
+					BUS_MAX_SECONDS);
+				return 1;
+			}
 			break;
 		case 'k': check = true; break;
 		case 'S': salvage = true; break;

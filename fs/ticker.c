@@ -1,23 +1,31 @@
-/* ticker.c — the thread that evaluates alert rules every --alert-interval (and lets
- * expired metric points go). It only calls into the bus, never into FUSE, and blocks
- * every signal so SIGTERM lands on the dispatch thread. ticker_stop() ends it; the
- * struct fs owns it. */
+/* ticker.c — the thread of periodic work: every second it ends the leases whose
+ * deadline passed (and wakes claimers of naks whose delay ended, and makes dead
+ * letters of messages past their ttl); every --alert-interval it evaluates alert
+ * rules and lets expired metric points go. It calls into the bus only; the wake-ups
+ * the bus hands back answer parked readers, never a notification from a handler. It
+ * blocks every signal so SIGTERM lands on the dispatch thread. ticker_stop() ends
+ * it; the struct fs owns it. */
 #include <errno.h>
 #include <signal.h>
 #include <time.h>
 
+#include "busfs/clock.h"
 #include "fs.h"
 
 static double interval;
 
+#define LEASE_PERIOD 1.0 /* SPEC §10: deadlines are checked at least every second */
+
 static void *ticker_main(void *arg)
 {
 	struct fs *fs = arg;
+	double period = interval < LEASE_PERIOD ? interval : LEASE_PERIOD;
+	double next_alerts = bus_clock_monotonic() + interval;
 	pthread_mutex_lock(&fs->ticker_lock);
 	while (!fs->ticker_stop) {
 		struct timespec at;
 		clock_gettime(CLOCK_MONOTONIC, &at);
-		long long ns = at.tv_nsec + (long long)(interval * 1e9);
+		long long ns = at.tv_nsec + (long long)(period * 1e9);
 		at.tv_sec += (time_t)(ns / 1000000000);
 		at.tv_nsec = (long)(ns % 1000000000);
 		int rc = 0;
@@ -26,7 +34,13 @@ static void *ticker_main(void *arg)
 		if (fs->ticker_stop)
 			break;
 		pthread_mutex_unlock(&fs->ticker_lock);
-		bus_tick(fs->bus);
+		bus_lease_tick(fs->bus);
+		if (bus_clock_monotonic() >= next_alerts) {
+			bus_tick(fs->bus);
+			next_alerts += interval;
+			if (next_alerts < bus_clock_monotonic())
+				next_alerts = bus_clock_monotonic() + interval;
+		}
 		pthread_mutex_lock(&fs->ticker_lock);
 	}
 	pthread_mutex_unlock(&fs->ticker_lock);

@@ -50,6 +50,9 @@ static const struct entry agent_entries[] = {
 	{"errors", N_AGENT_ERRORS, N_AGENT_DIR, S_IFREG | 0444},
 	{"health", N_HEALTH, N_AGENT_DIR, S_IFREG | 0644},
 	{"metrics", N_AGENT_METRICS, N_AGENT_DIR, S_IFREG | 0644},
+	{"claim", N_CLAIM, N_AGENT_DIR, S_IFREG | 0400},
+	{"inflight", N_INFLIGHT, N_AGENT_DIR, S_IFDIR | 0700},
+	{"dead", N_DEAD, N_AGENT_DIR, S_IFDIR | 0700},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -79,6 +82,10 @@ fuse_ino_t ino_of(const struct node_ref *r)
 		return (uint64_t)INO_INBOX << INO_KIND_SHIFT | (r->number & kind_mask);
 	case N_OUTBOX_MSG:
 		return (uint64_t)INO_OUTBOX << INO_KIND_SHIFT | (r->number & kind_mask);
+	case N_LEASE_MSG:
+		return (uint64_t)INO_LEASE << INO_KIND_SHIFT | (r->token & kind_mask);
+	case N_DEAD_MSG:
+		return (uint64_t)INO_DEAD << INO_KIND_SHIFT | (r->number & kind_mask);
 	default:
 		return (uint64_t)INO_AGENT << INO_KIND_SHIFT | (r->agent_id & INO_AGENT_ID_MAX) << 8 |
 		       (uint64_t)(r->node - N_AGENT_DIR);
@@ -87,7 +94,7 @@ fuse_ino_t ino_of(const struct node_ref *r)
 
 struct node_ref ref_of(struct fs *fs, fuse_ino_t ino)
 {
-	struct node_ref r = {N_NONE, 0, 0};
+	struct node_ref r = {N_NONE, 0, 0, 0};
 	uint64_t low = ino & ((UINT64_C(1) << INO_KIND_SHIFT) - 1);
 	switch (ino >> INO_KIND_SHIFT) {
 	case INO_FIXED:
@@ -111,7 +118,18 @@ struct node_ref ref_of(struct fs *fs, fuse_ino_t ino)
 	case INO_OUTBOX:
 		r.node = ino >> INO_KIND_SHIFT == INO_INBOX ? N_INBOX_MSG : N_OUTBOX_MSG;
 		r.number = low;
-		r.agent_id = bus_message_holder(fs->bus, low, r.node == N_INBOX_MSG);
+		r.agent_id = bus_message_holder(fs->bus, low,
+						r.node == N_INBOX_MSG ? BUS_INBOX : BUS_OUTBOX);
+		break;
+	case INO_LEASE:
+		r.node = N_LEASE_MSG;
+		r.token = low;
+		bus_lease_find(fs->bus, low, &r.agent_id, &r.number);
+		break;
+	case INO_DEAD:
+		r.node = N_DEAD_MSG;
+		r.number = low;
+		r.agent_id = bus_message_holder(fs->bus, low, BUS_DEAD);
 		break;
 	}
 	return r;
@@ -140,7 +158,7 @@ static double attr_timeout(enum node n)
 {
 	switch (n) {
 	case N_ROOT: case N_README: case N_AGENTS: case N_HEALTH_DIR: case N_METRICS_DIR:
-	case N_ALERTS_DIR: case N_SEND: case N_NEXT:
+	case N_ALERTS_DIR: case N_SEND: case N_NEXT: case N_CLAIM:
 		return LONG_TIMEOUT;
 	default:
 		return 0.0;
@@ -202,12 +220,36 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 		break;
 	case N_AGENT_DIR:
 		st->st_mode = S_IFDIR | 0755;
-		st->st_nlink = 4;
+		st->st_nlink = 6;
 		break;
 	case N_INBOX:
 		st->st_nlink = 2;
 		st->st_size = a.depth;
 		break;
+	case N_INFLIGHT:
+		st->st_nlink = 2;
+		st->st_size = a.leased;
+		break;
+	case N_DEAD:
+		st->st_nlink = 2;
+		st->st_size = a.dead;
+		break;
+	case N_LEASE_MSG:
+	case N_DEAD_MSG: {
+		/* Their content is rendered (the lease or the dead letter's record added). */
+		struct buf doc;
+		buf_init(&doc);
+		int rc = r->agent_id ? bus_place_render(fs->bus, r->agent_id,
+							r->node == N_LEASE_MSG ? BUS_INFLIGHT : BUS_DEAD,
+							r->number, &doc)
+				     : -ENOENT;
+		st->st_mode = S_IFREG | 0600;
+		st->st_size = (off_t)doc.len;
+		buf_free(&doc);
+		if (rc < 0)
+			return rc;
+		break;
+	}
 	case N_OUTBOX:
 		st->st_nlink = 2;
 		st->st_size = a.outbox_count;
@@ -257,9 +299,10 @@ void node_path(struct fs *fs, const struct node_ref *r, const char *name, char *
 		snprintf(out, n, "agents/%s/outbox/%s", a.name, to.name);
 		break;
 	}
-	case N_INBOX_MSG: case N_OUTBOX_MSG:
+	case N_INBOX_MSG: case N_OUTBOX_MSG: case N_LEASE_MSG: case N_DEAD_MSG:
 		snprintf(out, n, "agents/%s/%s/%" PRIu64, a.name,
-			 r->node == N_INBOX_MSG ? "inbox" : "outbox", r->number);
+			 r->node == N_INBOX_MSG ? "inbox" : r->node == N_OUTBOX_MSG ? "outbox"
+			 : r->node == N_LEASE_MSG ? "inflight" : "dead", r->number);
 		break;
 	default:
 		snprintf(out, n, "agents/%s/%s%s%s", a.name, e ? e->name : "?", name ? "/" : "",
@@ -279,7 +322,8 @@ static void reply_entry(fuse_req_t req, struct fs *fs, const struct node_ref *r)
 	e.ino = e.attr.st_ino;
 	e.generation = 1;
 	e.attr_timeout = attr_timeout(r->node);
-	bool server_made = r->node == N_INBOX_MSG || r->node == N_OUTBOX_MSG;
+	bool server_made = r->node == N_INBOX_MSG || r->node == N_OUTBOX_MSG ||
+			   r->node == N_LEASE_MSG || r->node == N_DEAD_MSG;
 	e.entry_timeout = server_made ? 0.0 : LONG_TIMEOUT;
 	fuse_reply_entry(req, &e);
 }
@@ -289,7 +333,7 @@ static void reply_entry(fuse_req_t req, struct fs *fs, const struct node_ref *r)
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node_ref p = ref_of(fs, parent), r = {N_NONE, p.agent_id, 0};
+	struct node_ref p = ref_of(fs, parent), r = {N_NONE, p.agent_id, 0, 0};
 	struct bus_agent_info a;
 
 	switch (p.node) {
@@ -324,6 +368,32 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 							  : bus_outbox_get(fs->bus, p.agent_id, r.number);
 		if (m && strcmp(m->msg_id, id) == 0)
 			r.node = p.node == N_INBOX ? N_INBOX_MSG : N_OUTBOX_MSG;
+		message_unref(m);
+		break;
+	}
+	case N_INFLIGHT: {
+		/* A lease's file: the name's token must be the message's lease now. */
+		char id[BUS_MSG_ID_LEN + 1];
+		uint64_t token, agent_id, number;
+		r.number = lease_parse_file_name(name, id, &token);
+		if (!r.number || bus_lease_find(fs->bus, token, &agent_id, &number) < 0 ||
+		    agent_id != p.agent_id || number != r.number)
+			break;
+		struct bus_message *m = bus_place_get(fs->bus, p.agent_id, BUS_INFLIGHT, r.number);
+		if (m && strcmp(m->msg_id, id) == 0) {
+			r.node = N_LEASE_MSG;
+			r.token = token;
+		}
+		message_unref(m);
+		break;
+	}
+	case N_DEAD: {
+		char id[BUS_MSG_ID_LEN + 1];
+		r.number = message_parse_file_name(name, id);
+		struct bus_message *m = r.number ? bus_place_get(fs->bus, p.agent_id, BUS_DEAD,
+								 r.number) : NULL;
+		if (m && strcmp(m->msg_id, id) == 0)
+			r.node = N_DEAD_MSG;
 		message_unref(m);
 		break;
 	}
@@ -380,16 +450,19 @@ static bool dir_add(struct dirfill *d, const char *name, fuse_ino_t ino, mode_t 
 static int add_agent(void *ctx, const struct bus_agent_info *a)
 {
 	struct dirfill *d = ctx;
-	struct node_ref r = {N_AGENT_DIR, a->id, 0};
+	struct node_ref r = {N_AGENT_DIR, a->id, 0, 0};
 	return !dir_add(d, a->name, ino_of(&r), S_IFDIR, (off_t)(a->id + 2));
 }
 
 static int add_message(void *ctx, const struct bus_message *m)
 {
 	struct dirfill *d = ctx;
-	char name[BUS_FILE_NAME_LEN + 1];
-	struct node_ref r = {d->child, d->agent_id, m->number};
-	message_file_name(m, name);
+	char name[BUS_FILE_NAME_LEN + 32];
+	struct node_ref r = {d->child, d->agent_id, m->number, m->token};
+	if (d->child == N_LEASE_MSG)
+		lease_file_name(m, name, sizeof name);
+	else
+		message_file_name(m, name);
 	return !dir_add(d, name, ino_of(&r), S_IFREG, (off_t)(m->number + 2));
 }
 
@@ -427,19 +500,27 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	for (size_t i = 0; i < n; i++) {
 		if ((off_t)i + 3 <= off || table[i].parent != r.node)
 			continue;
-		struct node_ref c = {table[i].node, r.agent_id, 0};
+		struct node_ref c = {table[i].node, r.agent_id, 0, 0};
 		if (!dir_add(&d, table[i].name, ino_of(&c), table[i].mode, (off_t)i + 3))
 			goto done;
 	}
 	uint64_t after = off > 2 ? (uint64_t)off - 2 : 0;
 	if (r.node == N_AGENTS)
 		bus_agent_list(fs->bus, after, add_agent, &d);
-	else if (r.node == N_INBOX || r.node == N_OUTBOX) {
-		d.child = r.node == N_INBOX ? N_INBOX_MSG : N_OUTBOX_MSG;
-		if (r.node == N_INBOX)
-			bus_inbox_list(fs->bus, r.agent_id, after, add_message, &d);
-		else
-			bus_outbox_list(fs->bus, r.agent_id, after, add_message, &d);
+	else if (r.node == N_INBOX || r.node == N_OUTBOX || r.node == N_INFLIGHT ||
+		 r.node == N_DEAD) {
+		static const struct { enum node dir, child; enum bus_place place; } views[] = {
+			{N_INBOX, N_INBOX_MSG, BUS_INBOX},
+			{N_OUTBOX, N_OUTBOX_MSG, BUS_OUTBOX},
+			{N_INFLIGHT, N_LEASE_MSG, BUS_INFLIGHT},
+			{N_DEAD, N_DEAD_MSG, BUS_DEAD},
+		};
+		for (size_t i = 0; i < COUNT(views); i++) {
+			if (views[i].dir != r.node)
+				continue;
+			d.child = views[i].child;
+			bus_place_list(fs->bus, r.agent_id, views[i].place, after, add_message, &d);
+		}
 	}
 done:
 	fuse_reply_buf(req, buf, d.used);

@@ -1,7 +1,10 @@
-/* waiters.c — `next` readers that wait: parked requests, poll handles, the notifier.
+/* waiters.c — `next` and `claim` readers that wait: parked requests, poll handles,
+ * the notifier.
  *
- * A `cat agents/A/next` on an empty inbox costs no thread: its request is parked
- * here and answered later, when a delivery, a drain or a removal wakes agent A.
+ * A `cat agents/A/next` (or `claim`) on an empty inbox costs no thread: its request
+ * is parked here and answered later, when a delivery, a drain, a removal, a lease
+ * that ended or a nak's delay wakes agent A. A woken claim leases its message then,
+ * so a reader that is answered holds the lease it reads.
  * Exactly one side answers a parked request: whoever takes it off the list under
  * park_lock (the waker, the interrupt callback or shutdown) replies and frees it.
  * Poll handles are handed to the notifier thread, the only thread that calls
@@ -52,8 +55,18 @@ static void park_link(struct fs *fs, struct parked *p)
 	fs->nparked++;
 }
 
+bool next_answered(const struct handle *h) { return h->msg || h->claimed || h->next_done; }
+
 void next_reply(fuse_req_t req, struct handle *h, size_t size, off_t off)
 {
+	if (h->node == N_CLAIM) {
+		if (!h->claimed || off < 0 || (size_t)off >= h->doc.len)
+			fuse_reply_buf(req, NULL, 0);
+		else
+			fuse_reply_buf(req, h->doc.data + off,
+				       h->doc.len - (size_t)off < size ? h->doc.len - (size_t)off : size);
+		return;
+	}
 	if (!h->msg || off < 0 || (size_t)off >= h->msg->len) {
 		fuse_reply_buf(req, NULL, 0);
 		return;
@@ -62,11 +75,31 @@ void next_reply(fuse_req_t req, struct handle *h, size_t size, off_t off)
 	fuse_reply_buf(req, h->msg->envelope + off, n < size ? n : size);
 }
 
-/* Outcome of looking at an agent's inbox for a `next` reader. */
-enum next_state { NEXT_MESSAGE, NEXT_EOF, NEXT_WAIT };
+/* Outcome of looking at an agent's inbox for a `next` or `claim` reader. */
+enum next_state { NEXT_MESSAGE, NEXT_EOF, NEXT_WAIT, NEXT_ERROR };
 
-static enum next_state next_look(struct fs *fs, struct handle *h)
+/* A claim leases its message now; a refusal other than "nothing to claim" (the store
+ * is full, say) is the read's error, logged. */
+static enum next_state claim_look(struct fs *fs, struct handle *h, struct bus_error *err)
 {
+	bool draining = false;
+	buf_reset(&h->doc);
+	int rc = bus_claim(fs->bus, h->agent_id, h->uid, &h->doc, &draining, err);
+	if (rc == 0) {
+		h->claimed = true;
+		return NEXT_MESSAGE;
+	}
+	if (rc == -ENOENT || (rc == -EAGAIN && (draining || fs->stopping))) {
+		h->next_done = true;
+		return NEXT_EOF;
+	}
+	return rc == -EAGAIN ? NEXT_WAIT : NEXT_ERROR;
+}
+
+static enum next_state next_look(struct fs *fs, struct handle *h, struct bus_error *err)
+{
+	if (h->node == N_CLAIM)
+		return claim_look(fs, h, err);
 	bool draining = false;
 	struct bus_message *m = NULL;
 	int rc = bus_next_peek(fs->bus, h->agent_id, &m, &draining);
@@ -101,11 +134,28 @@ static void on_interrupt(fuse_req_t req, void *data)
 	}
 }
 
+/* Answers a read whose look did not say wait: the message, end-of-file or the error. */
+static void answer(struct fs *fs, fuse_req_t req, struct handle *h, size_t size,
+		   enum next_state s, const struct bus_error *err)
+{
+	if (s == NEXT_ERROR) {
+		struct bus_agent_info a;
+		bool known = bus_agent_by_id(fs->bus, h->agent_id, &a) == 0;
+		bus_log_error(fs->bus, known ? a.name : NULL, "read", h->path, h->uid, err);
+		log_msg(LOG_INFO, "read %s by uid %u: %s: %s", h->path, (unsigned)h->uid,
+			bus_errno_name(err->code), err->reason);
+		fuse_reply_err(req, err->code);
+		return;
+	}
+	next_reply(req, h, size, 0);
+}
+
 void waiters_park(struct fs *fs, fuse_req_t req, struct handle *h, size_t size, bool nonblock)
 {
-	enum next_state s = next_look(fs, h);
+	struct bus_error err = {0};
+	enum next_state s = next_look(fs, h, &err);
 	if (s != NEXT_WAIT) {
-		next_reply(req, h, size, 0);
+		answer(fs, req, h, size, s, &err);
 		return;
 	}
 	if (nonblock) {
@@ -172,21 +222,26 @@ void waiters_wake(void *ctx, uint64_t agent_id)
 
 	for (struct parked *p = mine, *next; p; p = next) {
 		next = p->next;
-		if (next_look(fs, p->h) == NEXT_WAIT) {
+		struct bus_error err = {0};
+		enum next_state s = next_look(fs, p->h, &err);
+		if (s == NEXT_WAIT) {
 			pthread_mutex_lock(&fs->park_lock);
 			park_link(fs, p);
 			pthread_mutex_unlock(&fs->park_lock);
 			continue;
 		}
-		next_reply(p->req, p->h, p->size, 0);
+		answer(fs, p->req, p->h, p->size, s, &err);
 		free(p);
 	}
 }
 
 void waiters_poll(struct fs *fs, fuse_req_t req, struct handle *h, struct fuse_pollhandle *ph)
 {
-	bool ready = h->msg || h->next_done;
-	if (!ready) {
+	bool ready = next_answered(h);
+	if (!ready && h->node == N_CLAIM) {
+		bool draining = false;
+		ready = bus_claim_ready(fs->bus, h->agent_id, &draining) || draining;
+	} else if (!ready) {
 		bool draining = false;
 		struct bus_message *m = NULL;
 		int rc = bus_next_peek(fs->bus, h->agent_id, &m, &draining);
@@ -216,7 +271,7 @@ void waiters_poll(struct fs *fs, fuse_req_t req, struct handle *h, struct fuse_p
 
 void waiters_forget_handle(struct fs *fs, struct handle *h)
 {
-	if (h->node != N_NEXT)
+	if (h->node != N_NEXT && h->node != N_CLAIM)
 		return;
 	pthread_mutex_lock(&fs->park_lock);
 	if (h->ph) {

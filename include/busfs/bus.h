@@ -22,6 +22,7 @@
 #define BUS_ERRORS_KEEP 1000
 #define BUS_ERRORS_KEEP_PER_UID 100  /* of the top-level log's lines */
 #define BUS_ERRORS_PER_SECOND 10     /* a uid's refusals logged a second, the rest counted */
+#define BUS_MAX_SECONDS 2678400.0    /* the longest lease, nak delay or ttl: 31 days */
 
 struct bus_config {
 	const char *store_dir;
@@ -39,6 +40,10 @@ struct bus_config {
 	uint32_t max_agents_per_uid;    /* default 1000: beyond, mkdir gives EDQUOT */
 	uint64_t max_bytes_per_uid;     /* default store_max_bytes / 4: pending + drafts */
 	uint32_t max_drafts_per_sender; /* default 64 open drafts of one uid to one inbox */
+	/* Leases (SPEC §10); 0 means the default. */
+	double lease_s;              /* default 60: a claim's lease, and what extend adds */
+	uint32_t max_deliver;        /* default 5: the lease that many ends dead */
+	double message_ttl_s;        /* default 0 (none): a message's ttl unless it has one */
 };
 
 struct bus_agent_info {
@@ -52,6 +57,9 @@ struct bus_agent_info {
 	uint32_t reserved;           /* slots held by open outbox files */
 	uint64_t delivered_total;
 	uint64_t acked_total;
+	uint32_t leased;             /* messages in inflight/ */
+	uint32_t dead;               /* messages in dead/ */
+	uint64_t redelivered_total;
 	uint32_t outbox_count;
 	size_t errors_bytes;
 	int64_t last_seen_us;        /* last health report or heartbeat, 0 if none */
@@ -97,10 +105,20 @@ int bus_agent_by_id(struct bus *bus, uint64_t id, struct bus_agent_info *out);
 void bus_agent_list(struct bus *bus, uint64_t after_id,
 		    int (*fn)(void *ctx, const struct bus_agent_info *a), void *ctx);
 
-/* The agent whose inbox (inbox true) or outbox holds message `number` (a store-wide
- * delivery number): its id, or 0 when none does. */
-uint64_t bus_message_holder(struct bus *bus, uint64_t number, bool inbox);
-/* Inbox and outbox views. _get returns a referenced message or NULL. */
+/* The places an agent keeps messages in: what it sent (outbox/), what waits for it
+ * (inbox/), what a worker holds a lease on (inflight/) and its dead letters (dead/).
+ * BUS_INBOX is 1 and BUS_OUTBOX 0, as the `inbox` flag they replace. */
+enum bus_place { BUS_OUTBOX = 0, BUS_INBOX = 1, BUS_INFLIGHT = 2, BUS_DEAD = 3 };
+
+/* The agent whose place holds message `number` (a store-wide delivery number): its
+ * id, or 0 when none does. */
+uint64_t bus_message_holder(struct bus *bus, uint64_t number, enum bus_place place);
+/* Views of the places. _get returns a referenced message or NULL. */
+struct bus_message *bus_place_get(struct bus *bus, uint64_t agent_id, enum bus_place place,
+				  uint64_t number);
+void bus_place_list(struct bus *bus, uint64_t agent_id, enum bus_place place,
+		    uint64_t after_number, int (*fn)(void *ctx, const struct bus_message *m),
+		    void *ctx);
 struct bus_message *bus_inbox_get(struct bus *bus, uint64_t agent_id, uint64_t number);
 struct bus_message *bus_outbox_get(struct bus *bus, uint64_t agent_id, uint64_t number);
 void bus_inbox_list(struct bus *bus, uint64_t agent_id, uint64_t after_number,
@@ -125,6 +143,44 @@ void bus_draft_discard(struct bus *bus, struct bus_draft *d);
 void bus_draft_close(struct bus *bus, struct bus_draft *d);
 const char *bus_draft_sender(const struct bus_draft *d);
 
+/* Leases (SPEC §10). A claim leases the agent's oldest claimable message and renders
+ * it into out (the envelope plus its "lease"); -EAGAIN when none can be leased now
+ * (*draining tells whether the agent is draining), -ENOENT, -EACCES, or the store's
+ * error. The owner (or root) only. */
+int bus_claim(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *out, bool *draining,
+	      struct bus_error *err);
+/* Whether a claim would find a message now (or the agent is gone or draining). */
+bool bus_claim_ready(struct bus *bus, uint64_t agent_id, bool *draining);
+/* Acks, extends (seconds 0: --lease) or naks (pending again after delay_s) the lease
+ * `token` of message `number`: ESTALE when token is not its current lease. */
+int bus_lease_ack(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
+		  uint64_t token, uid_t uid, struct bus_error *err);
+int bus_lease_extend(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
+		     uint64_t token, double seconds, uid_t uid, struct bus_error *err);
+int bus_lease_nak(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
+		  uint64_t token, double delay_s, uid_t uid, struct bus_error *err);
+/* `touch inflight/F`: the lease `token` gets --lease from now. */
+int bus_lease_touch(struct bus *bus, uint64_t token, uid_t uid, struct bus_error *err);
+/* The agent and message of a live lease; -ENOENT when it is over. */
+int bus_lease_find(struct bus *bus, uint64_t token, uint64_t *agent_id, uint64_t *number);
+/* A dead letter pending again (its deliveries reset), or removed. */
+int bus_dead_retry(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
+		   uid_t uid, struct bus_error *err);
+int bus_dead_discard(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
+		     uid_t uid, struct bus_error *err);
+/* A message file's content: the envelope, with "lease" in inflight/ and "dead" in
+ * dead/. -ENOENT when the place does not hold it. */
+int bus_place_render(struct bus *bus, uint64_t agent_id, enum bus_place place, uint64_t number,
+		     struct buf *out);
+/* Ends the leases whose deadline passed, wakes claimers of messages whose nak delay
+ * ended, and makes dead letters of pending messages past their ttl. At least every
+ * second. */
+void bus_lease_tick(struct bus *bus);
+/* inflight/ file names: "<20-digit number>-<msg_id>.<token>.json". */
+void lease_file_name(const struct bus_message *m, char *out, size_t n);
+/* The number (0 when the name is not one), the msg_id and the token of such a name. */
+uint64_t lease_parse_file_name(const char *name, char *msg_id, uint64_t *token);
+
 /* `send` records: `pending` (owned by the open file) carries a record split across
  * writes. Delivers every record this write completes, all or nothing. */
 int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pending,
@@ -133,7 +189,8 @@ int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pe
 /* Consumes message `number` of the agent's inbox (msg_id, when given, must match). */
 int bus_ack(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id, uid_t uid,
 	    struct bus_error *err);
-/* `drain`, `resume`, `ack MSG_ID` — one command per write. */
+/* `drain`, `resume`, `ack MSG_ID [TOKEN]`, `extend MSG_ID TOKEN [SECONDS]`, `nak MSG_ID
+ * TOKEN [DELAY_S]`, `retry MSG_ID` — one command per write. */
 int bus_ctl(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data, size_t len,
 	    struct bus_error *err);
 int bus_ctl_render(struct bus *bus, uint64_t agent_id, struct buf *out);

@@ -25,8 +25,18 @@ struct bus_message {
 	/* Whether an inbox and an outbox hold it: the bus's number index keeps it while
 	 * either does. Under the bus lock. */
 	bool in_inbox, in_outbox;
-	bool charged;           /* in an inbox, its bytes charged to charged_uid (quota.h) */
+	bool charged;           /* held by the bus, its bytes charged to charged_uid (quota.h) */
 	uint32_t charged_uid;
+	/* Where the recipient holds it besides its inbox (SPEC §10), and the lease state.
+	 * Under the bus lock; kept in snapshots, changed only by records. */
+	bool in_inflight, in_dead;
+	uint8_t dead_reason;    /* enum dead_reason, while in_dead */
+	uint32_t deliveries;    /* leases granted so far (reset by retry) */
+	uint64_t token;         /* the current lease's fencing token, 0 when not leased */
+	int64_t deadline_us;    /* the current lease's end */
+	int64_t ready_us;       /* not claimable before this (a nak's delay), 0 = now */
+	int64_t expires_us;     /* its ttl ends (0: none); carried by its record */
+	int64_t dead_us;        /* when it became a dead letter */
 	/* In the same allocation, after the envelope: a pending message costs its
 	 * envelope and little more (1,000 agents x 100 messages fit in 64 MiB). */
 	const char *from;
@@ -63,12 +73,13 @@ struct envelope {
 	bool urgent;
 	const char *corr_token;     /* JSON string token or NULL */
 	size_t corr_len;
+	int64_t expires_us;         /* ttl end, 0 for none: kept in the record, not the text */
 };
 
 void message_id_format(char *out, uint32_t store_id, int64_t time_us, uint64_t number);
 
-/* The message record of the journal: header fields and the envelope text.
- * Appends to rec; fills msg_id. */
+/* The message record of the journal: header fields and the envelope text, then
+ * (flag 2) the ttl's end. Appends to rec. */
 void message_encode(struct buf *rec, const struct envelope *env);
 
 /* The same record for a message that already exists (snapshots). */

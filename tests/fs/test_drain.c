@@ -32,8 +32,9 @@ BUS_TEST(drain, ctl_reports_the_agent_state_and_counters)
 {
     bus_agents(&bus, "alice", "bob", NULL);
     json_t *ctl = bus_ctl("bob");
+    /* SPEC §7's fields, and the lease counters §10 adds. */
     bus_assert_keys(ctl, "agent", "state", "inbox_depth", "reserved", "delivered_total",
-                    "acked_total", NULL);
+                    "acked_total", "leased", "dead", "redelivered_total", NULL);
     cr_assert_str_eq(bus_str(ctl, "agent"), "bob");
     cr_assert_str_eq(bus_str(ctl, "state"), "active");
     cr_assert_eq(bus_int(ctl, "inbox_depth"), 0);

@@ -1731,7 +1731,11 @@ BUS_TEST(ctl_render_shows_the_agents_state_as_json)
     cr_assert_eq(bus_ctl_render(the_bus, id_of("bob"), &out), 0);
     json_t *v = json_loadb(out.data, out.len, 0, NULL);
     cr_assert_not_null(v, "%s", out.data);
-    cr_assert_eq(json_object_size(v), 6);
+    /* SPEC §7's six fields, and the three of §10's leases. */
+    cr_assert_eq(json_object_size(v), 9);
+    cr_assert_eq(jint(v, "leased"), 0);
+    cr_assert_eq(jint(v, "dead"), 0);
+    cr_assert_eq(jint(v, "redelivered_total"), 0);
     cr_assert_str_eq(jstr(v, "agent"), "bob");
     cr_assert_str_eq(jstr(v, "state"), "draining");
     cr_assert_eq(jint(v, "inbox_depth"), 1);
