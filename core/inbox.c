@@ -79,8 +79,14 @@ int inbox_add(struct inbox *in, struct bus_message *m)
 	size_t at = in->tail;
 	if (at > in->head && in->nums[at - 1] >= m->number) {
 		at = inbox_search(in, m->number);
-		if (at < in->tail && in->nums[at] == m->number)
-			return -EEXIST;
+		if (at < in->tail && in->nums[at] == m->number) {
+			/* The hole it left when it was taken out (a lease that ended). */
+			if (in->msgs[at])
+				return -EEXIST;
+			in->msgs[at] = m;
+			in->live++;
+			return 0;
+		}
 		memmove(in->nums + at + 1, in->nums + at, (in->tail - at) * sizeof *in->nums);
 		memmove(in->msgs + at + 1, in->msgs + at, (in->tail - at) * sizeof *in->msgs);
 	}

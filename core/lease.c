@@ -126,12 +126,14 @@ int lease_index_put(struct bus *bus, uint64_t token, uint64_t number)
 /* ---------- records ---------- */
 
 /* Moves m from one of the agent's places to another; the new place's room was made
- * first, so this cannot fail. */
-static void move(struct bus *bus, struct agent *a, struct bus_message *m, enum bus_place from,
-		 enum bus_place to)
+ * first, so this cannot fail for memory (a number already there is damage). */
+static int move(struct bus *bus, struct agent *a, struct bus_message *m, enum bus_place from,
+		enum bus_place to)
 {
-	place_put(bus, a, to, m);
-	place_take(bus, a, from, m->number);
+	int rc = place_put(bus, a, to, m);
+	if (rc == 0)
+		place_take(bus, a, from, m->number);
+	return rc;
 }
 
 /* REC_LEASE: str agent, u64 number, u64 token, u64 deadline_us, u32 delivery. A claim
@@ -151,7 +153,10 @@ int lease_apply(struct bus *bus, struct reader *r)
 			return -EINVAL;
 		if (inbox_reserve(&a->inflight, 1) < 0 || lease_index(bus, token, number) < 0)
 			return -ENOMEM;
-		move(bus, a, m, BUS_INBOX, BUS_INFLIGHT);
+		if (move(bus, a, m, BUS_INBOX, BUS_INFLIGHT) < 0) {
+			lease_unindex(bus, token);
+			return -EINVAL;
+		}
 		bus->leased++;
 		bus->last_token = token;
 		m->token = token;
@@ -194,7 +199,8 @@ int release_apply(struct bus *bus, struct reader *r)
 		return -EINVAL;
 	if (inbox_reserve(&a->inbox, 1) < 0)
 		return -ENOMEM;
-	move(bus, a, m, BUS_INFLIGHT, BUS_INBOX);
+	if (move(bus, a, m, BUS_INFLIGHT, BUS_INBOX) < 0)
+		return -EINVAL;
 	lease_unindex(bus, token);
 	m->token = 0;
 	m->ready_us = (int64_t)ready;
@@ -225,6 +231,8 @@ int dead_apply(struct bus *bus, struct reader *r)
 		return -EINVAL;
 	if (inbox_reserve(&a->dead, 1) < 0)
 		return -ENOMEM;
+	if (inbox_find(&a->dead, number))
+		return -EINVAL;
 	if (old) {
 		old = place_take(bus, a, BUS_DEAD, discarded);
 		bus_uncharge(bus, old);
@@ -232,7 +240,7 @@ int dead_apply(struct bus *bus, struct reader *r)
 		bus->dead_total[0]++;
 		message_unref(old);
 	}
-	move(bus, a, m, from, BUS_DEAD);
+	move(bus, a, m, from, BUS_DEAD); /* cannot fail: room made, number not there */
 	if (token) {
 		lease_unindex(bus, token);
 		bus->leased--;
@@ -259,7 +267,8 @@ int retry_apply(struct bus *bus, struct reader *r)
 		return -EINVAL;
 	if (inbox_reserve(&a->inbox, 1) < 0)
 		return -ENOMEM;
-	move(bus, a, m, BUS_DEAD, BUS_INBOX);
+	if (move(bus, a, m, BUS_DEAD, BUS_INBOX) < 0)
+		return -EINVAL;
 	m->dead_reason = 0;
 	m->dead_us = 0;
 	m->deliveries = 0;
