@@ -3,8 +3,9 @@
  * The user's rules and every firing alert are journal records (REC_RULES, REC_ALERT),
  * so a restart shows the same rules and does not fire again what was firing. A rule
  * is evaluated per agent: for a metric, each registered agent that wrote it; for the
- * built-in gauges busfs.agent_stale (1 when stale) and busfs.inbox_fill (depth over
- * capacity), every agent, whatever the stat. A condition must hold for `for=`
+ * built-in gauges busfs.agent_stale (1 when stale), busfs.inbox_fill (pending and
+ * leased messages over capacity) and busfs.dead_letters (letters in dead/), every
+ * agent, whatever the stat. A condition must hold for `for=`
  * seconds, measured from the first evaluation that saw it, before the alert fires. */
 #include <errno.h>
 #include <inttypes.h>
@@ -19,11 +20,16 @@
 
 #define GAUGE_STALE "busfs.agent_stale"
 #define GAUGE_FILL "busfs.inbox_fill"
+#define GAUGE_DEAD "busfs.dead_letters"
 
 static const struct rule builtin_rules[] = {
 	{"agent_stale", GAUGE_STALE, STAT_MAX, OP_GE, 1, SEV_WARNING, 0},
 	{"inbox_high", GAUGE_FILL, STAT_MAX, OP_GT, 0.8, SEV_WARNING, 0},
+	{"dead_letter", GAUGE_DEAD, STAT_MAX, OP_GE, 1, SEV_WARNING, 0},
 };
+/* The built-ins of SPEC §6, shown as rules; the later ones (§10's dead_letter) are
+ * shown in a comment, so the listing keeps the form scripts read. */
+#define NBUILTIN_V1 2
 #define NBUILTIN (sizeof builtin_rules / sizeof builtin_rules[0])
 
 /* ---------- state ---------- */
@@ -323,7 +329,10 @@ void bus_rules_render(struct bus *bus, struct buf *out)
 		      "(> replaces your rules, >> adds or replaces by name)\n"
 		      "# built-in, replaced by a rule of the same name:\n");
 	for (size_t i = 0; i < NBUILTIN; i++) {
-		if (rule_set_find(&bus->alerts.user, builtin_rules[i].name))
+		bool replaced = rule_set_find(&bus->alerts.user, builtin_rules[i].name);
+		if (i >= NBUILTIN_V1)
+			buf_puts(out, replaced ? "#   (replaced) " : "#   (built in) ");
+		else if (replaced)
 			buf_puts(out, "#   (replaced) ");
 		rule_format(out, &builtin_rules[i]);
 	}
@@ -393,12 +402,14 @@ static void eval_rule(struct eval *e)
 {
 	struct bus *bus = e->bus;
 	const char *metric = e->rule->metric;
-	if (strcmp(metric, GAUGE_STALE) == 0 || strcmp(metric, GAUGE_FILL) == 0) {
+	bool stale = strcmp(metric, GAUGE_STALE) == 0, fill = strcmp(metric, GAUGE_FILL) == 0;
+	if (stale || fill || strcmp(metric, GAUGE_DEAD) == 0) {
 		for (size_t i = 0; i < bus->nagents; i++) {
 			const struct agent *a = bus->by_name[i];
-			double v = metric[6] == 'a'
-				? (bus_agent_health(bus, a, e->now) == HEALTH_STALE)
-				: (double)a->inbox.live / (double)bus->cfg.inbox_capacity;
+			double v = stale ? (bus_agent_health(bus, a, e->now) == HEALTH_STALE)
+				 : fill ? (double)(a->inbox.live + a->inflight.live) /
+					  (double)bus->cfg.inbox_capacity
+					: (double)a->dead.live;
 			fire_or_resolve(e, a->name, v);
 		}
 		return;

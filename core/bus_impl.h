@@ -225,6 +225,8 @@ void agent_forget_messages(struct bus *bus, struct agent *a);
 void bus_uncharge(struct bus *bus, struct bus_message *m);
 void bus_uncharge_all(struct bus *bus, struct inbox *in);
 void bus_give_back(size_t bytes);
+/* When a message sent at now with ttl_s (0: --message-ttl) expires; 0 for never. */
+int64_t bus_message_expiry(const struct bus *bus, uint32_t ttl_s, int64_t now);
 int bus_prepare_messages(struct bus *bus, const uint8_t *rec, size_t len);
 void bus_prepared_clear(struct bus *bus);
 

@@ -85,6 +85,37 @@ static int check_log(const char *dir, const char *sub, const char *prefix, struc
 	return c.bad ? 1 : 0;
 }
 
+static int check_message(struct bus *bus, const struct agent *a, const char *place,
+			 const struct bus_message *m, uint64_t *last, struct buf *report)
+{
+	int problems = 0;
+	if (m->number > bus->counter || m->number <= *last) {
+		buf_printf(report, "FAIL: %s/%s: message %" PRIu64 " out of order or beyond the "
+			   "counter %" PRIu64 "\n", a->name, place, m->number, bus->counter);
+		problems++;
+	}
+	if (m->sequence == 0 || m->sequence > bus_pair_sequence(bus, m->from, m->to)) {
+		buf_printf(report, "FAIL: %s/%s: message %" PRIu64 " has sequence %" PRIu64
+			   " beyond its pair's\n", a->name, place, m->number, m->sequence);
+		problems++;
+	}
+	if (message_id_number(m->msg_id) != m->number || m->len == 0 ||
+	    m->envelope[m->len - 1] != '\n' || !json_is_value(m->envelope, m->len - 1) ||
+	    strcmp(m->to, a->name) != 0) {
+		buf_printf(report, "FAIL: %s/%s: message %" PRIu64 " is malformed\n", a->name, place,
+			   m->number);
+		problems++;
+	}
+	if (m->in_inflight && (m->token == 0 || m->token > bus->last_token)) {
+		buf_printf(report, "FAIL: %s/inflight: message %" PRIu64 " has lease token %" PRIu64
+			   " beyond the last %" PRIu64 "\n", a->name, m->number, m->token,
+			   bus->last_token);
+		problems++;
+	}
+	*last = m->number;
+	return problems;
+}
+
 int bus_check_store(const char *dir, struct buf *report)
 {
 	struct bus_config cfg = {.store_dir = dir};
@@ -109,37 +140,25 @@ int bus_check_store(const char *dir, struct buf *report)
 	if (rep.torn_bytes)
 		buf_printf(report, "note: %" PRIu64 " byte(s) of a torn final record will be cut at "
 			   "the next start\n", rep.torn_bytes);
-	/* Every pending message: number within the counter, sequence within its pair. */
+	/* Every message an agent holds (pending, leased, dead): number within the counter,
+	 * sequence within its pair, a whole envelope; a lease's token within the counter. */
+	static const char *const place_names[] = {"outbox", "inbox", "inflight", "dead"};
 	for (size_t k = 0; k < bus->nagents; k++) {
 		struct agent *a = bus->by_id[k];
-		uint64_t last = 0;
-		for (size_t i = a->inbox.head; i < a->inbox.tail; i++) {
-			struct bus_message *m = a->inbox.msgs[i];
-			if (!m)
-				continue;
-			if (m->number > bus->counter || m->number <= last) {
-				buf_printf(report, "FAIL: %s: message %" PRIu64 " out of order or beyond "
-					   "the counter %" PRIu64 "\n", a->name, m->number, bus->counter);
-				problems++;
+		for (enum bus_place p = BUS_INBOX; p <= BUS_DEAD; p++) {
+			const struct inbox *in = agent_place(a, p);
+			uint64_t last = 0;
+			for (size_t i = in->head; i < in->tail; i++) {
+				struct bus_message *m = in->msgs[i];
+				if (m)
+					problems += check_message(bus, a, place_names[p], m, &last, report);
 			}
-			if (m->sequence == 0 || m->sequence > bus_pair_sequence(bus, m->from, m->to)) {
-				buf_printf(report, "FAIL: %s: message %" PRIu64 " has sequence %" PRIu64
-					   " beyond its pair's\n", a->name, m->number, m->sequence);
-				problems++;
-			}
-			if (message_id_number(m->msg_id) != m->number || m->len == 0 ||
-			    m->envelope[m->len - 1] != '\n' ||
-			    !json_is_value(m->envelope, m->len - 1) || strcmp(m->to, a->name) != 0) {
-				buf_printf(report, "FAIL: %s: message %" PRIu64 " is malformed\n",
-					   a->name, m->number);
-				problems++;
-			}
-			last = m->number;
 		}
 	}
-	buf_printf(report, "%zu agent(s), %" PRIu64 " pending message(s), counter %" PRIu64
-		   ", %zu sender/recipient pair(s)\n", bus->nagents, bus->pending, bus->counter,
-		   bus->seqs.count);
+	buf_printf(report, "%zu agent(s), %" PRIu64 " pending message(s) (%" PRIu64 " leased), %"
+		   PRIu64 " dead letter(s), counter %" PRIu64 ", last lease token %" PRIu64
+		   ", %zu sender/recipient pair(s)\n", bus->nagents, bus->pending, bus->leased,
+		   bus->dead, bus->counter, bus->last_token, bus->seqs.count);
 	problems += check_stray(dir, report);
 	problems += check_log(dir, "metrics", "points", report);
 	problems += check_log(dir, "alerts", "alerts", report);

@@ -31,13 +31,15 @@ static int ack_message(struct bus *bus, struct agent *a, struct bus_message *m,
 		struct buf payload;
 		buf_init(&payload);
 		buf_printf(&payload, "{\"ack\":\"%s\"}", m->msg_id);
+		int64_t now = bus_clock_now_us();
 		static const char TYPE_ACK[] = "\"ack\"";
 		struct envelope env = {
 			.from = a->name, .to = sender->name,
 			.number = bus->counter + 1,
 			.sequence = bus_pair_sequence(bus, a->name, sender->name) + 1,
-			.time_us = bus_clock_now_us(), .store_id = store_id(bus->store),
+			.time_us = now, .store_id = store_id(bus->store),
 			.type_token = TYPE_ACK, .type_len = sizeof TYPE_ACK - 1,
+			.expires_us = bus_message_expiry(bus, 0, now),
 			.payload = payload.data, .payload_len = payload.len,
 			.corr_token = m->corr_len ? m->envelope + m->corr_off : NULL,
 			.corr_len = m->corr_len,

@@ -163,6 +163,12 @@ static int deliver(struct bus *bus, struct bus_message *m, bool count)
 	return set_sequence(bus, m->from, m->to, m->sequence);
 }
 
+int64_t bus_message_expiry(const struct bus *bus, uint32_t ttl_s, int64_t now)
+{
+	double ttl = ttl_s ? (double)ttl_s : bus->cfg.message_ttl_s;
+	return ttl > 0 ? now + (int64_t)(ttl * 1e6) : 0;
+}
+
 /* REC_DELIVER: u32 n, n x message. */
 int deliver_apply(struct bus *bus, struct reader *r)
 {

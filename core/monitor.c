@@ -131,6 +131,18 @@ void bus_prom_render(struct bus *bus, struct buf *out)
 	for (size_t i = 0; i < bus->nagents; i++)
 		buf_printf(out, "busfs_inbox_depth{agent=\"%s\"} %zu\n", bus->by_name[i]->name,
 			   bus->by_name[i]->inbox.live);
+	family(out, "busfs_leases_active", "gauge", "Messages leased by a claim now (inflight/).");
+	buf_printf(out, "busfs_leases_active %" PRIu64 "\n", bus->leased);
+	family(out, "busfs_redeliveries_total", "counter",
+	       "Leases that ended without an ack (expired or nak), the message pending again or dead.");
+	buf_printf(out, "busfs_redeliveries_total %" PRIu64 "\n", bus->redeliveries_total);
+	family(out, "busfs_dead_letters_total", "counter",
+	       "Dead letters made, by reason; discarded: pushed out of a full dead/.");
+	for (int r = 0; r < DEAD_NREASONS; r++)
+		buf_printf(out, "busfs_dead_letters_total{reason=\"%s\"} %" PRIu64 "\n",
+			   bus_dead_reason_name(r), bus->dead_total[r]);
+	family(out, "busfs_dead_letters", "gauge", "Dead letters held now (dead/).");
+	buf_printf(out, "busfs_dead_letters %" PRIu64 "\n", bus->dead);
 	family(out, "busfs_inbox_capacity", "gauge", "Messages an inbox holds (--inbox-capacity).");
 	buf_printf(out, "busfs_inbox_capacity %u\n", bus->cfg.inbox_capacity);
 	for (size_t i = 0; i < bus->nagents; i++) {

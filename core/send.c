@@ -340,6 +340,7 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 			.time_us = now, .store_id = store_id(bus->store),
 			.type_token = TYPE_MESSAGE, .type_len = sizeof TYPE_MESSAGE - 1,
 			.payload = payload.data, .payload_len = payload.len, .base64 = base64,
+			.expires_us = bus_message_expiry(bus, 0, now),
 		};
 		message_encode(rec, &env);
 	}
@@ -393,6 +394,7 @@ struct send_record {
 	size_t corr_len;
 	bool requires_ack;
 	bool urgent;
+	uint32_t ttl_s;         /* 0: --message-ttl */
 };
 
 /* Decodes a JSON scalar token with jansson (tokens are small: names, flags, ids). */
@@ -488,6 +490,12 @@ static int parse_record(struct bus *bus, const struct agent *sender, const char 
 					      "of at most 256 bytes", index);
 			r->corr = m[i].value;
 			r->corr_len = m[i].value_len;
+		} else if (strcmp(k, "ttl_s") == 0) {
+			json_int_t t = json_is_integer(v) ? json_integer_value(v) : 0;
+			if (t < 1 || t > (json_int_t)BUS_MAX_SECONDS)
+				rc = bus_fail(err, EINVAL, "record %u: \"ttl_s\" must be an integer from 1 "
+					      "to %.0f", index, BUS_MAX_SECONDS);
+			r->ttl_s = (uint32_t)(t > 0 ? t : 0);
 		} else if (strcmp(k, "from") == 0) {
 			if (!json_is_string(v))
 				rc = bus_fail(err, EINVAL, "record %u: \"from\" must be a string", index);
@@ -592,6 +600,7 @@ static int encode_for_recipient(struct bus *bus, struct agent *a, void *ctx)
 		.type_token = b->rec->type, .type_len = b->rec->type_len,
 		.payload = payload.data, .payload_len = payload.len,
 		.requires_ack = b->rec->requires_ack, .urgent = b->rec->urgent,
+		.expires_us = bus_message_expiry(bus, b->rec->ttl_s, b->now),
 		.corr_token = b->rec->corr, .corr_len = b->rec->corr_len,
 	};
 	message_encode(&bus->rec, &env);

@@ -1,6 +1,7 @@
 /*
- * fuzz_ctl.c — ctl commands (core/send.c bus_ctl: drain, resume, ack MSG_ID) on the
- * fuzz bus, checked against a reference model of the command grammar.
+ * fuzz_ctl.c — ctl commands (core/ctl.c bus_ctl: drain, resume, ack MSG_ID [TOKEN],
+ * extend, nak, retry) on the fuzz bus, checked against a reference model of the
+ * command grammar.
  *
  * Input: byte 0 = flags (bit 0: written by another uid; bit 1: bob first sends alice a
  * message that requires an ack, with a correlation_id; bit 2: alice starts draining),
@@ -20,8 +21,10 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "busfs/bus.h"
 #include "busfs/message.h"
 #include "common.h"
 
@@ -49,7 +52,35 @@ static void set_draining(bool on)
 		   err.reason);
 }
 
-/* What bus_ctl must answer, from the command grammar. */
+/* A lease token: decimal digits, > 0, no overflow. */
+static bool model_token(const char *w)
+{
+	uint64_t v = 0;
+	if (!*w)
+		return false;
+	for (; *w; w++) {
+		if (*w < '0' || *w > '9' || v > (UINT64_MAX - 9) / 10)
+			return false;
+		v = v * 10 + (uint64_t)(*w - '0');
+	}
+	return v > 0;
+}
+
+/* Seconds: a number that starts with a digit or '.', 0 to 31 days. */
+static bool model_seconds(const char *w, double *out)
+{
+	char *end;
+	if (!((*w >= '0' && *w <= '9') || *w == '.'))
+		return false;
+	*out = strtod(w, &end);
+	return *end == '\0' && *out >= 0 && *out <= BUS_MAX_SECONDS;
+}
+
+/* What bus_ctl must answer, from the command grammar: `drain`, `resume`, `ack MSG_ID
+ * [TOKEN]`, `extend MSG_ID TOKEN [SECONDS]`, `nak MSG_ID TOKEN [DELAY_S]`, `retry
+ * MSG_ID`. Nothing in this harness is leased or dead, so every command with a token
+ * finds no lease (ESTALE for the pending message, ENOENT for others) and retry finds
+ * no dead letter (ENOENT). */
 static int model(const char *p, size_t n, uid_t uid, const struct bus_message *oldest,
 		 bool *drain, bool *resume, bool *ack)
 {
@@ -61,30 +92,54 @@ static int model(const char *p, size_t n, uid_t uid, const struct bus_message *o
 		p++;
 		n--;
 	}
-	if (n == 0 || n >= 128 || memchr(p, '\0', n) || memchr(p, '\n', n))
+	if (n == 0 || n >= 160 || memchr(p, '\0', n) || memchr(p, '\n', n))
 		return -EINVAL;
 	bool owner = uid == 0 || uid == FUZZ_UID;
-	if (n >= 4 && memcmp(p, "ack ", 4) == 0) {
-		size_t i = 4;
-		while (i < n && p[i] == ' ')
-			i++;
-		char id[128];
-		memcpy(id, p + i, n - i);
-		id[n - i] = '\0';
-		if (!message_id_number(id))
-			return -EINVAL;
-		if (!owner)
-			return -EACCES;
-		if (!oldest || strcmp(id, oldest->msg_id) != 0)
-			return -ENOENT;
-		*ack = true;
-		return 0;
+	char text[160], *w[5] = {0};
+	int nw = 0;
+	memcpy(text, p, n);
+	text[n] = '\0';
+	for (char *save = NULL, *t = strtok_r(text, " \t", &save); t; t = strtok_r(NULL, " \t", &save))
+		if (nw < 5)
+			w[nw++] = t;
+	if (nw == 1 && (strcmp(w[0], "drain") == 0 || strcmp(w[0], "resume") == 0)) {
+		*drain = strcmp(w[0], "drain") == 0;
+		*resume = !*drain;
+		return owner ? 0 : -EACCES;
 	}
-	*drain = n == 5 && memcmp(p, "drain", 5) == 0;
-	*resume = n == 6 && memcmp(p, "resume", 6) == 0;
-	if (!*drain && !*resume)
+	const char *verb = w[0];
+	bool retry = strcmp(verb, "retry") == 0, ackv = strcmp(verb, "ack") == 0;
+	bool extend = strcmp(verb, "extend") == 0, nak = strcmp(verb, "nak") == 0;
+	if (!retry && !ackv && !extend && !nak)
 		return -EINVAL;
-	return owner ? 0 : -EACCES;
+	int most = retry ? 2 : ackv ? 3 : 4, least = extend || nak ? 3 : 2;
+	if (nw < least || nw > most || !message_id_number(w[1]))
+		return -EINVAL;
+	if (nw >= 3 && !model_token(w[2]))
+		return -EINVAL;
+	double seconds = 0;
+	if (nw == 4 && !model_seconds(w[3], &seconds)) {
+		/* Out of range is refused with the others, by the lease code. */
+		char *end;
+		double v = strtod(w[3], &end);
+		bool number = (w[3][0] >= '0' && w[3][0] <= '9') || w[3][0] == '.';
+		if (!number || *end || !(v >= 0))
+			return -EINVAL;
+		return -EINVAL;
+	}
+	if (extend && nw == 4 && seconds <= 0)
+		return -EINVAL;
+	if (!owner)
+		return -EACCES;
+	bool names_oldest = oldest && strcmp(w[1], oldest->msg_id) == 0;
+	if (retry)
+		return -ENOENT;
+	if (nw >= 3)
+		return names_oldest ? -ESTALE : -ENOENT;
+	if (!names_oldest)
+		return -ENOENT;
+	*ack = true;
+	return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
