@@ -532,12 +532,27 @@ static bool flush_of_killed_writer(fuse_req_t req, struct fs *fs, struct handle 
 	return true;
 }
 
+/* A FLUSH from another process than the one that wrote the pending bytes (a child
+ * that inherited the file and closes its copy, at exit or before an exec) leaves
+ * them for the writer's own close: a message is sent by its writer, whole, or not
+ * at all when the writer is killed. When the writer is gone, whoever closes last
+ * sends them. True when the request was answered. */
+static bool flush_of_another_process(fuse_req_t req, struct handle *h)
+{
+	pid_t pid = fuse_req_ctx(req)->pid;
+	if (!flush_pending(h) || !h->writer || h->writer == pid || same_process(pid, h->writer) ||
+	    dying_or_gone(h->writer))
+		return false;
+	fuse_reply_err(req, 0);
+	return true;
+}
+
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	struct bus_error err = {0};
-	if (flush_of_killed_writer(req, fs, h))
+	if (flush_of_killed_writer(req, fs, h) || flush_of_another_process(req, h))
 		return;
 	if (h->node == N_RULES && h->truncating && !h->cleared) {
 		/* `: > alerts/rules` clears the rules. bash's `echo ... >` flushes once
@@ -571,13 +586,14 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if (h->node == N_PAIR)
 		h->unflushed = 0;
+	bool refused_before = h->node == N_PAIR && bus_draft_poisoned(h->draft);
 	if (h->node == N_PAIR && bus_draft_flush(fs->bus, h->draft, &err) < 0) {
-		/* The write that was refused already logged its reason; a store failure here
-		 * is new and is logged now. */
-		if (err.code == EIO)
-			refuse(req, "flush", h->path, h->agent_id, &err);
-		else
+		/* The write that was refused already logged its reason; a failure of the
+		 * commit itself (memory, the store) is new and is logged now. */
+		if (refused_before)
 			fuse_reply_err(req, err.code);
+		else
+			refuse(req, "flush", h->path, h->agent_id, &err);
 		return;
 	}
 	fuse_reply_err(req, 0);

@@ -155,6 +155,8 @@ void files_close_all(struct fs *fs);
 int dying_signal(pid_t pid);
 /* pid is exiting or no longer exists (or is unknown: 0). */
 bool dying_or_gone(pid_t pid);
+/* Threads a and b belong to one process. */
+bool same_process(pid_t a, pid_t b);
 
 /* log.c */
 int log_parse_level(const char *name);   /* LOG_ERR..LOG_DEBUG, -1 when unknown */

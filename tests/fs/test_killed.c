@@ -248,3 +248,87 @@ BUS_TEST(killed, a_killed_child_that_shared_the_file_leaves_its_parents_message)
     cr_assert_str_eq(bus_str(json_array_get(inbox, 0), "payload"), "parent's message");
     json_decref(inbox);
 }
+
+/* ---- exec and fork: closes that are not the writer's ---------------------- */
+
+BUS_TEST(killed, a_writer_that_execs_with_its_message_open_close_on_exec_sends_it)
+{
+    /* exec closes an O_CLOEXEC file while the kernel holds the exec lock that
+     * /proc/PID/stat waits for: the server must answer that FLUSH without
+     * waiting on it, and the bus must go on answering everyone. */
+    bus_agents(&bus, "alice", "bob", NULL);
+    pid_t writer = fork();
+    cr_assert(writer >= 0);
+    if (writer == 0) {
+        int fd = open(AT("agents/alice/outbox/bob"), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0 || write(fd, "sent at exec", 12) != 12)
+            _exit(2);
+        execl("/bin/true", "true", (char *)NULL);
+        _exit(3);
+    }
+    cr_assert_eq(bus_wait_child(writer, BUS_WAIT_MS), 0, "the writer did not exec and end");
+    json_t *inbox = bus_inbox("bob");
+    cr_assert_eq(json_array_size(inbox), 1, "bob has %zu messages, want 1",
+                 json_array_size(inbox));
+    cr_assert_str_eq(bus_str(json_array_get(inbox, 0), "payload"), "sent at exec");
+    json_decref(inbox);
+    bus_send("alice", "bob", "the bus still answers");
+}
+
+BUS_TEST(killed, a_child_that_closes_its_copy_does_not_send_the_writers_unfinished_message)
+{
+    /* The writer forks (subprocess, system()): the child's close of the inherited
+     * file is not the writer's close. The writer then dies by a signal: nothing is
+     * sent. */
+    bus_agents(&bus, "alice", "bob", NULL);
+    int status = 0;
+    pid_t writer = fork();
+    cr_assert(writer >= 0);
+    if (writer == 0) {
+        int fd = open(AT("agents/alice/outbox/bob"), O_WRONLY | O_CREAT, 0644);
+        if (fd < 0 || write(fd, "{\"half\":", 8) != 8)
+            _exit(2);
+        pid_t child = fork();
+        if (child == 0) {
+            close(fd);
+            _exit(0);
+        }
+        if (child < 0 || bus_wait_child(child, BUS_WAIT_MS) != 0)
+            _exit(3);
+        kill(getpid(), SIGKILL);
+        _exit(4);
+    }
+    status = bus_wait_child(writer, BUS_WAIT_MS);
+    cr_assert_eq(status, 128 + SIGKILL, "the writer ended with %d", status);
+    cr_assert_eq(bus_count(AT("agents/bob/inbox")), 0, "the child's close sent the writer's half");
+    cr_assert(agent_logged("alice", "writer killed by signal 9; 8 bytes dropped"),
+              "agents/alice/errors does not say the writer's bytes were dropped");
+}
+
+BUS_TEST(killed, a_writer_that_forks_before_it_finishes_sends_one_whole_message)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    pid_t writer = fork();
+    cr_assert(writer >= 0);
+    if (writer == 0) {
+        int fd = open(AT("agents/alice/outbox/bob"), O_WRONLY | O_CREAT, 0644);
+        if (fd < 0 || write(fd, "one ", 4) != 4)
+            _exit(2);
+        pid_t child = fork();
+        if (child == 0) {
+            close(fd);
+            _exit(0);
+        }
+        if (child < 0 || bus_wait_child(child, BUS_WAIT_MS) != 0)
+            _exit(3);
+        if (write(fd, "whole message", 13) != 13 || close(fd) < 0)
+            _exit(4);
+        _exit(0);
+    }
+    cr_assert_eq(bus_wait_child(writer, BUS_WAIT_MS), 0, "the writer failed");
+    json_t *inbox = bus_inbox("bob");
+    cr_assert_eq(json_array_size(inbox), 1, "bob has %zu messages, want 1",
+                 json_array_size(inbox));
+    cr_assert_str_eq(bus_str(json_array_get(inbox, 0), "payload"), "one whole message");
+    json_decref(inbox);
+}
