@@ -40,6 +40,8 @@ struct bus_draft {
 	int poison;                       /* errno of a rejected write; nothing is sent */
 	struct buf body;
 	size_t text_len;                  /* the body's length as an escaped JSON string */
+	void *hold;                       /* memory held for the commit of a large body */
+	size_t hold_len;
 };
 
 /* The longest the payload can be once in an envelope: kept JSON, an escaped string or
@@ -55,19 +57,32 @@ static size_t payload_bound(const struct bus_draft *d)
 /* A body from this size on has its commit's memory tried at each write. */
 #define MEMORY_TRY_FROM (64u << 10)
 
-/* Whether the memory this draft's commit will take (its payload, the store record
- * and the stored messages: the payload bound plus twice the record) can be had now.
- * It is allocated and given back at once: a server short of memory then refuses at
- * write(), which every shell reports, rather than at close(), which bash's echo does
- * not. A hint, not a promise: other work may take the memory in between. */
-static bool commit_memory_available(const struct bus_draft *d, uint64_t record)
+/* Holds the memory this draft's commit will take (its payload, the store record and
+ * the stored messages: the payload bound plus twice the record) from the write on,
+ * and gives it back just before the commit allocates the same amount: a server short
+ * of memory then refuses at write(), which every shell reports, rather than at
+ * close(), which bash's echo does not. */
+static bool commit_memory_hold(struct bus_draft *d, uint64_t record)
 {
 	if (d->body.len < MEMORY_TRY_FROM)
 		return true;
 	uint64_t need = payload_bound(d) + 2 * record;
+	if (need <= d->hold_len)
+		return true;
 	void *p = need <= SIZE_MAX ? malloc((size_t)need) : NULL;
-	free(p);
-	return p != NULL;
+	if (!p)
+		return false;
+	free(d->hold);
+	d->hold = p;
+	d->hold_len = (size_t)need;
+	return true;
+}
+
+static void commit_memory_release(struct bus_draft *d)
+{
+	free(d->hold);
+	d->hold = NULL;
+	d->hold_len = 0;
 }
 
 static size_t escaped_extra(const unsigned char *p, size_t n)
@@ -85,11 +100,14 @@ static size_t escaped_extra(const unsigned char *p, size_t n)
 
 const char *bus_draft_sender(const struct bus_draft *d) { return d->sender; }
 
+bool bus_draft_poisoned(const struct bus_draft *d) { return d->poison != 0; }
+
 /* Frees a draft's body; a large one gives its memory back to the system (glibc keeps
  * freed blocks inside its heaps otherwise). */
 static void draft_free_body(struct bus_draft *d)
 {
 	bool large = d->body.cap >= BUS_TRIM_BYTES;
+	commit_memory_release(d);
 	buf_free(&d->body);
 	if (large)
 		malloc_trim(0);
@@ -284,7 +302,7 @@ int bus_draft_write(struct bus *bus, struct bus_draft *d, const void *data, size
 		/* reason filled in */
 	} else {
 		buf_append(&d->body, data, len);
-		if (!buf_ok(&d->body) || !commit_memory_available(d, record))
+		if (!buf_ok(&d->body) || !commit_memory_hold(d, record))
 			rc = bus_fail(err, ENOMEM, "out of memory for a message of %zu bytes",
 				      d->body.len);
 	}
@@ -326,6 +344,7 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 	struct buf payload;
 	buf_init(&payload);
 	bool base64;
+	commit_memory_release(d); /* the commit takes it now */
 	payload_from_body(&payload, d->body.data, d->body.len, &base64);
 	int64_t now = bus_clock_now_us();
 	struct buf *rec = &bus->rec;

@@ -142,6 +142,8 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 void bus_draft_discard(struct bus *bus, struct bus_draft *d);
 void bus_draft_close(struct bus *bus, struct bus_draft *d);
 const char *bus_draft_sender(const struct bus_draft *d);
+/* An earlier write was refused (and logged): the draft sends nothing. */
+bool bus_draft_poisoned(const struct bus_draft *d);
 
 /* Leases (SPEC §10). A claim leases the agent's oldest claimable message and renders
  * it into out (the envelope plus its "lease"); -EAGAIN when none can be leased now

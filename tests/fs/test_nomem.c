@@ -151,3 +151,68 @@ BUS_TEST(nomem, a_server_short_of_memory_refuses_with_enomem_and_keeps_what_it_a
                  c.out, c.err);
     bus_cmd_free(&c);
 }
+
+#define OPEN_DRAFTS 30
+
+/* Many large messages written side by side, then closed: the memory each commit
+ * needs is held from its writes on, so a server short of memory refuses at write();
+ * a close that still fails says why in `errors`, and nothing acknowledged is lost. */
+BUS_TEST(nomem, open_drafts_under_a_memory_cap_are_refused_at_write_and_every_refusal_is_logged)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    unsigned long long mapped = vm_size(bus.pid);
+    cr_assert_gt(mapped, 0, "no VmSize for the server");
+    if (mapped > (1ull << 40))
+        cr_skip_test("the server is built with AddressSanitizer, whose shadow memory no "
+                     "address-space limit can leave room for");
+    struct rlimit none;
+    cr_assert_eq(prlimit(bus.pid, RLIMIT_AS, NULL, &none), 0, "prlimit: %s", strerror(errno));
+    struct rlimit cap = {mapped + HEADROOM, none.rlim_max};
+    cr_assert_eq(prlimit(bus.pid, RLIMIT_AS, &cap, NULL), 0, "prlimit: %s", strerror(errno));
+
+    size_t len = 512 << 10;
+    char *body = malloc(len);
+    cr_assert_not_null(body);
+    memset(body, 'x', len);
+    int fds[OPEN_DRAFTS], written = 0, at_write = 0, at_close = 0, closed = 0;
+    bool wrote[OPEN_DRAFTS];
+    for (int i = 0; i < OPEN_DRAFTS; i++) {
+        fds[i] = open(AT("agents/alice/outbox/bob"), O_WRONLY | O_CREAT, 0644);
+        cr_assert_geq(fds[i], 0, "open %d: %s", i, strerror(errno));
+        wrote[i] = write(fds[i], body, len) == (ssize_t)len;
+        if (wrote[i]) {
+            written++;
+        } else {
+            cr_assert_eq(errno, ENOMEM, "write %d: %s", i, strerror(errno));
+            at_write++;
+        }
+    }
+    for (int i = 0; i < OPEN_DRAFTS; i++) {
+        int rc = close(fds[i]);
+        cr_assert(rc == 0 || errno == ENOMEM, "close %d: %s", i, strerror(errno));
+        cr_assert(wrote[i] || rc < 0, "close %d sent a message whose write was refused", i);
+        closed += rc == 0;
+        at_close += rc < 0 && wrote[i]; /* refused only at close */
+    }
+    free(body);
+    cr_assert_eq(prlimit(bus.pid, RLIMIT_AS, &none, NULL), 0, "prlimit: %s", strerror(errno));
+    cr_assert_gt(at_write, 0, "%d drafts of 512 KiB fit in %u MiB: the cap was not felt",
+                 OPEN_DRAFTS, HEADROOM >> 20);
+    cr_assert_gt(written, 0, "not one draft fit under the cap");
+    cr_assert_leq(at_close * 4, at_write + at_close, "%d refusals came only at close(), %d at "
+                  "write()", at_close, at_write);
+    /* The messages whose close succeeded, and only those; each refusal has its reason. */
+    json_t *in = bus_inbox("bob");
+    cr_assert_eq(json_array_size(in), (size_t)closed, "%zu messages, %d acked",
+                 json_array_size(in), closed);
+    for (size_t i = 0; i < json_array_size(in); i++)
+        cr_assert_eq(strlen(bus_str(json_array_get(in, i), "payload")), len);
+    json_decref(in);
+    char *errors = bus_read_ok(AT("errors"), NULL);
+    int logged = 0;
+    for (const char *p = errors; (p = strstr(p, "\"errno\":\"ENOMEM\"")); p++)
+        logged++;
+    free(errors);
+    cr_assert_geq(logged, at_write + at_close, "%d ENOMEM reasons in errors for %d refusals",
+                  logged, at_write + at_close);
+}
