@@ -2,6 +2,7 @@
  * store. Both load it with the same record table the server uses (records.c), so
  * what --check accepts is exactly what a start accepts. */
 #include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -11,11 +12,13 @@
 
 #include "bus_impl.h"
 #include "busfs/json.h"
+#include "busfs/regfile.h"
 
 /* ---------- offline check ---------- */
 
-/* Files a store holds; anything else in it was put there by someone else. */
-static int check_stray(const char *dir, struct buf *report)
+/* Files a store holds; anything else in it was put there by someone else. A store
+ * file of the wrong type (a FIFO as the lock, say) counts in *wrong_type. */
+static int check_stray(const char *dir, struct buf *report, int *wrong_type)
 {
 	static const char *const known[] = {
 		"lock", "format", "journal", "snapshot", "journal.tmp", "snapshot.tmp", "metrics",
@@ -36,6 +39,19 @@ static int check_stray(const char *dir, struct buf *report)
 		if (!ok) {
 			buf_printf(report, "FAIL: %s/%s is not a store file\n", dir, e->d_name);
 			problems++;
+			continue;
+		}
+		struct stat st;
+		bool is_dir = strcmp(e->d_name, "metrics") == 0 || strcmp(e->d_name, "alerts") == 0;
+		if (e->d_name[0] == '.' || strncmp(e->d_name, "damaged-", 8) == 0 ||
+		    fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue;
+		if (is_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)) {
+			buf_printf(report, "FAIL: %s/%s is %s, not a %s; busfs refuses it\n", dir,
+				   e->d_name, regfile_kind(dirfd(d), e->d_name),
+				   is_dir ? "directory" : "regular file");
+			problems++;
+			(*wrong_type)++;
 		}
 	}
 	if (d)
@@ -58,8 +74,10 @@ static int check_line(void *ctx, uint64_t off, const char *line, size_t len)
 	return 0;
 }
 
-/* A points or alerts log: contiguous segments of whole JSON lines. */
-static int check_log(const char *dir, const char *sub, const char *prefix, struct buf *report)
+/* A points or alerts log: contiguous segments of whole JSON lines. A segment that is
+ * not a regular file counts in *wrong_type. */
+static int check_log(const char *dir, const char *sub, const char *prefix, struct buf *report,
+		     int *wrong_type)
 {
 	char path[4200];
 	struct stat st;
@@ -69,7 +87,11 @@ static int check_log(const char *dir, const char *sub, const char *prefix, struc
 	struct seglog_config cfg = {.dir = path, .prefix = prefix, .readonly = true};
 	struct seglog *l = NULL;
 	struct bus_error err = {0};
-	if (!S_ISDIR(st.st_mode) || seglog_open(&cfg, 0, &l, &err) < 0) {
+	if (!S_ISDIR(st.st_mode))
+		return 0; /* check_stray reports it */
+	if (seglog_open(&cfg, 0, &l, &err) < 0) {
+		if (err.code == EMEDIUMTYPE)
+			(*wrong_type)++;
 		buf_printf(report, "FAIL: %s: %s\n", path, err.reason[0] ? err.reason
 							       : "not a directory");
 		return 1;
@@ -159,12 +181,13 @@ int bus_check_store(const char *dir, struct buf *report)
 		   PRIu64 " dead letter(s), counter %" PRIu64 ", last lease token %" PRIu64
 		   ", %zu sender/recipient pair(s)\n", bus->nagents, bus->pending, bus->leased,
 		   bus->dead, bus->counter, bus->last_token, bus->seqs.count);
-	problems += check_stray(dir, report);
-	problems += check_log(dir, "metrics", "points", report);
-	problems += check_log(dir, "alerts", "alerts", report);
+	int wrong_type = 0;
+	problems += check_stray(dir, report, &wrong_type);
+	problems += check_log(dir, "metrics", "points", report, &wrong_type);
+	problems += check_log(dir, "alerts", "alerts", report, &wrong_type);
 	buf_printf(report, problems ? "FAIL: %d problem(s)\n" : "OK\n", problems);
 	bus_free(bus);
-	return problems ? -EIO : 0;
+	return wrong_type ? -EMEDIUMTYPE : problems ? -EIO : 0;
 }
 
 /* ---------- salvage ---------- */
