@@ -21,8 +21,8 @@
 static int check_stray(const char *dir, struct buf *report, int *wrong_type)
 {
 	static const char *const known[] = {
-		"lock", "format", "journal", "snapshot", "journal.tmp", "snapshot.tmp", "metrics",
-		"alerts", ".", "..",
+		"lock", "format", "journal", "snapshot", "journal.tmp", "snapshot.tmp", "mark",
+		"metrics", "alerts", ".", "..",
 	};
 	DIR *d = opendir(dir);
 	int problems = 0;

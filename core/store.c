@@ -46,6 +46,9 @@ struct store {
 	uint64_t reserved;         /* journal bytes promised to writes not yet committed */
 	uint64_t allocated;        /* the journal's bytes known allocated (fallocate) */
 	struct buf snapbuf;
+	/* What DIR/mark says: the journal (generation) held at least `length` bytes of
+	 * whole records. A journal found shorter than that lost acknowledged records. */
+	uint64_t marked_generation, marked_length;
 };
 
 /* CRC-32 (the zlib polynomial), eight bytes a step: table k holds the CRC of a byte
@@ -99,6 +102,14 @@ static uint32_t get_le32(const uint8_t *p)
 {
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+	put_le32(p, (uint32_t)v);
+	put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
+static uint64_t get_le64(const uint8_t *p) { return get_le32(p) | (uint64_t)get_le32(p + 4) << 32; }
 
 /* Header, 16 bytes. Version 2: magic "BUSFSJ2"/"BUSFSS2", a zero byte, the generation
  * (u32) and the CRC-32 of the 12 bytes before it, so a flipped bit in the header is
@@ -571,11 +582,57 @@ static int load_journal(struct store *st, store_apply_fn fn, void *ctx,
 			      data[end + FRAME_SIZE]);
 	else if (end != len && next_good_frame(data, len, end + 1))
 		rc = damaged_at(st, "journal", data, len, end, rep->journal_records, err);
+	else if (st->marked_generation == jgen && end < st->marked_length)
+		rc = bus_fail(err, EBADMSG, "%s/journal holds %zu bytes of whole records (%" PRIu64
+			      " records), but the store recorded %" PRIu64 ": %" PRIu64 " bytes of "
+			      "acknowledged records are missing or damaged", st->dir, end,
+			      rep->journal_records, st->marked_length, st->marked_length - end);
 	unmap(data, len);
 	if (rc < 0)
 		return rc;
 	rep->torn_bytes = len - end;
 	return resume_journal(st, jgen, end, len, err);
+}
+
+/* DIR/mark: u64 generation, u64 length, u32 CRC-32 of the 16 bytes before it. A
+ * missing or unreadable mark checks nothing (a store from before marks, or one a
+ * crash caught while it was first written). */
+#define MARK_SIZE 20
+
+static int read_mark(struct store *st, struct bus_error *err)
+{
+	const uint8_t *data;
+	size_t len;
+	bool exists;
+	st->marked_generation = st->marked_length = 0;
+	int rc = map_file(st, "mark", &data, &len, &exists);
+	if (rc < 0)
+		return map_fail(st, "mark", rc, err);
+	if (len == MARK_SIZE && crc32_compute(data, 16) == get_le32(data + 16)) {
+		st->marked_generation = get_le64(data);
+		st->marked_length = get_le64(data + 8);
+	}
+	unmap(data, len);
+	return 0;
+}
+
+void store_mark(struct store *st)
+{
+	if (st->readonly || st->journalfd < 0 || (st->marked_generation == st->generation &&
+						  st->marked_length == st->journal_bytes))
+		return;
+	uint8_t m[MARK_SIZE];
+	put_le64(m, st->generation);
+	put_le64(m + 8, st->journal_bytes);
+	put_le32(m + 16, crc32_compute(m, 16));
+	int fd = open_regular_at(st->dirfd, "mark", O_WRONLY | O_CREAT, 0600);
+	if (fd < 0)
+		return;
+	if (pwrite(fd, m, sizeof m, 0) == (ssize_t)sizeof m) {
+		st->marked_generation = st->generation;
+		st->marked_length = st->journal_bytes;
+	}
+	close(fd);
 }
 
 int store_load(struct store *st, store_apply_fn fn, void *ctx, struct store_load_report *rep,
@@ -585,6 +642,9 @@ int store_load(struct store *st, store_apply_fn fn, void *ctx, struct store_load
 	if (!rep)
 		rep = &local;
 	memset(rep, 0, sizeof *rep);
+	int mrc = read_mark(st, err);
+	if (mrc < 0)
+		return mrc;
 	uint64_t snap_gen = 0;
 	bool have_snap;
 	int rc = load_snapshot(st, fn, ctx, rep, &snap_gen, &have_snap, err);
@@ -757,6 +817,9 @@ int store_salvage(struct store *st, store_apply_fn fn, void *ctx, struct store_s
 	if (rc == 0 && have_snap && renameat(st->dirfd, "snapshot.tmp", st->dirfd, "snapshot") < 0)
 		rc = -errno;
 	if (rc == 0 && renameat(st->dirfd, "journal.tmp", st->dirfd, "journal") < 0)
+		rc = -errno;
+	/* The rebuilt journal starts again: the old mark speaks of the damaged one. */
+	if (rc == 0 && unlinkat(st->dirfd, "mark", 0) < 0 && errno != ENOENT)
 		rc = -errno;
 	buf_free(&snap);
 	buf_free(&jour);

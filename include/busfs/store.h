@@ -5,6 +5,9 @@
  *   DIR/journal   header (magic, generation, header CRC) + framed records: u32 length, u32 CRC-32,
  *                 payload. ONE record per commit unit, written with ONE write(2).
  *   DIR/snapshot  header (magic, generation it covers) + framed records + an end record
+ *   DIR/mark      the journal's generation and a length it held whole records up to,
+ *                 written every second by the server: a journal found shorter lost
+ *                 acknowledged records, and that is damage, not a torn tail
  *
  * The one thing to know: a record is either wholly in the journal or not at all.
  * Loading stops at the first frame that is cut short or fails its checksum. When no
@@ -50,6 +53,8 @@ int store_load(struct store *st, store_apply_fn fn, void *ctx, struct store_load
 /* Writes the server's pid into the lock file (after daemonizing). */
 void store_write_pid(struct store *st);
 uint32_t store_id(const struct store *st);
+/* Records in DIR/mark the journal's length now, when it moved (every second). */
+void store_mark(struct store *st);
 /* Bytes the store uses now: snapshot plus journal. */
 uint64_t store_bytes(const struct store *st);
 uint64_t store_journal_bytes(const struct store *st);

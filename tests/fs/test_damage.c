@@ -135,6 +135,57 @@ BUS_TEST(damage, a_flipped_length_mid_journal_is_refused_checked_and_salvaged)
                  "the three intact messages are kept");
 }
 
+/* The length DIR/mark last recorded for the journal (0 when none yet). */
+static long long marked_length(void)
+{
+    size_t len = 0;
+    char *m = bus_read(store_path("mark"), &len);
+    long long n = 0;
+    if (m && len == 20)
+        for (int i = 15; i >= 8; i--)
+            n = n << 8 | (unsigned char)m[i];
+    free(m);
+    return n;
+}
+
+BUS_TEST(damage, a_journal_cut_short_of_what_the_store_recorded_is_damage)
+{
+    /* Whole records missing from the end look like a clean journal; the store's mark
+     * (written every second) tells them from a torn final record. */
+    bus_agents(&bus, "alice", "bob", NULL);
+    for (int i = 1; i <= 6; i++) {
+        char text[32];
+        snprintf(text, sizeof text, "m%d", i);
+        bus_send("alice", "bob", text);
+    }
+    long long journal = 0;
+    long long end = bus_now_ms() + BUS_WAIT_MS;
+    while (bus_now_ms() < end) {
+        struct stat st;
+        journal = stat(store_path("journal"), &st) == 0 ? (long long)st.st_size : 0;
+        if (journal > 0 && marked_length() == journal)
+            break;
+        usleep(50 * 1000);
+    }
+    cr_assert_eq(marked_length(), journal, "the store never recorded the journal's length");
+    bus_kill9(&bus);
+    long cut = frame_at((int)frame_count() - 2); /* the last two records go, whole */
+    cr_assert_eq(truncate(store_path("journal"), cut), 0);
+
+    struct bus_cmd r;
+    int status = busfs_on_store(&r, "--check", NULL);
+    cr_assert_eq(status, 2, "--check on a journal cut short: status %d: %s%s", status, r.out,
+                 r.err);
+    cr_assert(strstr(r.err, "acknowledged records are missing"), "%s", r.err);
+    bus_cmd_free(&r);
+    assert_refused_to_start("busfs --salvage --store");
+    status = busfs_on_store(&r, "--salvage", NULL);
+    cr_assert_eq(status, 0, "--salvage: status %d: %s%s", status, r.out, r.err);
+    bus_cmd_free(&r);
+    bus_launch(&bus, NULL);
+    cr_assert_eq(bus_count(bus_path(&bus, "agents/bob/inbox")), 4, "the intact messages are kept");
+}
+
 BUS_TEST(damage, a_zero_byte_journal_is_damage_not_an_empty_bus)
 {
     four_messages_then_kill();
