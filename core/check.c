@@ -211,6 +211,9 @@ static int salvage_damaged(const char *dir, struct buf *report)
 			   " unreadable byte(s); the damaged files are in %s/%s\n", dir,
 			   rep.snapshot_kept, rep.journal_kept, rep.dropped_records, rep.lost_bytes,
 			   dir, rep.moved_to);
+		buf_printf(report, "new store id %08x (was %08x): msg_ids stay unique; what was "
+			   "lost may have held messages, agents and sequence numbers that are not "
+			   "counted here\n", rep.new_id, rep.old_id);
 	}
 	bus_free(bus);
 	return rc;

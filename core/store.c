@@ -177,6 +177,21 @@ static int refuse_kind(struct store *st, const char *name, struct bus_error *err
 			st->dir, name, regfile_kind(st->dirfd, name));
 }
 
+/* The format file with a new random store id, other than the one in st->id. */
+static int write_format(struct store *st)
+{
+	char text[128];
+	uint32_t id = st->id;
+	while (id == st->id)
+		if (getrandom(&id, sizeof id, 0) != sizeof id)
+			id = st->id ^ (uint32_t)getpid() ^ (uint32_t)time(NULL) ^ 0x5a5a5a5au;
+	int n = snprintf(text, sizeof text, "busfs-store 1\nid %08x\n", id);
+	int rc = write_file_atomic(st->dirfd, "format", text, (size_t)n);
+	if (rc == 0)
+		st->id = id;
+	return rc;
+}
+
 /* A new store: the journal first, then the format file, so that a store with a format
  * file always has its journal and a missing one is damage. */
 static int create_store(struct store *st, struct bus_error *err)
@@ -188,15 +203,9 @@ static int create_store(struct store *st, struct bus_error *err)
 			return bus_fail(err, -rc, "cannot create %s/journal: %s", st->dir,
 					strerror(-rc));
 	}
-	char text[128];
-	uint32_t id;
-	if (getrandom(&id, sizeof id, 0) != sizeof id)
-		id = (uint32_t)getpid() ^ (uint32_t)time(NULL);
-	int n = snprintf(text, sizeof text, "busfs-store 1\nid %08x\n", id);
-	int rc = write_file_atomic(st->dirfd, "format", text, (size_t)n);
+	int rc = write_format(st);
 	if (rc < 0)
 		return bus_fail(err, -rc, "cannot write %s/format: %s", st->dir, strerror(-rc));
-	st->id = id;
 	return 0;
 }
 
@@ -821,6 +830,12 @@ int store_salvage(struct store *st, store_apply_fn fn, void *ctx, struct store_s
 	/* The rebuilt journal starts again: the old mark speaks of the damaged one. */
 	if (rc == 0 && unlinkat(st->dirfd, "mark", 0) < 0 && errno != ENOENT)
 		rc = -errno;
+	/* What was lost may have used message numbers the counter no longer covers: a new
+	 * store id keeps every msg_id unique whatever it was. */
+	rep->old_id = st->id;
+	if (rc == 0)
+		rc = write_format(st);
+	rep->new_id = st->id;
 	buf_free(&snap);
 	buf_free(&jour);
 	if (rc < 0)

@@ -96,6 +96,7 @@ struct store_salvage_report {
 	uint64_t dropped_records;   /* whole records fn refused */
 	uint64_t lost_bytes;        /* bytes that were no whole record */
 	char moved_to[64];          /* damaged-<timestamp>, relative to the store */
+	uint32_t old_id, new_id;    /* the store id before and after: msg_ids change prefix */
 };
 int store_salvage(struct store *st, store_apply_fn fn, void *ctx, struct store_salvage_report *rep,
 		  struct buf *log, struct bus_error *err);

@@ -186,9 +186,22 @@ BUS_TEST(damage, a_journal_cut_short_of_what_the_store_recorded_is_damage)
     cr_assert_eq(bus_count(bus_path(&bus, "agents/bob/inbox")), 4, "the intact messages are kept");
 }
 
+/* The msg_id of bob's oldest message, or "" (the bus must be running). */
+static void first_msg_id(char *out, size_t n)
+{
+    json_t *in = bus_inbox("bob");
+    snprintf(out, n, "%s", json_array_size(in) ? bus_str(json_array_get(in, 0), "msg_id") : "");
+    json_decref(in);
+}
+
 BUS_TEST(damage, a_zero_byte_journal_is_damage_not_an_empty_bus)
 {
     four_messages_then_kill();
+    bus_launch(&bus, NULL);
+    char before[64];
+    first_msg_id(before, sizeof before);
+    cr_assert(before[0], "no message before the damage");
+    bus_kill9(&bus);
     cr_assert_eq(truncate(store_path("journal"), 0), 0);
     assert_refused_to_start("busfs --salvage --store");
     struct bus_cmd r;
@@ -197,8 +210,19 @@ BUS_TEST(damage, a_zero_byte_journal_is_damage_not_an_empty_bus)
     bus_cmd_free(&r);
     status = busfs_on_store(&r, "--salvage", NULL);
     cr_assert_eq(status, 0, "--salvage: status %d: %s%s", status, r.out, r.err);
+    cr_assert(strstr(r.out, "new store id"), "the salvage says the store id changed: %s", r.out);
     bus_cmd_free(&r);
     bus_launch(&bus, NULL);
+    /* The counter restarts with what was kept; a new store id keeps msg_ids unique. */
+    bus_agents(&bus, "alice", "bob", NULL);
+    bus_send("alice", "bob", "after the salvage");
+    char after[64];
+    first_msg_id(after, sizeof after);
+    cr_assert(after[0] && strcmp(after, before) != 0, "a msg_id was used twice: %s", after);
+    /* MSG-YYYYMMDD-HHMMSS-<store id>-<counter>: the counter repeats, the id does not. */
+    cr_assert_str_eq(after + 29, before + 29, "the counter restarts at the same number");
+    cr_assert(strncmp(after + 20, before + 20, 8) != 0, "the store id in %s did not change (%s)",
+              after, before);
 }
 
 BUS_TEST(damage, a_flipped_generation_in_the_journal_header_is_damage)
