@@ -94,6 +94,8 @@ int bus_prepare_messages(struct bus *bus, const uint8_t *rec, size_t len)
 		rd_str(&r, name, sizeof name);
 		(void)rd_u64(&r);
 		n = rd_u8(&r) ? 1 : 0;
+		if (wake_reserve(bus, n + 1) < 0) /* the acking agent's claimers, and the sender */
+			return -ENOMEM;
 	} else {
 		return 0;
 	}
@@ -204,6 +206,7 @@ int ack_apply(struct bus *bus, struct reader *r)
 	bus_give_back(freed);
 	a->acked_total++;
 	bus->pending--;
+	want_wake(bus, a->id); /* a draining agent's claimers may have nothing left now */
 	if (has_ack) {
 		struct bus_message *ack = next_message(bus, r);
 		if (!ack || deliver(bus, ack, true) < 0)

@@ -252,6 +252,7 @@ int dead_apply(struct bus *bus, struct reader *r)
 	bus->pending--;
 	bus->dead++;
 	bus->dead_total[reason]++;
+	want_wake(bus, a->id); /* a draining agent's claimers may have nothing left now */
 	return 0;
 }
 
@@ -476,7 +477,9 @@ int bus_claim(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *out, bo
 	}
 	int64_t now = bus_clock_now_us();
 	struct bus_message *m = claimable(bus, a, now);
-	*draining = a->draining;
+	/* A draining claimer ends only when nothing can come back to claim: no pending
+	 * message (a nak's delay ends) and no lease (it may expire). */
+	*draining = a->draining && !a->inbox.live && !a->inflight.live;
 	if (!m) {
 		rc = bus_fail(err, EAGAIN, "no message to claim in the inbox of %s", a->name);
 		goto out;
@@ -497,7 +500,7 @@ bool bus_claim_ready(struct bus *bus, uint64_t agent_id, bool *draining)
 	bus_lock(bus);
 	struct agent *a = bus_find_id(bus, agent_id);
 	bool ready = !a;
-	*draining = a && a->draining;
+	*draining = a && a->draining && !a->inbox.live && !a->inflight.live;
 	if (a) {
 		int64_t now = bus_clock_now_us();
 		for (size_t i = a->inbox.head; i < a->inbox.tail && !ready; i++) {

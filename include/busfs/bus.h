@@ -147,11 +147,13 @@ bool bus_draft_poisoned(const struct bus_draft *d);
 
 /* Leases (SPEC §10). A claim leases the agent's oldest claimable message and renders
  * it into out (the envelope plus its "lease"); -EAGAIN when none can be leased now
- * (*draining tells whether the agent is draining), -ENOENT, -EACCES, or the store's
- * error. The owner (or root) only. */
+ * (*draining tells whether the agent is draining with nothing that could still come
+ * to a claim: no pending message, no lease), -ENOENT, -EACCES, or the store's error.
+ * The owner (or root) only. */
 int bus_claim(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *out, bool *draining,
 	      struct bus_error *err);
-/* Whether a claim would find a message now (or the agent is gone or draining). */
+/* Whether a claim would find a message now (or the agent is gone, or draining with
+ * nothing left to claim). */
 bool bus_claim_ready(struct bus *bus, uint64_t agent_id, bool *draining);
 /* Acks, extends (seconds 0: --lease) or naks (pending again after delay_s) the lease
  * `token` of message `number`: ESTALE when token is not its current lease. */

@@ -155,6 +155,46 @@ BUS_TEST_WITH(examples, worker_reports_health_beats_and_ends_when_drained, short
     bus_cmd_free(&r);
 }
 
+static void start_short_leases(void)
+{
+    bus_require_fuse();
+    bus_start(&bus, "--lease", "2", "--max-deliver", "2", NULL);
+}
+
+/* Three workers share bob's inbox with leases: every task that succeeds is acked
+ * once, the one that always fails is given back, retried and ends in dead/, and the
+ * pool ends by itself once bob is drained. */
+BUS_TEST_WITH(examples, worker_pool_acks_what_succeeds_and_dead_letters_what_keeps_failing,
+              start_short_leases)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    struct bus_proc w;
+    bus_spawn(&bus, &w, "RENEW_SECONDS=1 exec %s . bob 3 sh -c "
+              "'p=$(cat); case \"$p\" in *fail*) exit 1;; esac; sleep 0.2'",
+              example("worker-pool.sh"));
+    for (int i = 0; i < 12; i++) {
+        char text[32];
+        snprintf(text, sizeof text, "{\"task\":%d}", i);
+        bus_send("alice", "bob", text);
+    }
+    bus_send("alice", "bob", "{\"task\":\"fail\"}");
+    cr_assert_eq(bus_write(AT("agents/bob/ctl"), "drain\n"), 0);
+    char *out = NULL;
+    int status = bus_proc_wait(&w, BUS_WAIT_MS, &out);
+    cr_assert_eq(status, 0, "the pool's status %d, it said: %s", status, out ? out : "");
+    free(out);
+    json_t *ctl = bus_ctl("bob");
+    cr_assert_eq(bus_int(ctl, "acked_total"), 12, "every good task acked once");
+    cr_assert_eq(bus_int(ctl, "leased"), 0);
+    cr_assert_eq(bus_int(ctl, "inbox_depth"), 0);
+    cr_assert_eq(bus_int(ctl, "dead"), 1, "the failing task is a dead letter");
+    json_decref(ctl);
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&bus, &r, "cat agents/bob/dead/* | jq -c .dead"), 0, "%s", r.err);
+    cr_assert(strstr(r.out, "\"reason\":\"max_deliver\",\"deliveries\":2"), "%s", r.out);
+    bus_cmd_free(&r);
+}
+
 /* Fetches http://127.0.0.1:PORT/metrics with bash's /dev/tcp (no curl needed). */
 static int scrape(int port, struct bus_cmd *r)
 {

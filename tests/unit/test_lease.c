@@ -281,6 +281,29 @@ LEASE_TEST(an_empty_claim_is_eagain_and_says_whether_the_agent_drains)
     cr_assert(draining);
 }
 
+LEASE_TEST(a_draining_claimer_waits_while_a_lease_or_a_delayed_message_may_come_back)
+{
+    start(0, 0);
+    agents();
+    send_task(1);
+    struct claim c = claim_ok();
+    cr_assert_eq(ctl("drain"), 0);
+    struct claim none;
+    bool draining = true;
+    cr_assert_eq(try_claim(&none, &draining), -EAGAIN);
+    cr_assert(!draining, "a lease is out: it may come back");
+    cr_assert_eq(ctl("nak %s %" PRIu64 " 5", c.msg_id, c.token), 0);
+    cr_assert_eq(try_claim(&none, &draining), -EAGAIN);
+    cr_assert(!draining, "a delayed message is pending");
+    tick_at(UNIT_T0_US + 6 * SEC);
+    struct claim again = claim_ok();
+    cr_assert_eq(ctl("ack %s %" PRIu64, again.msg_id, again.token), 0);
+    cr_assert_eq(try_claim(&none, &draining), -EAGAIN);
+    cr_assert(draining, "drained and empty: the claimer ends");
+    claim_free(&c);
+    claim_free(&again);
+}
+
 LEASE_TEST(only_the_owner_or_root_may_claim)
 {
     start(0, 0);
