@@ -612,6 +612,9 @@ void readme_render(struct fs *fs, struct buf *out)
 		"  cat agents/bob/next                      waits for the oldest message and prints it\n"
 		"  rm agents/bob/inbox/FILE                 acknowledge (consume) a message\n"
 		"  echo 'ack MSG_ID' > agents/bob/ctl       the same, by msg_id\n"
+		"  cat agents/bob/claim                      lease the oldest message to this reader\n"
+		"  rm agents/bob/inflight/FILE              ack a leased message (touch: extend the lease)\n"
+		"  echo 'nak MSG_ID TOKEN' > agents/bob/ctl  give it back; ls agents/bob/dead: dead letters\n"
 		"  echo drain > agents/bob/ctl              refuse new messages (resume undoes it)\n"
 		"  cat agents/bob/ctl                       bob's state as JSON\n"
 		"  echo 'degraded disk full' > agents/bob/health   report health (touch = heartbeat)\n"
@@ -628,14 +631,16 @@ void readme_render(struct fs *fs, struct buf *out)
 		"EAGAIN inbox full, ENOSPC store full or too many metric series, ESHUTDOWN recipient\n"
 		"draining, EACCES not allowed or read-only, EEXIST agent exists, ENOTEMPTY inbox\n"
 		"not empty, EBUSY a message to the agent is being written, EDQUOT your uid's quota\n"
-		"is used up.\n"
+		"is used up, ESTALE a lease token that is no longer the message's lease.\n"
 		"\n"
 		"This bus: inbox capacity %u, max message size %" PRIu64 " bytes, health ttl %g s,\n"
+		"lease %g s, max deliver %u,\n"
 		"store %s (%" PRIu64 " bytes at most).\n"
 		"Each uid but the server's: %u agents, %" PRIu64 " bytes of pending and unfinished\n"
 		"messages, %u unfinished messages open to one inbox.\n"
 		"inotify does not fire here: wait with `cat next` or poll().\n",
-		c->inbox_capacity, c->max_message_size, c->health_ttl_s, c->store_dir,
+		c->inbox_capacity, c->max_message_size, c->health_ttl_s, c->lease_s, c->max_deliver,
+		c->store_dir,
 		c->store_max_bytes, c->max_agents_per_uid, c->max_bytes_per_uid,
 		c->max_drafts_per_sender);
 }
