@@ -116,12 +116,15 @@ struct bus *bus_alloc(const struct bus_config *cfg)
 		bus->cfg.max_deliver = 5;
 	if (!(bus->cfg.message_ttl_s >= 0))
 		bus->cfg.message_ttl_s = 0;
+	if (!(bus->cfg.dedupe_window_s > 0))
+		bus->cfg.dedupe_window_s = 120;
 	bus->server_uid = getuid();
 	quota_init(&bus->quota);
 	bus->next_id = 1;
 	bus->started = bus_clock_monotonic();
 	strmap_init(&bus->seqs);
 	strmap_init(&bus->leases);
+	strmap_init(&bus->dedupe.map);
 	errlog_init(&bus->errors, BUS_ERRORS_KEEP);
 	errlog_limit(&bus->errors, BUS_ERRORS_KEEP_PER_UID, BUS_ERRORS_PER_SECOND, bus->server_uid);
 	buf_init(&bus->rec);
@@ -138,6 +141,7 @@ void bus_free(struct bus *bus)
 	free(bus->by_name);
 	strmap_free(&bus->seqs);
 	strmap_free(&bus->leases);
+	dedupe_free(&bus->dedupe);
 	free(bus->timers);
 	errlog_free(&bus->errors);
 	quota_free(&bus->quota);

@@ -82,6 +82,18 @@ struct timer {
 
 enum dead_reason { DEAD_MAX_DELIVER = 1, DEAD_EXPIRED = 2, DEAD_NREASONS = 3 };
 
+/* Idempotency keys within --dedupe-window (dedupe.c). */
+#define DEDUPE_KEY_MAX 128
+struct dedupe_entry {
+	char *key;                   /* "SENDER\x01KEY" */
+	int64_t at;
+};
+struct dedupe {
+	struct strmap map;           /* key -> first seen (us) + 1 */
+	struct dedupe_entry *q;      /* a ring, oldest first */
+	size_t head, n, cap;
+};
+
 /* An alert of one rule for one agent: pending (its condition holds, `for=` has not
  * passed yet; not stored) or firing (stored). */
 struct alert {
@@ -131,6 +143,8 @@ struct bus {
 	size_t ntimers, timers_cap;
 	bool timers_lost;            /* a timer could not be kept: rebuild at the next tick */
 	struct strmap leases;        /* "token" -> number of each leased message */
+	struct dedupe dedupe;
+	uint64_t duplicates_total;   /* send records not delivered again for their key */
 	uint64_t delivered_total;
 	uint64_t rejected_total;
 	uint64_t rejected_by[BUS_ERRNO_MAX]; /* per errno; [0] holds codes beyond the table */
@@ -260,6 +274,15 @@ struct bus_message *lease_check(struct bus *bus, struct agent *a, uint64_t numbe
 				const char *msg_id, uint64_t token, struct bus_error *err);
 /* "discarded", "max_deliver", "expired". */
 const char *bus_dead_reason_name(int reason);
+
+/* dedupe.c */
+/* "FROM\x01KEY" into out; -EINVAL for an empty, too long or NUL-holding key. */
+int dedupe_key(char *out, size_t n, const char *from, const char *key, size_t keylen);
+bool dedupe_seen(const struct bus *bus, const char *k, int64_t now);
+int dedupe_add(struct bus *bus, const char *k, int64_t at);
+void dedupe_undo_last(struct bus *bus);
+void dedupe_expire(struct bus *bus, int64_t now);
+void dedupe_free(struct dedupe *d);
 
 /* alerts.c */
 int alerts_open(struct bus *bus, struct bus_error *err);

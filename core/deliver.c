@@ -90,6 +90,15 @@ int bus_prepare_messages(struct bus *bus, const uint8_t *rec, size_t len)
 	uint32_t n;
 	if (rec[0] == REC_DELIVER) {
 		n = rd_u32(&r);
+	} else if (rec[0] == REC_DELIVER_KEYED) {
+		(void)rd_u32(&r);
+		uint32_t k = rd_u32(&r);
+		for (uint32_t i = 0; i < k && !r.bad; i++) {
+			size_t klen;
+			(void)rd_bytes(&r, &klen);
+			(void)rd_u64(&r);
+		}
+		n = rd_u32(&r);
 	} else if (rec[0] == REC_ACK) {
 		rd_str(&r, name, sizeof name);
 		(void)rd_u64(&r);
@@ -181,6 +190,32 @@ int deliver_apply(struct bus *bus, struct reader *r)
 			return -EINVAL;
 	}
 	return r->bad ? -EINVAL : 0;
+}
+
+/* REC_DELIVER_KEYED: u32 duplicates, u32 k, k x (str key, u64 at_us), u32 n,
+ * n x message. The keys enter first; a key that cannot is taken back with the ones
+ * before it, so the record changes nothing unless it changes all. */
+int deliver_keyed_apply(struct bus *bus, struct reader *r)
+{
+	uint32_t dups = rd_u32(r), k = rd_u32(r);
+	char key[BUS_NAME_MAX + 2 + DEDUPE_KEY_MAX + 1];
+	uint32_t added = 0;
+	int rc = 0;
+	for (uint32_t i = 0; i < k && rc == 0; i++) {
+		rd_str(r, key, sizeof key);
+		uint64_t at = rd_u64(r);
+		if (r->bad || !strchr(key, '\x01') || at > (uint64_t)INT64_MAX / 2)
+			rc = -EINVAL;
+		else if ((rc = dedupe_add(bus, key, (int64_t)at)) == 0)
+			added++;
+	}
+	if (rc < 0) {
+		while (added--)
+			dedupe_undo_last(bus);
+		return rc;
+	}
+	bus->duplicates_total += dups;
+	return deliver_apply(bus, r);
 }
 
 /* REC_ACK: str agent, u64 number, u8 has_ack, [message]. */

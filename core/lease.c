@@ -654,7 +654,9 @@ void bus_lease_tick(struct bus *bus)
 {
 	bus_lock(bus);
 	int64_t now = bus_clock_now_us();
-	store_mark(bus->store); /* not a lease matter: the same one-second cadence */
+	/* Not lease matters, on the same one-second cadence: */
+	store_mark(bus->store);
+	dedupe_expire(bus, now);
 	if (bus->timers_lost)
 		timers_rebuild(bus);
 	/* Due entries that cannot act now (a full store) come back a second later. */

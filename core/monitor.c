@@ -141,6 +141,9 @@ void bus_prom_render(struct bus *bus, struct buf *out)
 	for (int r = 0; r < DEAD_NREASONS; r++)
 		buf_printf(out, "busfs_dead_letters_total{reason=\"%s\"} %" PRIu64 "\n",
 			   bus_dead_reason_name(r), bus->dead_total[r]);
+	family(out, "busfs_duplicates_total", "counter",
+	       "Send records accepted and not delivered again: their idempotency key was seen.");
+	buf_printf(out, "busfs_duplicates_total %" PRIu64 "\n", bus->duplicates_total);
 	family(out, "busfs_dead_letters", "gauge", "Dead letters held now (dead/).");
 	buf_printf(out, "busfs_dead_letters %" PRIu64 "\n", bus->dead);
 	family(out, "busfs_inbox_capacity", "gauge", "Messages an inbox holds (--inbox-capacity).");

@@ -20,7 +20,7 @@
 
 /* REC_SNAP_HEAD: u64 counter, u64 delivered_total, u64 rejected_total, then (stores
  * that had leases) u64 last_token, u64 redeliveries_total and u64 dead letters made
- * by reason: discarded, max_deliver, expired. */
+ * by reason: discarded, max_deliver, expired, then u64 duplicates_total. */
 static int head_apply(struct bus *bus, struct reader *r)
 {
 	bus->counter = rd_u64(r);
@@ -32,6 +32,8 @@ static int head_apply(struct bus *bus, struct reader *r)
 		for (int i = 0; i < DEAD_NREASONS; i++)
 			bus->dead_total[i] = rd_u64(r);
 	}
+	if (r->pos < r->len)
+		bus->duplicates_total = rd_u64(r);
 	return r->bad ? -EINVAL : 0;
 }
 
@@ -45,6 +47,7 @@ static int head_save(struct bus *bus, struct buf *b)
 	buf_put_u64(b, bus->redeliveries_total);
 	for (int i = 0; i < DEAD_NREASONS; i++)
 		buf_put_u64(b, bus->dead_total[i]);
+	buf_put_u64(b, bus->duplicates_total);
 	return bus_snapshot_put(bus, b);
 }
 
@@ -93,6 +96,7 @@ static const struct record_kind record_kinds[] = {
 	{REC_SNAP_HEAD, "counters", SNAPSHOT_ONLY, head_apply, head_save},
 	{REC_SNAP_REJECT, "refusal counts", SNAPSHOT_ONLY, reject_count_apply, reject_count_save},
 	{REC_SNAP_SEQ, "pair sequence", SNAPSHOT_ONLY, seq_apply, seq_save},
+	{REC_SNAP_DEDUPE, "idempotency key", SNAPSHOT_ONLY, dedupe_apply, dedupe_save},
 	{REC_AGENT_ADD, "agent added", JOURNAL, agent_add_apply, agent_save},
 	{REC_HEALTH, "health report", JOURNAL, health_apply, health_save},
 	{REC_RULES, "alert rules", JOURNAL, rules_apply, rules_save},
@@ -109,6 +113,7 @@ static const struct record_kind record_kinds[] = {
 	{REC_DEAD, "dead letter", JOURNAL, dead_apply, NULL},
 	{REC_RETRY, "retry", JOURNAL, retry_apply, NULL},
 	{REC_DISCARD, "dead discarded", JOURNAL, discard_apply, NULL},
+	{REC_DELIVER_KEYED, "keyed delivery", JOURNAL, deliver_keyed_apply, NULL},
 };
 
 #define NKINDS (sizeof record_kinds / sizeof record_kinds[0])

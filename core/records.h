@@ -38,6 +38,9 @@ enum record_type {
 			       u64 at_us, u64 discarded (the oldest dead letter pushed out, or 0) */
 	REC_RETRY = 18,     /* str agent, u64 number: a dead letter is pending again */
 	REC_DISCARD = 19,   /* str agent, u64 number: a dead letter removed (rm) */
+	REC_DELIVER_KEYED = 20, /* u32 duplicates, u32 k, k x (str "SENDER\x01KEY", u64 at_us),
+				   u32 n, n x message: a `send` write with idempotency keys */
+	REC_SNAP_DEDUPE = 21, /* str "SENDER\x01KEY", u64 at_us */
 };
 
 struct record_kind {
@@ -64,6 +67,9 @@ int agent_del_apply(struct bus *bus, struct reader *r);
 int state_apply(struct bus *bus, struct reader *r);
 int agent_save(struct bus *bus, struct buf *b);
 int deliver_apply(struct bus *bus, struct reader *r);         /* deliver.c */
+int deliver_keyed_apply(struct bus *bus, struct reader *r);
+int dedupe_apply(struct bus *bus, struct reader *r);          /* dedupe.c */
+int dedupe_save(struct bus *bus, struct buf *b);
 int ack_apply(struct bus *bus, struct reader *r);
 int seq_apply(struct bus *bus, struct reader *r);
 int seq_save(struct bus *bus, struct buf *b);

@@ -414,6 +414,8 @@ struct send_record {
 	bool requires_ack;
 	bool urgent;
 	uint32_t ttl_s;         /* 0: --message-ttl */
+	char key[BUS_NAME_MAX + 2 + DEDUPE_KEY_MAX + 1]; /* "SENDER\x01KEY", "" for none */
+	bool duplicate;         /* its key was seen within --dedupe-window: not delivered */
 };
 
 /* Decodes a JSON scalar token with jansson (tokens are small: names, flags, ids). */
@@ -515,6 +517,12 @@ static int parse_record(struct bus *bus, const struct agent *sender, const char 
 				rc = bus_fail(err, EINVAL, "record %u: \"ttl_s\" must be an integer from 1 "
 					      "to %.0f", index, BUS_MAX_SECONDS);
 			r->ttl_s = (uint32_t)(t > 0 ? t : 0);
+		} else if (strcmp(k, "idempotency_key") == 0) {
+			const char *key = json_is_string(v) ? json_string_value(v) : NULL;
+			if (!key || dedupe_key(r->key, sizeof r->key, sender->name, key,
+					       json_string_length(v)) < 0)
+				rc = bus_fail(err, EINVAL, "record %u: \"idempotency_key\" must be a "
+					      "string of 1 to %d bytes", index, DEDUPE_KEY_MAX);
 		} else if (strcmp(k, "from") == 0) {
 			if (!json_is_string(v))
 				rc = bus_fail(err, EINVAL, "record %u: \"from\" must be a string", index);
@@ -703,10 +711,26 @@ int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pe
 	if (nrecs == 0)
 		goto out;
 
+	/* A record whose idempotency key this sender used within --dedupe-window (in an
+	 * earlier write or earlier in this one) is accepted and not delivered again. */
+	int64_t now = bus_clock_now_us();
+	uint32_t dups = 0, keys = 0;
+	for (size_t i = 0; i < nrecs; i++) {
+		if (!recs[i].key[0])
+			continue;
+		recs[i].duplicate = dedupe_seen(bus, recs[i].key, now);
+		for (size_t j = 0; j < i && !recs[i].duplicate; j++)
+			recs[i].duplicate = !recs[j].duplicate && strcmp(recs[j].key, recs[i].key) == 0;
+		dups += recs[i].duplicate;
+		keys += !recs[i].duplicate;
+	}
+
 	/* Every recipient: registered, not draining, room for all this write sends it. */
 	uint64_t need = 0;
 	for (size_t i = 0; i < nrecs && rc == 0; i++) {
 		size_t before = batch.ntouched;
+		if (recs[i].duplicate)
+			continue;
 		rc = record_recipients(bus, sender, &recs[i], (unsigned)i + 1, count_recipient,
 				       &batch, err);
 		need += (recs[i].payload_len + recs[i].type_len + recs[i].corr_len +
@@ -740,11 +764,25 @@ int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pe
 			bus_pair_sequence(bus, sender->name, batch.touched[i]->name);
 	struct buf *rec = &bus->rec;
 	buf_reset(rec);
-	buf_put_u8(rec, REC_DELIVER);
+	batch.now = now;
+	if (keys || dups) {
+		buf_put_u8(rec, REC_DELIVER_KEYED);
+		buf_put_u32(rec, dups);
+		buf_put_u32(rec, keys);
+		for (size_t i = 0; i < nrecs; i++) {
+			if (!recs[i].key[0] || recs[i].duplicate)
+				continue;
+			buf_put_str(rec, recs[i].key);
+			buf_put_u64(rec, (uint64_t)now);
+		}
+	} else {
+		buf_put_u8(rec, REC_DELIVER);
+	}
 	size_t count_at = rec->len;
 	buf_put_u32(rec, 0);
-	batch.now = bus_clock_now_us();
 	for (size_t i = 0; i < nrecs; i++) {
+		if (recs[i].duplicate)
+			continue;
 		batch.rec = &recs[i];
 		record_recipients(bus, sender, &recs[i], (unsigned)i + 1, encode_for_recipient,
 				  &batch, err);

@@ -61,6 +61,8 @@ static void usage(FILE *out)
 		"                             becomes a dead letter in dead/ (5)\n"
 		"  --message-ttl SECONDS      a pending message older than this becomes a dead\n"
 		"                             letter; a send record's ttl_s overrides it (0: none)\n"
+		"  --dedupe-window SECONDS    a send record whose idempotency_key its sender used\n"
+		"                             this recently is accepted, not delivered again (120)\n"
 		"                             SECONDS may have a fraction (0.5)\n"
 		"  --check                    verify the store offline; exit 0 when consistent,\n"
 		"                             2 when it is damaged or holds a non-regular file\n"
@@ -188,6 +190,7 @@ enum {
 	OPT_LEASE,
 	OPT_MAX_DELIVER,
 	OPT_MESSAGE_TTL,
+	OPT_DEDUPE_WINDOW,
 };
 
 int main(int argc, char **argv)
@@ -208,6 +211,7 @@ int main(int argc, char **argv)
 		{"lease", required_argument, NULL, OPT_LEASE},
 		{"max-deliver", required_argument, NULL, OPT_MAX_DELIVER},
 		{"message-ttl", required_argument, NULL, OPT_MESSAGE_TTL},
+		{"dedupe-window", required_argument, NULL, OPT_DEDUPE_WINDOW},
 		{"check", no_argument, NULL, 'k'},
 		{"salvage", no_argument, NULL, 'S'},
 		{"clear-stale", no_argument, NULL, 'C'},
@@ -292,6 +296,10 @@ int main(int argc, char **argv)
 					BUS_MAX_SECONDS);
 				return 1;
 			}
+			break;
+		case OPT_DEDUPE_WINDOW:
+			if (parse_seconds("--dedupe-window", optarg, &cfg.dedupe_window_s) < 0)
+				return 1;
 			break;
 		case OPT_MAX_DELIVER:
 			if (parse_count("--max-deliver", optarg, &v) < 0 || v > UINT32_MAX)

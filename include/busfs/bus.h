@@ -44,6 +44,7 @@ struct bus_config {
 	double lease_s;              /* default 60: a claim's lease, and what extend adds */
 	uint32_t max_deliver;        /* default 5: the lease that many ends dead */
 	double message_ttl_s;        /* default 0 (none): a message's ttl unless it has one */
+	double dedupe_window_s;      /* default 120: how long an idempotency key is kept */
 };
 
 struct bus_agent_info {

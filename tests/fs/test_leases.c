@@ -1425,3 +1425,28 @@ BUS_TEST_WITH(leases, kill9_keeps_leases_and_dead_letters_and_redelivers_what_ex
     lease_free(&ly);
     lease_free(&lx2);
 }
+
+/* ---- idempotent sends ----------------------------------------------------- */
+
+/* A sender that retries a record after an ambiguous end (here: the server killed
+ * right after it answered) names it with an idempotency_key: the retry is accepted
+ * and bob gets it once, whatever happened in between. */
+BUS_TEST(leases, a_retried_record_with_its_key_is_delivered_once_across_a_kill_9)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    const char *rec = "echo '{\"to\":\"bob\",\"payload\":{\"job\":7},\"idempotency_key\":\"job-7\"}' "
+                      ">> agents/alice/send";
+    sh_ok(rec);
+    sh_ok(rec);
+    bus_kill9(&bus);
+    bus_launch(&bus, NULL);
+    sh_ok(rec);
+    cr_assert_eq(bus_count(AT("agents/bob/inbox")), 1, "the job was delivered more than once");
+    char *prom = bus_read_ok(AT("metrics/busfs.prom"), NULL);
+    cr_assert(strstr(prom, "\nbusfs_duplicates_total 2\n"), "two duplicates counted: %s", prom);
+    free(prom);
+    /* Another key is another record. */
+    sh_ok("echo '{\"to\":\"bob\",\"payload\":{\"job\":8},\"idempotency_key\":\"job-8\"}' "
+          ">> agents/alice/send");
+    cr_assert_eq(bus_count(AT("agents/bob/inbox")), 2);
+}

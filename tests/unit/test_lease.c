@@ -720,3 +720,118 @@ LEASE_TEST(a_claim_short_of_memory_changes_nothing)
     reopen();
     cr_assert_eq(info("bob").leased, 1, "the claim that succeeded is in the store");
 }
+
+/* ---------- idempotent sends ---------- */
+
+static unsigned send_raw(const char *text)
+{
+    struct buf pending;
+    struct bus_error err = {0};
+    unsigned delivered = 99;
+    buf_init(&pending);
+    int rc = bus_send_write(the_bus, id_of("alice"), OWNER, &pending, text, strlen(text),
+                            &delivered, &err);
+    cr_assert_eq(rc, 0, "send %s: %s", text, err.reason);
+    buf_free(&pending);
+    return delivered;
+}
+
+static uint64_t duplicates_total(void)
+{
+    struct buf prom;
+    buf_init(&prom);
+    bus_prom_render(the_bus, &prom);
+    const char *p = strstr(prom.data, "\nbusfs_duplicates_total ");
+    cr_assert_not_null(p, "%s", prom.data);
+    uint64_t n = strtoull(p + strlen("\nbusfs_duplicates_total "), NULL, 10);
+    buf_free(&prom);
+    return n;
+}
+
+LEASE_TEST(a_key_seen_within_the_window_is_accepted_and_not_delivered_again)
+{
+    cfg = (struct bus_config){.store_dir = store_dir, .store_max_bytes = UINT64_C(64) << 20,
+                              .dedupe_window_s = 60};
+    open_bus();
+    agents();
+    cr_assert_eq(send_raw("{\"to\":\"bob\",\"payload\":{\"task\":1},\"idempotency_key\":\"k1\"}"), 1);
+    cr_assert_eq(send_raw("{\"to\":\"bob\",\"payload\":{\"task\":1},\"idempotency_key\":\"k1\"}"), 0);
+    /* In one write: the second record with a key is the duplicate. */
+    cr_assert_eq(send_raw("{\"to\":\"bob\",\"payload\":{\"task\":2},\"idempotency_key\":\"k2\"}"
+                          "{\"to\":\"bob\",\"payload\":{\"task\":2},\"idempotency_key\":\"k2\"}"
+                          "{\"to\":\"bob\",\"payload\":{\"task\":3}}"), 2);
+    assert_place(BUS_INBOX, "1 2 3");
+    cr_assert_eq(duplicates_total(), 2);
+    /* Another sender's key of the same name is its own. */
+    struct bus_error err = {0};
+    struct buf pending;
+    unsigned delivered = 0;
+    buf_init(&pending);
+    const char *rec = "{\"to\":\"alice\",\"payload\":{\"task\":4},\"idempotency_key\":\"k1\"}";
+    cr_assert_eq(bus_send_write(the_bus, id_of("bob"), OWNER, &pending, rec, strlen(rec),
+                                &delivered, &err), 0);
+    cr_assert_eq(delivered, 1);
+    buf_free(&pending);
+    /* Past the window the key is forgotten: the same record is delivered again. */
+    tick_at(UNIT_T0_US + 61 * SEC);
+    cr_assert_eq(send_raw("{\"to\":\"bob\",\"payload\":{\"task\":1},\"idempotency_key\":\"k1\"}"), 1);
+    assert_place(BUS_INBOX, "1 2 3 1");
+}
+
+LEASE_TEST(the_window_survives_a_restart_and_a_kill_9)
+{
+    cfg = (struct bus_config){.store_dir = store_dir, .store_max_bytes = UINT64_C(64) << 20};
+    open_bus();
+    agents();
+    cr_assert_eq(send_raw("{\"to\":\"bob\",\"payload\":{\"task\":1},\"idempotency_key\":\"a\"}"), 1);
+    reopen(); /* a snapshot */
+    cr_assert_eq(send_raw("{\"to\":\"bob\",\"payload\":{\"task\":1},\"idempotency_key\":\"a\"}"), 0);
+    cr_assert_eq(send_raw("{\"to\":\"bob\",\"payload\":{\"task\":2},\"idempotency_key\":\"b\"}"), 1);
+    bus_close(the_bus);
+    the_bus = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        open_bus();
+        send_raw("{\"to\":\"bob\",\"payload\":{\"task\":3},\"idempotency_key\":\"c\"}");
+        _exit(0); /* the key is only in the journal */
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    open_bus();
+    for (const char *k = "abc"; *k; k++) {
+        char rec[128];
+        snprintf(rec, sizeof rec, "{\"to\":\"bob\",\"payload\":0,\"idempotency_key\":\"%c\"}", *k);
+        cr_assert_eq(send_raw(rec), 0, "key %c delivered again after a restart", *k);
+    }
+    assert_place(BUS_INBOX, "1 2 3");
+    cr_assert_eq(duplicates_total(), 4);
+}
+
+LEASE_TEST(a_bad_idempotency_key_is_einval)
+{
+    start(0, 0);
+    agents();
+    char long_key[200];
+    memset(long_key, 'x', 129);
+    long_key[129] = '\0';
+    const char *bad[] = {"\"\"", "1", "null", "[\"k\"]"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0] + 1; i++) {
+        char rec[400];
+        struct buf pending;
+        struct bus_error err = {0};
+        unsigned delivered = 0;
+        buf_init(&pending);
+        if (i < sizeof bad / sizeof bad[0])
+            snprintf(rec, sizeof rec, "{\"to\":\"bob\",\"payload\":1,\"idempotency_key\":%s}", bad[i]);
+        else
+            snprintf(rec, sizeof rec, "{\"to\":\"bob\",\"payload\":1,\"idempotency_key\":\"%s\"}",
+                     long_key);
+        cr_assert_eq(bus_send_write(the_bus, id_of("alice"), OWNER, &pending, rec, strlen(rec),
+                                    &delivered, &err), -EINVAL, "%s", rec);
+        buf_free(&pending);
+    }
+    assert_place(BUS_INBOX, "");
+}
