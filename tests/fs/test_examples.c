@@ -170,7 +170,7 @@ BUS_TEST_WITH(examples, worker_pool_acks_what_succeeds_and_dead_letters_what_kee
     bus_agents(&bus, "alice", "bob", NULL);
     struct bus_proc w;
     bus_spawn(&bus, &w, "RENEW_SECONDS=1 exec %s . bob 3 sh -c "
-              "'p=$(cat); case \"$p\" in *fail*) exit 1;; esac; sleep 0.2'",
+              "'p=$(cat); case \"$p\" in *fail*) exit 1;; esac; sleep 0.2' 2>&1",
               example("worker-pool.sh"));
     for (int i = 0; i < 12; i++) {
         char text[32];
@@ -182,6 +182,8 @@ BUS_TEST_WITH(examples, worker_pool_acks_what_succeeds_and_dead_letters_what_kee
     char *out = NULL;
     int status = bus_proc_wait(&w, BUS_WAIT_MS, &out);
     cr_assert_eq(status, 0, "the pool's status %d, it said: %s", status, out ? out : "");
+    cr_assert(strstr(out, "failed (delivery 2); giving it back"), "the failing task was tried "
+              "twice: %s", out);
     free(out);
     json_t *ctl = bus_ctl("bob");
     cr_assert_eq(bus_int(ctl, "acked_total"), 12, "every good task acked once");

@@ -539,17 +539,35 @@ BUS_TEST_WITH(leases, a_draining_agents_empty_claim_gives_eof, start_lease_30)
     claim("bob", &l);
     cr_assert_str_eq(l.payload, "left over");
 
+    /* While a lease is out it may come back (its worker may die): a claimer waits. */
+    struct lease none;
+    int err = claim_nonblock("bob", &none);
+    cr_assert_eq(err, EAGAIN, "O_NONBLOCK claim of a draining agent with a lease out: %s "
+                 "(want EAGAIN)", err == 0 ? "a lease" : err < 0 ? "end-of-file" : strerror(err));
+    struct bus_proc cat;
+    bus_spawn(&bus, &cat, "exec cat agents/bob/claim");
+    cr_assert(bus_wait_in_syscall(cat.pid, SYS_read, -1, BUS_WAIT_MS),
+              "cat agents/bob/claim did not wait for the lease");
+    cr_assert_eq(ctl_int("bob", "leased"), 1);
+
+    /* The lease acked, nothing can come any more: end-of-file, for the waiter too. */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm agents/bob/%s", l.file);
+    sh_ok(cmd);
+    char *out = NULL;
+    int status = bus_proc_wait(&cat, BUS_WAIT_MS, &out);
+    cr_assert_eq(status, 0, "the waiting claim ended with %d", status);
+    cr_assert_str_empty(out ? out : "", "a draining agent's empty claim printed: %s", out);
+    free(out);
     struct bus_cmd r;
-    int status = bus_sh(&bus, &r, "timeout 10 cat agents/bob/claim");
+    status = bus_sh(&bus, &r, "timeout 10 cat agents/bob/claim");
     cr_assert_eq(status, 0, "cat of a draining agent's empty claim: status %d (124: it blocked)",
                  status);
     cr_assert_str_empty(r.out, "a draining agent's empty claim printed: %s", r.out);
     bus_cmd_free(&r);
-    struct lease none;
-    int err = claim_nonblock("bob", &none);
+    err = claim_nonblock("bob", &none);
     cr_assert_eq(err, -1, "O_NONBLOCK claim of a draining empty agent: %s (want end-of-file)",
                  err == 0 ? "a lease" : strerror(err));
-    cr_assert_eq(ctl_int("bob", "leased"), 1);
     lease_free(&l);
 }
 
