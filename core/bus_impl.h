@@ -84,8 +84,9 @@ enum dead_reason { DEAD_MAX_DELIVER = 1, DEAD_EXPIRED = 2, DEAD_NREASONS = 3 };
 
 /* Idempotency keys within --dedupe-window (dedupe.c). */
 #define DEDUPE_KEY_MAX 128
+#define DEDUPE_KEY_BUF (11 + 1 + BUS_NAME_MAX + 1 + DEDUPE_KEY_MAX + 1)
 struct dedupe_entry {
-	char *key;                   /* "SENDER\x01KEY" */
+	char *key;                   /* "UID/SENDER\x01KEY": the sending agent and its owner */
 	int64_t at;
 };
 struct dedupe {
@@ -276,8 +277,9 @@ struct bus_message *lease_check(struct bus *bus, struct agent *a, uint64_t numbe
 const char *bus_dead_reason_name(int reason);
 
 /* dedupe.c */
-/* "FROM\x01KEY" into out; -EINVAL for an empty, too long or NUL-holding key. */
-int dedupe_key(char *out, size_t n, const char *from, const char *key, size_t keylen);
+/* "OWNER/FROM\x01KEY" into out; -EINVAL for an empty, too long or NUL-holding key. */
+int dedupe_key(char *out, size_t n, uid_t owner, const char *from, const char *key,
+	       size_t keylen);
 bool dedupe_seen(const struct bus *bus, const char *k, int64_t now);
 int dedupe_add(struct bus *bus, const char *k, int64_t at);
 void dedupe_undo_last(struct bus *bus);

@@ -120,29 +120,34 @@ int bus_lease_ack(struct bus *bus, uint64_t agent_id, uint64_t number, const cha
 #define CTL_USAGE "drain, resume, ack MSG_ID [TOKEN], extend MSG_ID TOKEN [SECONDS], " \
 		  "nak MSG_ID TOKEN [DELAY_S] or retry MSG_ID"
 
-/* A token: decimal digits, no sign, > 0. */
+/* A token: decimal digits, no sign, 1 to 2^64 - 1. */
 static bool parse_token(const char *s, uint64_t *out)
 {
 	uint64_t v = 0;
 	if (!*s)
 		return false;
 	for (; *s; s++) {
-		if (*s < '0' || *s > '9' || v > (UINT64_MAX - 9) / 10)
+		uint64_t d = (uint64_t)(*s - '0');
+		if (*s < '0' || *s > '9' || v > (UINT64_MAX - d) / 10)
 			return false;
-		v = v * 10 + (uint64_t)(*s - '0');
+		v = v * 10 + d;
 	}
 	*out = v;
 	return v > 0;
 }
 
-/* Seconds: digits with an optional fraction. */
+/* Seconds: decimal digits, an optional fraction after a '.' (no sign, exponent or hex),
+ * at most 31 days. */
 static bool parse_seconds(const char *s, double *out)
 {
-	char *end;
-	if (!*s || !((*s >= '0' && *s <= '9') || *s == '.'))
+	size_t digits = strspn(s, "0123456789");
+	const char *frac = s + digits;
+	if (*frac == '.')
+		frac += 1 + strspn(frac + 1, "0123456789");
+	if (digits == 0 || *frac != '\0' || digits > 8)
 		return false;
-	*out = strtod(s, &end);
-	return *end == '\0' && *out >= 0;
+	*out = strtod(s, NULL);
+	return *out <= BUS_MAX_SECONDS;
 }
 
 static int set_draining(struct bus *bus, uint64_t agent_id, uid_t uid, bool drain,
@@ -206,9 +211,11 @@ int bus_ctl(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data, siz
 	if (n >= 3 && !parse_token(w[2], &token))
 		return bus_fail(err, EINVAL, "'%.30s' is not a lease token", w[2]);
 	if (n == 4 && !parse_seconds(w[3], &seconds))
-		return bus_fail(err, EINVAL, "'%.30s' is not a number of seconds", w[3]);
-	if (n == 4 && strcmp(verb, "extend") == 0 && seconds <= 0)
-		return bus_fail(err, EINVAL, "extend takes a positive number of seconds");
+		return bus_fail(err, EINVAL, "'%.30s' is not a number of seconds from 0 to %.0f "
+				"(digits, an optional fraction)", w[3], BUS_MAX_SECONDS);
+	if (n == 4 && strcmp(verb, "extend") == 0 && seconds < 1)
+		return bus_fail(err, EINVAL, "a lease is extended by 1 to %.0f seconds",
+				BUS_MAX_SECONDS);
 
 	if (strcmp(verb, "retry") == 0)
 		return bus_dead_retry(bus, agent_id, number, id, uid, err);

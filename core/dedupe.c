@@ -5,23 +5,26 @@
  * A key enters with the record that delivers its message (REC_DELIVER_KEYED), so a
  * kill -9 can never keep the message and lose its key, nor the reverse; snapshots
  * restate the keys still within the window (REC_SNAP_DEDUPE). Keys live in a map
- * ("SENDER\x01KEY" -> when first seen) and in a queue in the order they came, which
+ * ("UID/SENDER\x01KEY" -> when first seen) and in a queue in the order they came, which
  * is how they leave: a tick drops the keys older than the window from the front, so
  * nothing is scanned. Under the bus lock. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bus_impl.h"
 
-/* Map values are first-seen times + 1, so 0 still reads as absent. */
-int dedupe_key(char *out, size_t n, const char *from, const char *key, size_t keylen)
+/* A key is the sender's: its name AND the uid that owns it, so an agent removed and
+ * registered again by another uid does not inherit (or let others plant) its keys.
+ * Map values are first-seen times + 1, so 0 still reads as absent. */
+int dedupe_key(char *out, size_t n, uid_t owner, const char *from, const char *key,
+	       size_t keylen)
 {
-	size_t f = strlen(from);
-	if (keylen == 0 || keylen > DEDUPE_KEY_MAX || memchr(key, '\0', keylen) ||
-	    f + 1 + keylen + 1 > n)
+	int f = snprintf(out, n, "%u/%s", (unsigned)owner, from);
+	if (keylen == 0 || keylen > DEDUPE_KEY_MAX || memchr(key, '\0', keylen) || f < 0 ||
+	    (size_t)f + 1 + keylen + 1 > n)
 		return -EINVAL;
-	memcpy(out, from, f);
 	out[f] = '\x01';
 	memcpy(out + f + 1, key, keylen);
 	out[f + 1 + keylen] = '\0';
@@ -101,10 +104,10 @@ void dedupe_free(struct dedupe *d)
 	memset(d, 0, sizeof *d);
 }
 
-/* REC_SNAP_DEDUPE: str "SENDER\x01KEY", u64 at_us. */
+/* REC_SNAP_DEDUPE: str "UID/SENDER\x01KEY", u64 at_us. */
 int dedupe_apply(struct bus *bus, struct reader *r)
 {
-	char k[BUS_NAME_MAX + 2 + DEDUPE_KEY_MAX + 1];
+	char k[DEDUPE_KEY_BUF];
 	rd_str(r, k, sizeof k);
 	uint64_t at = rd_u64(r);
 	if (r->bad || !strchr(k, '\x01') || at > (uint64_t)INT64_MAX / 2)

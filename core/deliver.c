@@ -198,7 +198,7 @@ int deliver_apply(struct bus *bus, struct reader *r)
 int deliver_keyed_apply(struct bus *bus, struct reader *r)
 {
 	uint32_t dups = rd_u32(r), k = rd_u32(r);
-	char key[BUS_NAME_MAX + 2 + DEDUPE_KEY_MAX + 1];
+	char key[DEDUPE_KEY_BUF];
 	uint32_t added = 0;
 	int rc = 0;
 	for (uint32_t i = 0; i < k && rc == 0; i++) {

@@ -542,9 +542,10 @@ struct bus_message *lease_check(struct bus *bus, struct agent *a, uint64_t numbe
 	return m;
 }
 
-static bool seconds_ok(double s, bool zero_ok)
+/* An extension is 1 s to 31 days (0: --lease); a nak's delay 0 to 31 days. */
+static bool seconds_ok(double s, bool extension)
 {
-	return (zero_ok ? s >= 0 : s > 0) && s <= MAX_SECONDS;
+	return (extension ? s == 0 || s >= 1 : s >= 0) && s <= MAX_SECONDS;
 }
 
 int bus_lease_extend(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
@@ -584,7 +585,7 @@ int bus_lease_nak(struct bus *bus, uint64_t agent_id, uint64_t number, const cha
 	struct agent *a = bus_owned_agent(bus, agent_id, uid, "give back the leases of", err);
 	struct bus_message *m = NULL;
 	int rc;
-	if (!seconds_ok(delay_s, true))
+	if (!seconds_ok(delay_s, false))
 		rc = bus_fail(err, EINVAL, "a nak's delay is 0 to %.0f seconds", MAX_SECONDS);
 	else if (!a || !(m = lease_check(bus, a, number, msg_id, token, err)))
 		rc = -err->code;
@@ -618,6 +619,10 @@ int bus_dead_retry(struct bus *bus, uint64_t agent_id, uint64_t number, const ch
 	int rc;
 	if (!a || !dead_letter(a, number, msg_id, err)) {
 		rc = -err->code;
+	} else if (a->inbox.live + a->inflight.live + a->reserved >= bus->cfg.inbox_capacity) {
+		rc = bus_fail(err, EAGAIN, "the inbox of %s is full (%zu pending + %u being written, "
+			      "capacity %u): retry when there is room", a->name,
+			      a->inbox.live + a->inflight.live, a->reserved, bus->cfg.inbox_capacity);
 	} else {
 		buf_reset(&bus->rec);
 		buf_put_u8(&bus->rec, REC_RETRY);

@@ -38,9 +38,9 @@ enum record_type {
 			       u64 at_us, u64 discarded (the oldest dead letter pushed out, or 0) */
 	REC_RETRY = 18,     /* str agent, u64 number: a dead letter is pending again */
 	REC_DISCARD = 19,   /* str agent, u64 number: a dead letter removed (rm) */
-	REC_DELIVER_KEYED = 20, /* u32 duplicates, u32 k, k x (str "SENDER\x01KEY", u64 at_us),
+	REC_DELIVER_KEYED = 20, /* u32 duplicates, u32 k, k x (str "UID/SENDER\x01KEY", u64 at_us),
 				   u32 n, n x message: a `send` write with idempotency keys */
-	REC_SNAP_DEDUPE = 21, /* str "SENDER\x01KEY", u64 at_us */
+	REC_SNAP_DEDUPE = 21, /* str "UID/SENDER\x01KEY", u64 at_us */
 };
 
 struct record_kind {

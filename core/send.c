@@ -414,7 +414,7 @@ struct send_record {
 	bool requires_ack;
 	bool urgent;
 	uint32_t ttl_s;         /* 0: --message-ttl */
-	char key[BUS_NAME_MAX + 2 + DEDUPE_KEY_MAX + 1]; /* "SENDER\x01KEY", "" for none */
+	char key[DEDUPE_KEY_BUF];  /* "OWNER/SENDER\x01KEY", "" for none */
 	bool duplicate;         /* its key was seen within --dedupe-window: not delivered */
 };
 
@@ -519,7 +519,7 @@ static int parse_record(struct bus *bus, const struct agent *sender, const char 
 			r->ttl_s = (uint32_t)(t > 0 ? t : 0);
 		} else if (strcmp(k, "idempotency_key") == 0) {
 			const char *key = json_is_string(v) ? json_string_value(v) : NULL;
-			if (!key || dedupe_key(r->key, sizeof r->key, sender->name, key,
+			if (!key || dedupe_key(r->key, sizeof r->key, sender->uid, sender->name, key,
 					       json_string_length(v)) < 0)
 				rc = bus_fail(err, EINVAL, "record %u: \"idempotency_key\" must be a "
 					      "string of 1 to %d bytes", index, DEDUPE_KEY_MAX);

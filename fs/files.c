@@ -246,6 +246,15 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 {
 	struct fs *fs = fs_of(req);
 	struct node_ref p = ref_of(fs, parent);
+	if (p.node == N_INFLIGHT || p.node == N_DEAD) {
+		/* A name not there is a lease that ended or a letter gone: `touch` of an old
+		 * inflight/ file says so, not "permission denied". */
+		refuse_at(req, "create", parent, name, ENOENT,
+			  p.node == N_INFLIGHT ? "no such lease: it ended (inflight/ files are made "
+						 "by claims)"
+					       : "no such dead letter");
+		return;
+	}
 	if (p.node != N_OUTBOX) {
 		refuse_at(req, "create", parent, name, EACCES,
 			  p.node == N_INBOX ? "inbox files are made by deliveries, not by create"

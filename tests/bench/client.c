@@ -44,6 +44,11 @@
  *                                       died first, "timeout" after TIMEOUT seconds
  *   client shell    SHELL PATH N        N x spawn SHELL -c 'echo x > "$1"' sh PATH and wait;
  *                                       a non-zero exit status is fatal
+ *   client consume  next|claim DIR N    N messages consumed from the agent directory DIR,
+ *                                       each as a worker would: `next` (open + read
+ *                                       until 0 + close, then unlink of its inbox file)
+ *                                       or `claim` (the same read of claim, then unlink
+ *                                       of the inflight/ file its lease names)
  *
  * Prints one line: "<rate> msgs/s (<count> msgs, <seconds> s, <us> us/op)", or for
  * read "<rate> reads/s (<count> reads, <seconds> s, <us> us/op, <bytes> bytes/read)"
@@ -846,6 +851,83 @@ static int cmd_shell(int argc, char **argv)
 	return 0;
 }
 
+/* Reads a whole file (open + read until 0 + close) into buf; returns its length. */
+static size_t read_whole(const char *path, char *buf, size_t size, long i)
+{
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		die("open", path, i);
+	size_t len = 0;
+	for (;;) {
+		ssize_t r = read(fd, buf + len, size - 1 - len);
+		if (r < 0)
+			die("read", path, i);
+		if (r == 0)
+			break;
+		len += (size_t)r;
+		if (len >= size - 1) {
+			fprintf(stderr, "%s: %s: more than %zu bytes at op %ld\n", prog, path, size, i);
+			exit(1);
+		}
+	}
+	buf[len] = '\0';
+	if (close(fd) != 0)
+		die("close", path, i);
+	if (len == 0) {
+		fprintf(stderr, "%s: %s: end-of-file at op %ld (nothing left to consume)\n", prog,
+			path, i);
+		exit(1);
+	}
+	return len;
+}
+
+/* The string value of "key":"..." in a JSON text (no escapes in the values read here). */
+static void json_field(const char *text, const char *key, char *out, size_t n, long i)
+{
+	char pat[64];
+	snprintf(pat, sizeof pat, "\"%s\":\"", key);
+	const char *p = strstr(text, pat);
+	const char *e = p ? strchr(p + strlen(pat), '"') : NULL;
+	if (!p || !e || (size_t)(e - p - strlen(pat)) >= n) {
+		fprintf(stderr, "%s: no %s in message %ld: %.200s\n", prog, key, i, text);
+		exit(1);
+	}
+	p += strlen(pat);
+	memcpy(out, p, (size_t)(e - p));
+	out[e - p] = '\0';
+}
+
+static int cmd_consume(int argc, char **argv)
+{
+	if (argc != 5 || (strcmp(argv[2], "next") != 0 && strcmp(argv[2], "claim") != 0)) {
+		fprintf(stderr, "usage: %s consume next|claim DIR N\n", prog);
+		return 2;
+	}
+	int claim = strcmp(argv[2], "claim") == 0;
+	const char *dir = argv[3];
+	long n = parse_count(argv[4], "N");
+	char src[4096], file[4096 + 256], text[1 << 16], id[128], rel[256];
+	snprintf(src, sizeof src, "%s/%s", dir, claim ? "claim" : "next");
+	double t0 = now();
+	for (long i = 0; i < n; i++) {
+		read_whole(src, text, sizeof text, i);
+		if (claim) {
+			const char *lease = strstr(text, "\"lease\":");
+			json_field(lease ? lease : text, "file", rel, sizeof rel, i);
+			snprintf(file, sizeof file, "%s/%s", dir, rel);
+		} else {
+			/* inbox/<20-digit number>-<msg_id>.json, the number in the msg_id's tail */
+			json_field(text, "msg_id", id, sizeof id, i);
+			const char *num = strrchr(id, '-');
+			snprintf(file, sizeof file, "%s/inbox/%s-%s.json", dir, num ? num + 1 : "", id);
+		}
+		if (unlink(file) != 0)
+			die("unlink", file, i);
+	}
+	report(n, now() - t0);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2) {
@@ -867,6 +949,8 @@ int main(int argc, char **argv)
 			return cmd_startup(argc, argv);
 		if (strcmp(argv[1], "shell") == 0)
 			return cmd_shell(argc, argv);
+		if (strcmp(argv[1], "consume") == 0)
+			return cmd_consume(argc, argv);
 	}
 	fprintf(stderr,
 		"usage: %s outbox PATH N\n"
@@ -878,7 +962,8 @@ int main(int argc, char **argv)
 		"       %s wake inotify DIR N [SAMPLES]\n"
 		"       %s fanout PATH PREFIX WIDTH AGENTS PER LINES\n"
 		"       %s startup PATH TIMEOUT RESULT -- PROGRAM ARGS...\n"
-		"       %s shell SHELL PATH N\n",
-		prog, prog, prog, prog, prog, prog, prog, prog, prog, prog);
+		"       %s shell SHELL PATH N\n"
+		"       %s consume next|claim DIR N\n",
+		prog, prog, prog, prog, prog, prog, prog, prog, prog, prog, prog);
 	return 2;
 }

@@ -1468,3 +1468,22 @@ BUS_TEST(leases, a_retried_record_with_its_key_is_delivered_once_across_a_kill_9
           ">> agents/alice/send");
     cr_assert_eq(bus_count(AT("agents/bob/inbox")), 2);
 }
+
+/* A worker that renews with `touch` after its lease ended learns that it ended
+ * (ENOENT), not "permission denied": touch tries to create the missing name. */
+BUS_TEST_WITH(leases, touch_of_an_ended_lease_says_no_such_file, start_lease_30)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    bus_send("alice", "bob", "task");
+    struct lease l;
+    claim("bob", &l);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "nak %s %lld", l.msg_id, (long long)l.token);
+    cr_assert_eq(bus_write(AT("agents/bob/ctl"), cmd), 0);
+    snprintf(cmd, sizeof cmd, "touch agents/bob/%s", l.file);
+    sh_fails(ENOENT, cmd);
+    snprintf(cmd, sizeof cmd, "touch agents/bob/dead/nothing-here.json");
+    sh_fails(ENOENT, cmd);
+    cr_assert_eq(bus_count(AT("agents/bob/inflight")), 0, "touch made a file in inflight/");
+    lease_free(&l);
+}

@@ -52,28 +52,31 @@ static void set_draining(bool on)
 		   err.reason);
 }
 
-/* A lease token: decimal digits, > 0, no overflow. */
+/* A lease token: decimal digits, 1 to 2^64 - 1. */
 static bool model_token(const char *w)
 {
-	uint64_t v = 0;
-	if (!*w)
+	if (!*w || strspn(w, "0123456789") != strlen(w))
 		return false;
-	for (; *w; w++) {
-		if (*w < '0' || *w > '9' || v > (UINT64_MAX - 9) / 10)
-			return false;
-		v = v * 10 + (uint64_t)(*w - '0');
-	}
-	return v > 0;
+	while (*w == '0')
+		w++;
+	if (!*w)
+		return false; /* 0 */
+	size_t n = strlen(w);
+	return n < 20 || (n == 20 && strcmp(w, "18446744073709551615") <= 0);
 }
 
-/* Seconds: a number that starts with a digit or '.', 0 to 31 days. */
+/* Seconds: digits, an optional '.' and fraction digits, at most 8 whole digits, at
+ * most 31 days. */
 static bool model_seconds(const char *w, double *out)
 {
-	char *end;
-	if (!((*w >= '0' && *w <= '9') || *w == '.'))
+	size_t digits = strspn(w, "0123456789");
+	const char *frac = w + digits;
+	if (*frac == '.')
+		frac += 1 + strspn(frac + 1, "0123456789");
+	if (digits == 0 || digits > 8 || *frac)
 		return false;
-	*out = strtod(w, &end);
-	return *end == '\0' && *out >= 0 && *out <= BUS_MAX_SECONDS;
+	*out = strtod(w, NULL);
+	return *out <= BUS_MAX_SECONDS;
 }
 
 /* What bus_ctl must answer, from the command grammar: `drain`, `resume`, `ack MSG_ID
@@ -118,16 +121,9 @@ static int model(const char *p, size_t n, uid_t uid, const struct bus_message *o
 	if (nw >= 3 && !model_token(w[2]))
 		return -EINVAL;
 	double seconds = 0;
-	if (nw == 4 && !model_seconds(w[3], &seconds)) {
-		/* Out of range is refused with the others, by the lease code. */
-		char *end;
-		double v = strtod(w[3], &end);
-		bool number = (w[3][0] >= '0' && w[3][0] <= '9') || w[3][0] == '.';
-		if (!number || *end || !(v >= 0))
-			return -EINVAL;
+	if (nw == 4 && !model_seconds(w[3], &seconds))
 		return -EINVAL;
-	}
-	if (extend && nw == 4 && seconds <= 0)
+	if (extend && nw == 4 && seconds < 1)
 		return -EINVAL;
 	if (!owner)
 		return -EACCES;

@@ -835,3 +835,76 @@ LEASE_TEST(a_bad_idempotency_key_is_einval)
     }
     assert_place(BUS_INBOX, "");
 }
+
+LEASE_TEST(keys_belong_to_the_sender_and_its_owner_not_to_the_name)
+{
+    /* A uid that registers a name, plants keys and removes it must not make the next
+     * owner's sends vanish. */
+    start(0, 0);
+    struct bus_error err = {0};
+    cr_assert_eq(bus_agent_create(the_bus, "bob", OWNER, OWNER, NULL, &err), 0);
+    cr_assert_eq(bus_agent_create(the_bus, "svc", OTHER, OTHER, NULL, &err), 0);
+    const char *rec = "{\"to\":\"bob\",\"payload\":\"planted\",\"idempotency_key\":\"job-1\"}";
+    struct buf pending;
+    unsigned delivered = 0;
+    buf_init(&pending);
+    cr_assert_eq(bus_send_write(the_bus, id_of("svc"), OTHER, &pending, rec, strlen(rec),
+                                &delivered, &err), 0);
+    cr_assert_eq(delivered, 1);
+    struct bus_message *m = NULL;
+    bool draining;
+    cr_assert_eq(bus_next_peek(the_bus, id_of("bob"), &m, &draining), 0);
+    cr_assert_eq(bus_ack(the_bus, id_of("bob"), m->number, NULL, OWNER, &err), 0);
+    message_unref(m);
+    cr_assert_eq(bus_agent_remove(the_bus, "svc", OTHER, &err), 0, "%s", err.reason);
+    cr_assert_eq(bus_agent_create(the_bus, "svc", OWNER, OWNER, NULL, &err), 0);
+    rec = "{\"to\":\"bob\",\"payload\":\"legit\",\"idempotency_key\":\"job-1\"}";
+    cr_assert_eq(bus_send_write(the_bus, id_of("svc"), OWNER, &pending, rec, strlen(rec),
+                                &delivered, &err), 0);
+    cr_assert_eq(delivered, 1, "the new owner's send was taken for the old owner's retry");
+    buf_free(&pending);
+}
+
+LEASE_TEST(retry_respects_the_inbox_capacity)
+{
+    cfg = (struct bus_config){.store_dir = store_dir, .store_max_bytes = UINT64_C(64) << 20,
+                              .lease_s = 10, .max_deliver = 1, .inbox_capacity = 2};
+    open_bus();
+    agents();
+    send_task(1);
+    struct claim c = claim_ok();
+    cr_assert_eq(ctl("nak %s %" PRIu64, c.msg_id, c.token), 0);
+    assert_place(BUS_DEAD, "1");
+    send_task(2);
+    send_task(3);
+    cr_assert_eq(ctl("retry %s", c.msg_id), -EAGAIN, "a retry past --inbox-capacity");
+    assert_place(BUS_DEAD, "1");
+    struct claim d = claim_ok();
+    cr_assert_eq(ctl("ack %s %" PRIu64, d.msg_id, d.token), 0);
+    cr_assert_eq(ctl("retry %s", c.msg_id), 0, "%s", last_err.reason);
+    assert_place(BUS_INBOX, "1 3");
+    claim_free(&c);
+    claim_free(&d);
+}
+
+LEASE_TEST(lease_seconds_are_plain_decimals_from_1_and_tokens_use_all_64_bits)
+{
+    start(0, 0);
+    agents();
+    send_task(1);
+    struct claim c = claim_ok();
+    const char *bad_extend[] = {"0x10", "1e3", "0x1p4", "0.0001", "0.5", ".5", "+5", "-1",
+                                "99999999999", "2678401", "1.5e1", "nan", "inf"};
+    for (size_t i = 0; i < sizeof bad_extend / sizeof bad_extend[0]; i++)
+        cr_assert_eq(ctl("extend %s %" PRIu64 " %s", c.msg_id, c.token, bad_extend[i]),
+                     -EINVAL, "extend by %s", bad_extend[i]);
+    const char *good_extend[] = {"1", "1.5", "1000.", "2678400", "30.25"};
+    for (size_t i = 0; i < sizeof good_extend / sizeof good_extend[0]; i++)
+        cr_assert_eq(ctl("extend %s %" PRIu64 " %s", c.msg_id, c.token, good_extend[i]), 0,
+                     "extend by %s: %s", good_extend[i], last_err.reason);
+    cr_assert_eq(ctl("nak %s %" PRIu64 " 0x5", c.msg_id, c.token), -EINVAL);
+    cr_assert_eq(ctl("ack %s 18446744073709551615", c.msg_id), -ESTALE, "the largest token");
+    cr_assert_eq(ctl("ack %s 18446744073709551616", c.msg_id), -EINVAL, "past 64 bits");
+    cr_assert_eq(ctl("nak %s %" PRIu64 " 0.5", c.msg_id, c.token), 0, "%s", last_err.reason);
+    claim_free(&c);
+}
