@@ -83,6 +83,8 @@ MEM_PER=${BENCH_MEM_PER:-100}
 SKIP=" ${BENCH_SKIP:-} "
 SKIP=${SKIP//,/ }
 MEM_LINES=1000         # records per write() while loading the memory busfs
+CONS_N=${BENCH_CONSUME_N:-5000} # messages per round of the consume workload
+CONS_GOAL_X=1.3        # goal: claim + ack costs at most this x next + rm
 WAKE_GOAL_X=1.2        # goal: wake-up p50 <= this x one send
 WAKE_GOAL_P99_US=2000  # goal: wake-up p99
 MEM_GOAL_MIB=64        # goal: RSS with MEM_AGENTS x MEM_PER pending messages
@@ -108,8 +110,8 @@ esac
 
 for w in $SKIP; do
 	case $w in
-	outbox | batch | wake | shell | reads | append | summary | memory) ;;
-	*) echo "bench: BENCH_SKIP: unknown workload '$w' (outbox batch wake shell reads append summary memory)" >&2; exit 2 ;;
+	outbox | batch | wake | shell | reads | append | summary | memory | consume) ;;
+	*) echo "bench: BENCH_SKIP: unknown workload '$w' (outbox batch wake shell reads append summary memory consume)" >&2; exit 2 ;;
 	esac
 done
 [ -x "$SHELL_BIN" ] || { echo "bench: BENCH_SHELL=$SHELL_BIN is not an executable" >&2; exit 2; }
@@ -838,6 +840,43 @@ elif setup_memory; then
 else
 	FAIL[busfs-mem]="memory and recovery: $MEM_ERR"
 fi
+# ---------------------------------------------------------------- consuming
+# One worker takes CONS_N messages one at a time from an agent of its own busfs, as
+# a v1 worker does (read next, rm its inbox file) and as a leasing one does (read
+# claim, rm the inflight/ file its lease names): ROUNDS rounds, the two interleaved.
+declare -A CONS_RATES=([next]="" [claim]="")
+CONS_ERR=""
+setup_consume() {
+	local R="$WORK/mnt-busfs-lease" st="$SHM/store-lease" r mode
+	start_timed busfs-lease "$R" "$BUSFS" -f --store "$st" --inbox-capacity $((CONS_N + 100)) "$R" ||
+		{ CONS_ERR=$MEM_ERR; return 1; }
+	if ! mkdir "$R/agents/p" "$R/agents/c1" 2>/dev/null; then
+		CONS_ERR="mkdir agents/p agents/c1 failed"
+		return 1
+	fi
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for mode in next claim; do
+			if ! run_client "fill:busfs-lease" fanout "$R/agents/p/send" c 1 1 "$CONS_N" 100; then
+				CONS_ERR="filling agents/c1: ${FAIL[fill:busfs-lease]}"
+				return 1
+			fi
+			if ! run_client "consume-$mode:busfs-lease" consume "$mode" "$R/agents/c1" "$CONS_N"; then
+				CONS_ERR="consume $mode: ${FAIL[consume-$mode:busfs-lease]}"
+				return 1
+			fi
+			CONS_RATES[$mode]+="$RATE "
+		done
+		log "consume: round $r/$ROUNDS: next+rm ${CONS_RATES[next]##* }, claim+ack ${CONS_RATES[claim]##* } msgs/s"
+	done
+}
+if skip consume; then
+	:
+elif [ -z "$BUSFS" ] || [ ! -x "$BUSFS" ]; then
+	ORDER+=(busfs-lease)
+	FAIL[busfs-lease]="${FAIL[busfs]:-no busfs binary}"
+elif ! setup_consume; then
+	FAIL[busfs-lease]="consume: $CONS_ERR"
+fi
 T1=$(date +%s)
 
 # ---------------------------------------------------------------- table
@@ -1096,6 +1135,31 @@ if [ -n "$MEM_KILL_MS" ]; then
 fi
 echo
 
+echo
+echo "Consuming: one worker takes $CONS_N messages one at a time from an agent of its own"
+echo "busfs: next+rm = open+read+close of agents/c1/next, then unlink of its inbox file (v1);"
+echo "claim+ack = the same read of agents/c1/claim (which leases the message), then unlink of"
+echo "the inflight/ file its lease names. Medians of $ROUNDS interleaved rounds, min-max."
+echo
+printf '%-16s %12s %10s %16s %12s\n' workload "msgs/s" "us/op" "min-max msgs/s" "x next+rm"
+printf '%s\n' "----------------------------------------------------------------------"
+if [ -n "${FAIL[busfs-lease]:-}" ]; then
+	echo "not measured: ${FAIL[busfs-lease]}"
+elif ! skip consume; then
+	cn=$(median <<<"${CONS_RATES[next]}")
+	cc=$(median <<<"${CONS_RATES[claim]}")
+	for mode in next claim; do
+		m=$(median <<<"${CONS_RATES[$mode]}")
+		lo=$(tr ' ' '\n' <<<"${CONS_RATES[$mode]}" | grep . | sort -g | head -1)
+		hi=$(tr ' ' '\n' <<<"${CONS_RATES[$mode]}" | grep . | sort -g | tail -1)
+		printf '%-16s %12.0f %10.1f %16s %12s\n' "$mode$([ $mode = next ] && echo +rm || echo +ack)" \
+			"$m" "$(awk -v r="$m" 'BEGIN { print 1e6 / r }')" "${lo%.*}-${hi%.*}" \
+			"$(awk -v a="$cn" -v b="$m" 'BEGIN { printf "%.2f", a / b }')"
+	done
+	x=$(awk -v a="$cn" -v b="$cc" 'BEGIN { printf "%.2f", a / b }')
+	echo "claim+ack costs ${x}x next+rm per message (goal <= ${CONS_GOAL_X}x): $(awk -v x="$x" -v g="$CONS_GOAL_X" 'BEGIN { print (x <= g) ? "met" : "NOT met" }')"
+fi
+
 # ---------------------------------------------------------------- failures
 # Exit status: 0 only when every target and workload was measured and every server
 # stopped cleanly.
@@ -1109,7 +1173,7 @@ for n in "${ORDER[@]}"; do
 		echo "$n: server ${STOPSLOW[$n]} (not a failure)"
 	fi
 done
-for t in "${TARGETS[@]}" busfs-read busfs-sum busfs-mem; do
+for t in "${TARGETS[@]}" busfs-read busfs-sum busfs-mem busfs-lease; do
 	if [ -n "${FAIL[$t]:-}" ]; then
 		echo "$t: not measured: ${FAIL[$t]}"
 		status=1
@@ -1122,7 +1186,7 @@ for job in "${ALLJOBS[@]}"; do
 	fi
 done
 if [ -n "${FAIL[busfs]:-}" ] || [ -n "${FAIL[busfs-read]:-}" ] || [ -n "${FAIL[busfs-sum]:-}" ] ||
-	[ -n "${FAIL[busfs-mem]:-}" ]; then
+	[ -n "${FAIL[busfs-mem]:-}" ] || [ -n "${FAIL[busfs-lease]:-}" ]; then
 	echo "busfs FAILED (the other targets were measured without it)."
 elif [ "$status" = 0 ]; then
 	echo "all targets measured."
