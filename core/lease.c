@@ -611,21 +611,26 @@ static struct bus_message *dead_letter(struct agent *a, uint64_t number, const c
 	return m;
 }
 
-int bus_dead_retry(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
-		   uid_t uid, struct bus_error *err)
+/* One record about a dead letter of the agent's: REC_RETRY (which needs room in the
+ * inbox) or REC_DISCARD. */
+static int dead_letter_record(struct bus *bus, uint64_t agent_id, uint64_t number,
+			      const char *msg_id, uid_t uid, uint8_t kind, struct bus_error *err)
 {
 	bus_lock(bus);
-	struct agent *a = bus_owned_agent(bus, agent_id, uid, "retry the dead letters of", err);
+	struct agent *a = bus_owned_agent(bus, agent_id, uid, kind == REC_RETRY
+					  ? "retry the dead letters of"
+					  : "discard the dead letters of", err);
 	int rc;
 	if (!a || !dead_letter(a, number, msg_id, err)) {
 		rc = -err->code;
-	} else if (a->inbox.live + a->inflight.live + a->reserved >= bus->cfg.inbox_capacity) {
+	} else if (kind == REC_RETRY &&
+		   a->inbox.live + a->inflight.live + a->reserved >= bus->cfg.inbox_capacity) {
 		rc = bus_fail(err, EAGAIN, "the inbox of %s is full (%zu pending + %u being written, "
 			      "capacity %u): retry when there is room", a->name,
 			      a->inbox.live + a->inflight.live, a->reserved, bus->cfg.inbox_capacity);
 	} else {
 		buf_reset(&bus->rec);
-		buf_put_u8(&bus->rec, REC_RETRY);
+		buf_put_u8(&bus->rec, kind);
 		buf_put_str(&bus->rec, a->name);
 		buf_put_u64(&bus->rec, number);
 		rc = bus_commit(bus, err);
@@ -634,23 +639,16 @@ int bus_dead_retry(struct bus *bus, uint64_t agent_id, uint64_t number, const ch
 	return rc;
 }
 
+int bus_dead_retry(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
+		   uid_t uid, struct bus_error *err)
+{
+	return dead_letter_record(bus, agent_id, number, msg_id, uid, REC_RETRY, err);
+}
+
 int bus_dead_discard(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
 		     uid_t uid, struct bus_error *err)
 {
-	bus_lock(bus);
-	struct agent *a = bus_owned_agent(bus, agent_id, uid, "discard the dead letters of", err);
-	int rc;
-	if (!a || !dead_letter(a, number, msg_id, err)) {
-		rc = -err->code;
-	} else {
-		buf_reset(&bus->rec);
-		buf_put_u8(&bus->rec, REC_DISCARD);
-		buf_put_str(&bus->rec, a->name);
-		buf_put_u64(&bus->rec, number);
-		rc = bus_commit(bus, err);
-	}
-	bus_unlock_and_wake(bus);
-	return rc;
+	return dead_letter_record(bus, agent_id, number, msg_id, uid, REC_DISCARD, err);
 }
 
 /* ---------- the ticker's part ---------- */
