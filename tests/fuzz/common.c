@@ -358,7 +358,7 @@ static int check_message(void *ctx, const struct bus_message *m)
 static int check_agent(void *ctx, const struct bus_agent_info *a)
 {
 	struct check_ctx *c = ctx;
-	c->depth_sum += a->depth;
+	c->depth_sum += a->depth + a->leased;
 	c->reserved += a->reserved;
 	return 0;
 }
@@ -370,7 +370,7 @@ void fuzz_check_bus(struct bus *bus)
 	bus_stats(bus, &st);
 	bus_agent_list(bus, 0, check_agent, &c);
 	FUZZ_CHECK(st.pending == c.depth_sum, "bus_stats pending %" PRIu64 " != the sum of inbox "
-		   "depths %" PRIu64, st.pending, c.depth_sum);
+		   "depths and leases %" PRIu64, st.pending, c.depth_sum);
 	FUZZ_CHECK(c.reserved == 0, "%u inbox slot(s) stay reserved with no draft open",
 		   c.reserved);
 	struct agent_ids agents = {0};

@@ -63,7 +63,7 @@ void fuzz_world_init(struct fuzz_world *w, const char *tag);
  * (and starts on a fresh store every reset_every inputs, for state that compaction
  * keeps, such as metric series and the outboxes' last 1000 messages). */
 void fuzz_settle(struct fuzz_world *w);
-/* bus_stats pending == the sum of the agents' inbox depths; no agent holds a
+/* bus_stats pending == the sum of the agents' inbox depths and leases; no agent holds a
  * reservation (no draft is open between inputs); every pending envelope is one
  * line of valid JSON whose msg_id and number agree. */
 void fuzz_check_bus(struct bus *bus);

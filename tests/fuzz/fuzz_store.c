@@ -20,7 +20,7 @@
  * Invariants: crc32_compute is CRC-32 (checked against a bitwise reference on every
  * record); nothing crashes, leaks or reads out of bounds; a store that cannot load
  * gives an error with a reason. When bus_open accepts the store, the bus invariant
- * holds (pending == the sum of inbox depths), and what bus_close then writes (a
+ * holds (pending == the sum of inbox depths and leases), and what bus_close then writes (a
  * snapshot of the loaded state) opens again into the same state: same agents with the
  * same depth, outbox, drain state and counters; the store busfs wrote itself must
  * always load. A store refused as damaged (EBADMSG) is salvaged, and what the salvage
@@ -101,9 +101,10 @@ static int take_agent(void *ctx, const struct bus_agent_info *a)
 	return 0;
 }
 
+/* Pending messages: in inboxes, or leased (inflight/). */
 static int count_depth(void *ctx, const struct bus_agent_info *a)
 {
-	*(uint64_t *)ctx += a->depth;
+	*(uint64_t *)ctx += a->depth + a->leased;
 	return 0;
 }
 
@@ -115,7 +116,7 @@ static void snapshot_state(struct bus *bus, struct state *s)
 	uint64_t sum = 0;
 	bus_agent_list(bus, 0, count_depth, &sum);
 	FUZZ_CHECK(sum == s->st.pending, "a loaded store: pending %" PRIu64 " != the sum of inbox "
-		   "depths %" PRIu64, s->st.pending, sum);
+		   "depths and leases %" PRIu64, s->st.pending, sum);
 }
 
 static void compare(const struct state *x, const struct state *y, const char *dir)

@@ -107,7 +107,7 @@ static void rmrf(const char *dir)
 		die("rm", dir);
 }
 
-static struct bus *open_store(const char *store)
+static struct bus *open_store_with(const char *store, uint32_t max_deliver)
 {
 	mkdir(store, 0700);
 	char path[4200];
@@ -128,12 +128,15 @@ static struct bus *open_store(const char *store)
 	if (!f || fwrite(h, 1, sizeof h, f) != sizeof h)
 		die(path, strerror(errno));
 	fclose(f);
-	struct bus_config cfg = {.store_dir = store, .store_max_bytes = 1 << 30};
+	struct bus_config cfg = {.store_dir = store, .store_max_bytes = 1 << 30,
+				 .max_deliver = max_deliver};
 	struct bus *bus;
 	struct bus_error err = {0};
 	ok(bus_open(&cfg, &bus, &err), &err, "bus_open");
 	return bus;
 }
+
+static struct bus *open_store(const char *store) { return open_store_with(store, 0); }
 
 static void send(struct bus *bus, uint64_t from, const char *rec)
 {
@@ -225,6 +228,43 @@ static void alerts(struct bus *bus)
 	bus_tick(bus);
 }
 
+/* Leases, a nak's delay, dead letters, a retry, a ttl and idempotency keys, so every
+ * record kind of SPEC §10 is in the corpus (REC_LEASE ... REC_SNAP_DEDUPE). */
+static void leases(struct bus *bus)
+{
+	struct bus_error err = {0};
+	uint64_t alice = agent(bus, "alice"), bob = agent(bus, "bob");
+	send(bus, alice, "{\"to\":\"bob\",\"payload\":1,\"idempotency_key\":\"k-1\"}\n"
+			 "{\"to\":\"bob\",\"payload\":2,\"ttl_s\":60}\n"
+			 "{\"to\":\"bob\",\"payload\":3}\n{\"to\":\"bob\",\"payload\":4}\n");
+	send(bus, alice, "{\"to\":\"bob\",\"payload\":1,\"idempotency_key\":\"k-1\"}\n");
+	struct buf out;
+	buf_init(&out);
+	bool draining;
+	char cmd[160];
+	for (int i = 0; i < 3; i++) {
+		buf_reset(&out);
+		ok(bus_claim(bus, bob, 1000, &out, &draining, &err), &err, "claim");
+	}
+	/* Leases 1..3 hold payloads 1..3: extend the first, nak the second with a delay,
+	 * nak the third to death (max_deliver 1) and retry it. */
+	snprintf(cmd, sizeof cmd, "extend MSG-20261123-050512-0000abcd-00000000000000000001 1 30");
+	ok(bus_ctl(bus, bob, 1000, cmd, strlen(cmd), &err), &err, "extend");
+	snprintf(cmd, sizeof cmd, "nak MSG-20261123-050512-0000abcd-00000000000000000002 2 5");
+	ok(bus_ctl(bus, bob, 1000, cmd, strlen(cmd), &err), &err, "nak");
+	snprintf(cmd, sizeof cmd, "nak MSG-20261123-050512-0000abcd-00000000000000000003 3");
+	ok(bus_ctl(bus, bob, 1000, cmd, strlen(cmd), &err), &err, "nak to dead");
+	snprintf(cmd, sizeof cmd, "retry MSG-20261123-050512-0000abcd-00000000000000000003");
+	ok(bus_ctl(bus, bob, 1000, cmd, strlen(cmd), &err), &err, "retry");
+	buf_reset(&out);
+	ok(bus_claim(bus, bob, 1000, &out, &draining, &err), &err, "claim");
+	snprintf(cmd, sizeof cmd, "nak MSG-20261123-050512-0000abcd-00000000000000000003 4");
+	ok(bus_ctl(bus, bob, 1000, cmd, strlen(cmd), &err), &err, "nak to dead again");
+	snprintf(cmd, sizeof cmd, "ack MSG-20261123-050512-0000abcd-00000000000000000001 1");
+	ok(bus_ctl(bus, bob, 1000, cmd, strlen(cmd), &err), &err, "ack");
+	buf_free(&out);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2)
@@ -257,6 +297,14 @@ int main(int argc, char **argv)
 	emit(store, argv[1], "journal-alerts", 0, NULL, 0);
 	bus_compact(bus);
 	emit(store, argv[1], "snapshot-alerts", 0, NULL, 0);
+	bus_close(bus);
+	rmrf(store);
+
+	bus = open_store_with(store, 1);
+	leases(bus);
+	emit(store, argv[1], "journal-leases", 0, NULL, 0);
+	bus_compact(bus);
+	emit(store, argv[1], "snapshot-leases", 0, NULL, 0);
 	bus_close(bus);
 	rmrf(store);
 
