@@ -252,6 +252,9 @@ int agent_add_apply(struct bus *bus, struct reader *r)
 	a->delivered_total = delivered;
 	a->acked_total = acked;
 	a->redelivered_total = redelivered;
+	char f[48];
+	snprintf(f, sizeof f, ",\"uid\":%u", (unsigned)uid);
+	event_emit(bus, "agent_added", a->name, f);
 	return 0;
 }
 
@@ -282,6 +285,7 @@ int agent_del_apply(struct bus *bus, struct reader *r)
 	if (r->bad || !(a = bus_find(bus, name)))
 		return -EINVAL;
 	want_wake(bus, a->id);
+	event_emit(bus, "agent_removed", a->name, NULL);
 	bus_uncharge_all(bus, &a->inbox);
 	bus_uncharge_all(bus, &a->inflight);
 	bus_uncharge_all(bus, &a->dead);
@@ -301,6 +305,8 @@ int state_apply(struct bus *bus, struct reader *r)
 	uint8_t draining = rd_u8(r);
 	if (r->bad || !(a = bus_find(bus, name)))
 		return -EINVAL;
+	if (a->draining != (bool)draining)
+		event_emit(bus, draining ? "drained" : "resumed", a->name, NULL);
 	a->draining = draining;
 	want_wake(bus, a->id);
 	return 0;

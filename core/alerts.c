@@ -104,6 +104,11 @@ int alert_apply(struct bus *bus, struct reader *r)
 	struct alert *a = alert_get(&bus->alerts, rule, agent);
 	if (!a)
 		return -ENOMEM;
+	char f[RULE_NAME_MAX + 64];
+	snprintf(f, sizeof f, ",\"alert\":\"%s\",\"status\":\"%s\"", rule,
+		 firing ? "firing" : "resolved");
+	if (firing != a->firing)
+		event_emit(bus, "alert", agent, f);
 	if (!firing) {
 		alert_remove(&bus->alerts, a);
 		return 0;

@@ -42,6 +42,7 @@ void bus_unlock_and_wake(struct bus *bus)
 		memcpy(small, bus->wake_ids, n * sizeof *ids);
 	}
 	bus->wake_n = 0;
+	bus->events_wake_queued = false;
 	bus->version++;
 	bus_wake_fn fn = bus->wake;
 	void *ctx = bus->wake_ctx;
@@ -118,6 +119,8 @@ struct bus *bus_alloc(const struct bus_config *cfg)
 		bus->cfg.message_ttl_s = 0;
 	if (!(bus->cfg.dedupe_window_s > 0))
 		bus->cfg.dedupe_window_s = 120;
+	if (!bus->cfg.events_retention)
+		bus->cfg.events_retention = 100000;
 	bus->server_uid = getuid();
 	quota_init(&bus->quota);
 	bus->next_id = 1;
@@ -149,6 +152,7 @@ void bus_free(struct bus *bus)
 	if (bus->metrics.log)
 		metrics_close(&bus->metrics);
 	alerts_close(bus);
+	events_close(bus);
 	free(bus->wake_ids);
 	store_close(bus->store);
 	pthread_mutex_destroy(&bus->lock);
@@ -161,6 +165,9 @@ int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *e
 	if (!bus)
 		return bus_fail(err, ENOMEM, "out of memory");
 	int rc = store_open(cfg->store_dir, false, &bus->store, err);
+	/* The events log first: the replay writes the events a crash kept out of it. */
+	if (rc == 0)
+		rc = events_open(bus, err);
 	if (rc == 0)
 		rc = store_load(bus->store, bus_apply_record, bus, NULL, err);
 	if (rc < 0) {
@@ -169,6 +176,7 @@ int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *e
 	}
 	wake_flags_clear(bus);
 	bus->wake_n = 0;
+	bus->events_wake_queued = false;
 	if (!bus->cfg.store_max_bytes)
 		bus->cfg.store_max_bytes = store_fs_free(bus->store) / 2;
 	if (!bus->cfg.max_bytes_per_uid)

@@ -95,6 +95,18 @@ struct dedupe {
 	size_t head, n, cap;
 };
 
+/* The events log (events.c). */
+struct events {
+	struct seglog *log;          /* NULL for --check and --salvage */
+	uint64_t seq;                /* the last seq given */
+	uint64_t logged;             /* the last seq the log holds */
+	uint64_t *first_seq;         /* the first seq of each segment */
+	size_t nsegs, cap;
+	struct buf lines;            /* the lines of the record being applied */
+	size_t lines_len;
+	uint64_t lines_first, lines_last;
+};
+
 /* An alert of one rule for one agent: pending (its condition holds, `for=` has not
  * passed yet; not stored) or firing (stored). */
 struct alert {
@@ -146,6 +158,9 @@ struct bus {
 	struct strmap leases;        /* "token" -> number of each leased message */
 	struct dedupe dedupe;
 	uint64_t duplicates_total;   /* send records not delivered again for their key */
+	struct events events;
+	bool restating;              /* applying a snapshot's record: it makes no event */
+	bool events_wake_queued;     /* BUS_EVENTS_WAKE_ID is in wake_ids */
 	uint64_t delivered_total;
 	uint64_t rejected_total;
 	uint64_t rejected_by[BUS_ERRNO_MAX]; /* per errno; [0] holds codes beyond the table */
@@ -269,6 +284,8 @@ void timer_add(struct bus *bus, int64_t when, uint64_t number, uint64_t token,
 void lease_timers_of(struct bus *bus, const struct bus_message *m);
 /* Enters a loaded lease in the token index; 0 or -ENOMEM. */
 int lease_index_put(struct bus *bus, uint64_t token, uint64_t number);
+/* Takes an ended lease out of the token index. */
+void lease_forget(struct bus *bus, uint64_t token);
 /* The agent's message `number` leased under `token`, else NULL with ENOENT (no such
  * message) or ESTALE (not leased under that token) in err. */
 struct bus_message *lease_check(struct bus *bus, struct agent *a, uint64_t number,
@@ -285,6 +302,19 @@ int dedupe_add(struct bus *bus, const char *k, int64_t at);
 void dedupe_undo_last(struct bus *bus);
 void dedupe_expire(struct bus *bus, int64_t now);
 void dedupe_free(struct dedupe *d);
+
+/* events.c: one line in `events`, of kind, about agent (or NULL), with fields (JSON
+ * members, each starting with a comma, or NULL). Only from applying a record. */
+void event_emit(struct bus *bus, const char *kind, const char *agent, const char *fields);
+/* The same with the message's msg_id, from and to first. */
+void event_message(struct bus *bus, const char *kind, const char *agent,
+		   const struct bus_message *m, const char *more);
+/* Appends the lines the record just applied made (bus_apply_record), or forgets
+ * them and gives the counter back (seq) for a record that did not apply. */
+void events_flush(struct bus *bus);
+void events_discard(struct bus *bus, uint64_t seq);
+int events_open(struct bus *bus, struct bus_error *err);
+void events_close(struct bus *bus);
 
 /* alerts.c */
 int alerts_open(struct bus *bus, struct bus_error *err);

@@ -22,7 +22,7 @@ static int check_stray(const char *dir, struct buf *report, int *wrong_type)
 {
 	static const char *const known[] = {
 		"lock", "format", "journal", "snapshot", "journal.tmp", "snapshot.tmp", "mark",
-		"metrics", "alerts", ".", "..",
+		"metrics", "alerts", "events", ".", "..",
 	};
 	DIR *d = opendir(dir);
 	int problems = 0;
@@ -42,7 +42,8 @@ static int check_stray(const char *dir, struct buf *report, int *wrong_type)
 			continue;
 		}
 		struct stat st;
-		bool is_dir = strcmp(e->d_name, "metrics") == 0 || strcmp(e->d_name, "alerts") == 0;
+		bool is_dir = strcmp(e->d_name, "metrics") == 0 || strcmp(e->d_name, "alerts") == 0 ||
+			      strcmp(e->d_name, "events") == 0;
 		if (e->d_name[0] == '.' || strncmp(e->d_name, "damaged-", 8) == 0 ||
 		    fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue;
@@ -185,6 +186,7 @@ int bus_check_store(const char *dir, struct buf *report)
 	problems += check_stray(dir, report, &wrong_type);
 	problems += check_log(dir, "metrics", "points", report, &wrong_type);
 	problems += check_log(dir, "alerts", "alerts", report, &wrong_type);
+	problems += check_log(dir, "events", "events", report, &wrong_type);
 	buf_printf(report, problems ? "FAIL: %d problem(s)\n" : "OK\n", problems);
 	bus_free(bus);
 	return wrong_type ? -EMEDIUMTYPE : problems ? -EIO : 0;

@@ -7,6 +7,8 @@
  * cannot fail for memory: the journal never holds a change the bus could not make.
  * A message in an inbox is charged to the uid owning its sender (quota.h). */
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +172,9 @@ static int deliver(struct bus *bus, struct bus_message *m, bool count)
 		to->delivered_total++;
 		bus->delivered_total++;
 	}
+	char bytes[32];
+	snprintf(bytes, sizeof bytes, ",\"bytes\":%zu", m->len);
+	event_message(bus, "delivered", to->name, m, bytes);
 	want_wake(bus, to->id);
 	return set_sequence(bus, m->from, m->to, m->sequence);
 }
@@ -230,10 +235,15 @@ int ack_apply(struct bus *bus, struct reader *r)
 		return -EINVAL;
 	/* A pending message, or a leased one (its token was checked before the record). */
 	struct bus_message *m = inbox_remove(bus, a, number);
-	if (!m && (m = place_take(bus, a, BUS_INFLIGHT, number)))
+	char token[40] = "";
+	if (!m && (m = place_take(bus, a, BUS_INFLIGHT, number))) {
 		bus->leased--;
+		snprintf(token, sizeof token, ",\"token\":%" PRIu64, m->token);
+		lease_forget(bus, m->token);
+	}
 	if (!m)
 		return -EINVAL;
+	event_message(bus, "acked", a->name, m, token);
 	m->token = 0;
 	bus_uncharge(bus, m);
 	size_t freed = m->len;

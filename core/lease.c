@@ -123,6 +123,8 @@ int lease_index_put(struct bus *bus, uint64_t token, uint64_t number)
 	return lease_index(bus, token, number);
 }
 
+void lease_forget(struct bus *bus, uint64_t token) { lease_unindex(bus, token); }
+
 /* ---------- records ---------- */
 
 /* Moves m from one of the agent's places to another; the new place's room was made
@@ -162,6 +164,10 @@ int lease_apply(struct bus *bus, struct reader *r)
 		m->token = token;
 		m->deliveries = delivery;
 		m->ready_us = 0;
+		char f[64];
+		snprintf(f, sizeof f, ",\"token\":%" PRIu64 ",\"delivery\":%" PRIu32, token,
+			 delivery);
+		event_message(bus, "leased", a->name, m, f);
 	} else if (!(m = inbox_find(&a->inflight, number)) || m->token != token ||
 		   delivery != m->deliveries) {
 		return -EINVAL;
@@ -207,6 +213,10 @@ int release_apply(struct bus *bus, struct reader *r)
 	bus->leased--;
 	bus->redeliveries_total++;
 	a->redelivered_total++;
+	char f[80];
+	snprintf(f, sizeof f, ",\"token\":%" PRIu64 ",\"delivery\":%" PRIu32 ",\"reason\":\"%s\"",
+		 token, m->deliveries, why == RELEASE_NAK ? "nak" : "expired");
+	event_message(bus, "redelivered", a->name, m, f);
 	lease_timers_of(bus, m);
 	want_wake(bus, a->id);
 	return 0;
@@ -252,6 +262,10 @@ int dead_apply(struct bus *bus, struct reader *r)
 	bus->pending--;
 	bus->dead++;
 	bus->dead_total[reason]++;
+	char f[80];
+	snprintf(f, sizeof f, ",\"delivery\":%" PRIu32 ",\"reason\":\"%s\"", m->deliveries,
+		 bus_dead_reason_name(reason));
+	event_message(bus, "dead", a->name, m, f);
 	want_wake(bus, a->id); /* a draining agent's claimers may have nothing left now */
 	return 0;
 }

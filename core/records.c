@@ -20,7 +20,8 @@
 
 /* REC_SNAP_HEAD: u64 counter, u64 delivered_total, u64 rejected_total, then (stores
  * that had leases) u64 last_token, u64 redeliveries_total and u64 dead letters made
- * by reason: discarded, max_deliver, expired, then u64 duplicates_total. */
+ * by reason: discarded, max_deliver, expired, then u64 duplicates_total, then u64 the
+ * events log's last seq. */
 static int head_apply(struct bus *bus, struct reader *r)
 {
 	bus->counter = rd_u64(r);
@@ -34,6 +35,8 @@ static int head_apply(struct bus *bus, struct reader *r)
 	}
 	if (r->pos < r->len)
 		bus->duplicates_total = rd_u64(r);
+	if (r->pos < r->len)
+		bus->events.seq = rd_u64(r);
 	return r->bad ? -EINVAL : 0;
 }
 
@@ -48,6 +51,7 @@ static int head_save(struct bus *bus, struct buf *b)
 	for (int i = 0; i < DEAD_NREASONS; i++)
 		buf_put_u64(b, bus->dead_total[i]);
 	buf_put_u64(b, bus->duplicates_total);
+	buf_put_u64(b, bus->events.seq);
 	return bus_snapshot_put(bus, b);
 }
 
@@ -134,7 +138,14 @@ int bus_apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_snapsh
 	if (!k || (!from_snapshot && k->snapshot_only))
 		return -EINVAL;
 	struct reader r = {rec, len, 1, false};
+	uint64_t seq = bus->events.seq;
+	bus->restating = from_snapshot;
 	int rc = k->apply(bus, &r);
+	bus->restating = false;
+	if (rc < 0)
+		events_discard(bus, seq); /* a record that did not apply happened not */
+	else
+		events_flush(bus);
 	if (rc == 0)
 		bus->records_by_kind[rec[0]]++;
 	return rc;

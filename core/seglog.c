@@ -369,3 +369,18 @@ uint64_t seglog_start(const struct seglog *l) { return l->n ? l->segs[0].start :
 uint64_t seglog_end(const struct seglog *l) { return l->end; }
 uint64_t seglog_bytes(const struct seglog *l) { return l->kept; }
 size_t seglog_segments(const struct seglog *l) { return l->n; }
+
+uint64_t seglog_segment_start(const struct seglog *l, size_t i)
+{
+	return i < l->n ? l->segs[i].start : l->end;
+}
+
+int seglog_drop_oldest(struct seglog *l)
+{
+	if (l->cfg.readonly || l->n < 2)
+		return 0;
+	if (l->cfg.before_drop)
+		l->cfg.before_drop(l->cfg.ctx, l->segs[1].start);
+	drop_first(l);
+	return 1;
+}

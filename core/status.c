@@ -5,6 +5,7 @@
  * document is rendered, from the wall clock at that moment. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "bus_impl.h"
@@ -42,6 +43,11 @@ int health_apply(struct bus *bus, struct reader *r)
 	const char *extra = rd_bytes(r, &xlen);
 	if (r->bad || status > HEALTH_UNHEALTHY || !(a = bus_find(bus, name)))
 		return -EINVAL;
+	if (a->health != (enum health_status)status || !a->last_seen_us) {
+		char f[48];
+		snprintf(f, sizeof f, ",\"status\":\"%s\"", health_status_name(status));
+		event_emit(bus, "health", a->name, f);
+	}
 	a->health = (enum health_status)status;
 	a->last_seen_us = (int64_t)seen;
 	bus_time_format(a->last_seen_us, a->last_seen_text);

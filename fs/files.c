@@ -133,6 +133,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	case N_AGENT_ERRORS:
 	case N_METRICS_LOG:
 	case N_ALERTS_LOG:
+	case N_EVENTS:
 		if (writing)
 			snprintf(why, sizeof why, "%.80s is read-only", h->path);
 		break;
@@ -322,6 +323,8 @@ static void reply_log(fuse_req_t req, struct fs *fs, struct handle *h, size_t si
 		uint64_t at = pos + done;
 		ssize_t n = h->node == N_ALERTS_LOG
 			? bus_alerts_read(fs->bus, &at, buf + done, size - done)
+			: h->node == N_EVENTS
+			? bus_events_read(fs->bus, &at, buf + done, size - done)
 			: bus_metrics_read(fs->bus, h->node == N_METRICS_LOG ? 0 : h->agent_id, &at,
 					   buf + done, size - done);
 		if (n <= 0)
@@ -359,6 +362,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	case N_METRICS_LOG:
 	case N_AGENT_METRICS:
 	case N_ALERTS_LOG:
+	case N_EVENTS:
 		reply_log(req, fs, h, size, off);
 		return;
 	case N_ERRORS:
@@ -618,7 +622,7 @@ static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		    struct fuse_pollhandle *ph)
 {
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-	if (h->node == N_NEXT || h->node == N_CLAIM) {
+	if (h->node == N_NEXT || h->node == N_CLAIM || h->node == N_EVENTS) {
 		waiters_poll(fs_of(req), req, h, ph);
 		return;
 	}

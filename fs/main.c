@@ -61,6 +61,7 @@ static void usage(FILE *out)
 		"                             becomes a dead letter in dead/ (5)\n"
 		"  --message-ttl SECONDS      a pending message older than this becomes a dead\n"
 		"                             letter; a send record's ttl_s overrides it (0: none)\n"
+		"  --events-retention N       the events log keeps at least the newest N (100000)\n"
 		"  --dedupe-window SECONDS    a send record whose idempotency_key its sender used\n"
 		"                             this recently is accepted, not delivered again (120)\n"
 		"                             SECONDS may have a fraction (0.5)\n"
@@ -191,6 +192,7 @@ enum {
 	OPT_MAX_DELIVER,
 	OPT_MESSAGE_TTL,
 	OPT_DEDUPE_WINDOW,
+	OPT_EVENTS_RETENTION,
 };
 
 int main(int argc, char **argv)
@@ -212,6 +214,7 @@ int main(int argc, char **argv)
 		{"max-deliver", required_argument, NULL, OPT_MAX_DELIVER},
 		{"message-ttl", required_argument, NULL, OPT_MESSAGE_TTL},
 		{"dedupe-window", required_argument, NULL, OPT_DEDUPE_WINDOW},
+		{"events-retention", required_argument, NULL, OPT_EVENTS_RETENTION},
 		{"check", no_argument, NULL, 'k'},
 		{"salvage", no_argument, NULL, 'S'},
 		{"clear-stale", no_argument, NULL, 'C'},
@@ -296,6 +299,11 @@ int main(int argc, char **argv)
 					BUS_MAX_SECONDS);
 				return 1;
 			}
+			break;
+		case OPT_EVENTS_RETENTION:
+			if (parse_count("--events-retention", optarg, &v) < 0)
+				return 1;
+			cfg.events_retention = v;
 			break;
 		case OPT_DEDUPE_WINDOW:
 			if (parse_seconds("--dedupe-window", optarg, &cfg.dedupe_window_s) < 0)

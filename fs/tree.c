@@ -38,6 +38,7 @@ static const struct entry fixed_entries[] = {
 	{"rules", N_RULES, N_ALERTS_DIR, S_IFREG | 0644},
 	{"active.json", N_ACTIVE, N_ALERTS_DIR, S_IFREG | 0444},
 	{"alerts.jsonl", N_ALERTS_LOG, N_ALERTS_DIR, S_IFREG | 0444},
+	{"events", N_EVENTS, N_ROOT, S_IFREG | 0444},
 };
 
 /* The files of every agent's directory. */
@@ -593,6 +594,7 @@ bool log_size(struct fs *fs, const struct node_ref *r, uint64_t *size)
 	case N_METRICS_LOG: *size = bus_metrics_size(fs->bus, 0); return true;
 	case N_AGENT_METRICS: *size = bus_metrics_size(fs->bus, r->agent_id); return true;
 	case N_ALERTS_LOG: *size = bus_alerts_size(fs->bus); return true;
+	case N_EVENTS: *size = bus_events_size(fs->bus); return true;
 	default: return false;
 	}
 }
@@ -625,6 +627,7 @@ void readme_render(struct fs *fs, struct buf *out)
 		"  echo 'slow task.ms p95 > 500 critical' > alerts/rules   an alert rule\n"
 		"  cat alerts/active.json                   alerts firing now (alerts.jsonl: history)\n"
 		"  cat errors, cat agents/bob/errors        why recent operations were refused\n"
+		"  tail -f events                           what happens: deliveries, acks, leases, ...\n"
 		"  rmdir agents/alice                       remove an agent (its inbox must be empty)\n"
 		"\n"
 		"Errors: EINVAL bad name, record, report, point or rule, ENOENT unknown recipient, EFBIG too large,\n"

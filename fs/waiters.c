@@ -238,7 +238,11 @@ void waiters_wake(void *ctx, uint64_t agent_id)
 void waiters_poll(struct fs *fs, fuse_req_t req, struct handle *h, struct fuse_pollhandle *ph)
 {
 	bool ready = next_answered(h);
-	if (!ready && h->node == N_CLAIM) {
+	if (h->node == N_EVENTS) {
+		/* Readable when the log holds more than this reader has read (its next
+		 * sequential offset); the events' wake-up comes under BUS_EVENTS_WAKE_ID. */
+		ready = bus_events_size(fs->bus) > h->log_expect;
+	} else if (!ready && h->node == N_CLAIM) {
 		bool draining = false;
 		ready = bus_claim_ready(fs->bus, h->agent_id, &draining) || draining;
 	} else if (!ready) {
@@ -271,7 +275,7 @@ void waiters_poll(struct fs *fs, fuse_req_t req, struct handle *h, struct fuse_p
 
 void waiters_forget_handle(struct fs *fs, struct handle *h)
 {
-	if (h->node != N_NEXT && h->node != N_CLAIM)
+	if (h->node != N_NEXT && h->node != N_CLAIM && h->node != N_EVENTS)
 		return;
 	pthread_mutex_lock(&fs->park_lock);
 	if (h->ph) {

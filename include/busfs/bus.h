@@ -45,6 +45,7 @@ struct bus_config {
 	uint32_t max_deliver;        /* default 5: the lease that many ends dead */
 	double message_ttl_s;        /* default 0 (none): a message's ttl unless it has one */
 	double dedupe_window_s;      /* default 120: how long an idempotency key is kept */
+	uint64_t events_retention;   /* default 100000: the events log keeps at least these */
 };
 
 struct bus_agent_info {
@@ -80,8 +81,10 @@ struct bus_stats {
 struct bus;
 
 /* Called after a change that may make an agent's `next` answerable (a delivery, a
- * drain, a removal), with the bus lock released. */
+ * drain, a removal), with the bus lock released; agent_id BUS_EVENTS_WAKE_ID when the
+ * events log grew. */
 typedef void (*bus_wake_fn)(void *ctx, uint64_t agent_id);
+#define BUS_EVENTS_WAKE_ID 0
 
 int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *err);
 /* Compacts the store into a snapshot and frees everything. */
@@ -240,6 +243,11 @@ void bus_rules_render(struct bus *bus, struct buf *out);
 void bus_active_render(struct bus *bus, struct buf *out);
 ssize_t bus_alerts_read(struct bus *bus, uint64_t *off, char *buf, size_t n);
 uint64_t bus_alerts_size(struct bus *bus);
+/* `events` (SPEC §10): reads at the first byte kept at or after *off (old segments
+ * leave), updating *off; the size is every byte the log ever held. */
+ssize_t bus_events_read(struct bus *bus, uint64_t *off, char *buf, size_t n);
+uint64_t bus_events_size(struct bus *bus);
+
 /* Periodic work (every --alert-interval): evaluates the rules, drops expired points. */
 void bus_tick(struct bus *bus);
 

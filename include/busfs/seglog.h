@@ -61,5 +61,10 @@ uint64_t seglog_start(const struct seglog *l);  /* offset of the first kept byte
 uint64_t seglog_end(const struct seglog *l);    /* bytes ever appended */
 uint64_t seglog_bytes(const struct seglog *l);  /* bytes kept */
 size_t seglog_segments(const struct seglog *l);
+/* The offset segment i starts at (the log's end past the last one). */
+uint64_t seglog_segment_start(const struct seglog *l, size_t i);
+/* Drops the oldest segment when another follows it (a caller's own retention rule):
+ * 1 when one was dropped, else 0. */
+int seglog_drop_oldest(struct seglog *l);
 
 #endif

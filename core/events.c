@@ -1,0 +1,199 @@
+/* events.c — the bus-wide `events` log (SPEC §10): one JSON line for each thing that
+ * happened to a message or an agent, numbered by `seq`, store-wide and gapless.
+ *
+ * Events are made by applying records, never elsewhere, so a restart's replay makes
+ * the same events under the same numbers: the counter is in snapshots, and an event
+ * the log already holds (seq at most the log's last) is not written again, while one
+ * that a crash kept out of the log (its record reached the journal, its line not yet
+ * the log) is written at the replay. Records a snapshot restates make no event.
+ *
+ * The lines a record makes go to the log in one append once it has applied.
+ * The log is a seglog under STORE/events/. --events-retention N keeps at least the
+ * newest N: whole segments leave, oldest first, and the rest keep their seq, so a
+ * reader resumes by skipping what it has seen. Under the bus lock. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bus_impl.h"
+#include "busfs/clock.h"
+#include "busfs/json.h"
+
+/* Segments small enough that whole ones leaving keep close to N: a 32nd of N lines of
+ * about 200 bytes, 4 KiB to 256 KiB. */
+static uint64_t segment_bytes(uint64_t retention)
+{
+	uint64_t b = retention * 200 / 32;
+	return b < 4096 ? 4096 : b > (256u << 10) ? (256u << 10) : b;
+}
+
+/* The seq of a line, 0 when it has none. */
+static uint64_t line_seq(const char *line, size_t len)
+{
+	static const char key[] = "{\"seq\":";
+	if (len < sizeof key || memcmp(line, key, sizeof key - 1) != 0)
+		return 0;
+	return strtoull(line + sizeof key - 1, NULL, 10);
+}
+
+struct scan {
+	struct events *ev;
+	size_t seg;                 /* the segment whose first line is looked for */
+};
+
+/* At open: the last seq the log holds, and the first seq of each segment. */
+static int scan_line(void *ctx, uint64_t off, const char *line, size_t len)
+{
+	struct scan *s = ctx;
+	struct events *ev = s->ev;
+	uint64_t seq = line_seq(line, len);
+	while (s->seg < ev->nsegs && off >= seglog_segment_start(ev->log, s->seg)) {
+		ev->first_seq[s->seg] = seq;
+		s->seg++;
+	}
+	if (seq > ev->logged)
+		ev->logged = seq;
+	return 0;
+}
+
+int events_open(struct bus *bus, struct bus_error *err)
+{
+	struct events *ev = &bus->events;
+	char dir[4096];
+	snprintf(dir, sizeof dir, "%s/events", bus->cfg.store_dir);
+	struct seglog_config cfg = {
+		.dir = dir,
+		.prefix = "events",
+		.rotate_bytes = segment_bytes(bus->cfg.events_retention),
+	};
+	int rc = seglog_open(&cfg, bus_clock_now_us(), &ev->log, err);
+	if (rc < 0)
+		return rc;
+	ev->nsegs = seglog_segments(ev->log);
+	ev->cap = ev->nsegs + 16;
+	ev->first_seq = calloc(ev->cap, sizeof *ev->first_seq);
+	if (!ev->first_seq)
+		return bus_fail(err, ENOMEM, "out of memory");
+	struct scan s = {ev, 0};
+	seglog_scan(ev->log, scan_line, &s);
+	return 0;
+}
+
+void events_close(struct bus *bus)
+{
+	seglog_close(bus->events.log);
+	free(bus->events.first_seq);
+	buf_free(&bus->events.lines);
+	memset(&bus->events, 0, sizeof bus->events);
+}
+
+/* Whole segments leave while the newest --events-retention stay without them. */
+static void trim(struct bus *bus)
+{
+	struct events *ev = &bus->events;
+	while (ev->nsegs > 1 && ev->seq - ev->first_seq[1] + 1 >= bus->cfg.events_retention &&
+	       seglog_drop_oldest(ev->log)) {
+		memmove(ev->first_seq, ev->first_seq + 1, (ev->nsegs - 1) * sizeof *ev->first_seq);
+		ev->nsegs--;
+	}
+}
+
+void event_emit(struct bus *bus, const char *kind, const char *agent, const char *fields)
+{
+	struct events *ev = &bus->events;
+	if (bus->restating)
+		return;
+	uint64_t seq = ++ev->seq;
+	if (!ev->log || seq <= ev->logged)
+		return;
+	char ts[BUS_TIME_LEN + 1];
+	struct buf *line = &ev->lines;
+	bus_time_format(bus_clock_now_us(), ts);
+	if (!ev->lines_len)
+		ev->lines_first = seq;
+	buf_printf(line, "{\"seq\":%" PRIu64 ",\"timestamp\":\"%s\",\"event\":\"%s\"", seq, ts,
+		   kind);
+	if (agent)
+		buf_printf(line, ",\"agent\":\"%s\"", agent);
+	if (fields)
+		buf_puts(line, fields);
+	buf_puts(line, "}\n");
+	ev->lines_len = line->len;
+	ev->lines_last = seq;
+}
+
+void events_flush(struct bus *bus)
+{
+	struct events *ev = &bus->events;
+	if (!ev->lines_len)
+		return;
+	/* One append for every event of a record. Lines that cannot be had or written
+	 * leave a gap in the log only: the counter, the journal and the bus are right. */
+	int64_t now = bus_clock_now_us();
+	if (buf_ok(&ev->lines) &&
+	    seglog_append(ev->log, ev->lines.data, ev->lines.len, now, NULL) == 0) {
+		ev->logged = ev->lines_last;
+		size_t n = seglog_segments(ev->log);
+		if (n > ev->nsegs) {
+			if (n > ev->cap) {
+				uint64_t *p = realloc(ev->first_seq, (n + 16) * sizeof *p);
+				if (p) {
+					ev->first_seq = p;
+					ev->cap = n + 16;
+				}
+			}
+			if (n <= ev->cap) {
+				for (size_t i = ev->nsegs; i < n; i++)
+					ev->first_seq[i] = ev->lines_first;
+				ev->nsegs = n;
+			}
+		}
+		trim(bus);
+		if (!bus->events_wake_queued && wake_reserve(bus, 1) == 0) {
+			bus->wake_ids[bus->wake_n++] = BUS_EVENTS_WAKE_ID;
+			bus->events_wake_queued = true;
+		}
+	}
+	buf_reset(&ev->lines);
+	ev->lines_len = 0;
+	/* A large record's lines are not kept for the next one. */
+	if (ev->lines.cap > (64u << 10)) {
+		buf_free(&ev->lines);
+		buf_init(&ev->lines);
+	}
+}
+
+void events_discard(struct bus *bus, uint64_t seq)
+{
+	bus->events.seq = seq;
+	buf_reset(&bus->events.lines);
+	bus->events.lines_len = 0;
+}
+
+/* `,"msg_id":...,"from":...,"to":...` of a message, then what follows (or NULL). */
+void event_message(struct bus *bus, const char *kind, const char *agent,
+		   const struct bus_message *m, const char *more)
+{
+	char f[512];
+	snprintf(f, sizeof f, ",\"msg_id\":\"%s\",\"from\":\"%s\",\"to\":\"%s\"%s", m->msg_id,
+		 m->from, m->to, more ? more : "");
+	event_emit(bus, kind, agent, f);
+}
+
+ssize_t bus_events_read(struct bus *bus, uint64_t *off, char *buf, size_t n)
+{
+	bus_lock(bus);
+	ssize_t r = bus->events.log ? seglog_read(bus->events.log, off, buf, n) : 0;
+	pthread_mutex_unlock(&bus->lock);
+	return r;
+}
+
+uint64_t bus_events_size(struct bus *bus)
+{
+	bus_lock(bus);
+	uint64_t n = bus->events.log ? seglog_end(bus->events.log) : 0;
+	pthread_mutex_unlock(&bus->lock);
+	return n;
+}
