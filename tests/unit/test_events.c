@@ -185,6 +185,19 @@ static void crash_child(void)
     _exit(0);
 }
 
+/* A kill -9: a child opens the store, sends two messages and _exit()s without closing. */
+static void crash_in_child(void)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0)
+        crash_child();
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+}
+
 EVENTS_TEST(seqs_continue_across_a_restart_and_a_kill_9_without_gaps_or_repeats)
 {
     open_bus();
@@ -197,14 +210,7 @@ EVENTS_TEST(seqs_continue_across_a_restart_and_a_kill_9_without_gaps_or_repeats)
     send_one(2);
     bus_close(the_bus);
     the_bus = NULL;
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0)
-        crash_child();
-    int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    crash_in_child();
     open_bus(); /* replays the child's journal: its events are in the log already */
     send_one(5);
     json_t *list = events();
@@ -221,13 +227,7 @@ EVENTS_TEST(an_event_a_crash_kept_out_of_the_log_is_written_at_the_replay)
     agent("bob");
     bus_close(the_bus);
     the_bus = NULL;
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0)
-        crash_child();
-    int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    crash_in_child();
     /* The child's last line never reached the log: its record did reach the journal. */
     char seg[PATH_MAX + 64];
     snprintf(seg, sizeof seg, "%s/events/events-00000000000000000000.jsonl", store_dir);
