@@ -62,7 +62,9 @@ int dedupe_add(struct bus *bus, const char *k, int64_t at)
 		free(copy);
 		return -ENOMEM;
 	}
-	d->q[(d->head + d->n) % d->cap] = (struct dedupe_entry){copy, at};
+	struct dedupe_entry *e = &d->q[(d->head + d->n) % d->cap];
+	e->key = copy; /* the queue owns it; dedupe_expire and dedupe_free let it go */
+	e->at = at;
 	d->n++;
 	return 0;
 }
