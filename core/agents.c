@@ -169,7 +169,7 @@ static void agent_delete(struct bus *bus, struct agent *a)
 	size_t i = bus_id_index(bus, a->id);
 	memmove(bus->by_id + i, bus->by_id + i + 1, (bus->nagents - i - 1) * sizeof *bus->by_id);
 	bus->nagents--;
-	bus->pending -= a->inbox.live + a->inflight.live;
+	bus->pending -= agent_held(a);
 	bus->leased -= a->inflight.live;
 	bus->dead -= a->dead.live;
 	agent_forget_messages(bus, a);
@@ -197,6 +197,16 @@ void agent_info(const struct agent *a, struct bus_agent_info *out)
 	out->last_seen_us = a->last_seen_us;
 }
 
+
+int agent_room(const struct bus *bus, const struct agent *a, uint32_t more,
+	       struct bus_error *err)
+{
+	size_t held = agent_held(a);
+	if (held + a->reserved + more <= bus->cfg.inbox_capacity)
+		return 0;
+	return bus_fail(err, EAGAIN, "the inbox of %s is full (%zu pending + %u being written, "
+			"capacity %u)", a->name, held, a->reserved, bus->cfg.inbox_capacity);
+}
 
 /* A uid's count of agents, for --max-agents-per-uid. */
 static int count_agent(struct bus *bus, uid_t uid, int delta)

@@ -412,7 +412,7 @@ static void eval_rule(struct eval *e)
 		for (size_t i = 0; i < bus->nagents; i++) {
 			const struct agent *a = bus->by_name[i];
 			double v = stale ? (bus_agent_health(bus, a, e->now) == HEALTH_STALE)
-				 : fill ? (double)(a->inbox.live + a->inflight.live) /
+				 : fill ? (double)agent_held(a) /
 					  (double)bus->cfg.inbox_capacity
 					: (double)a->dead.live;
 			fire_or_resolve(e, a->name, v);

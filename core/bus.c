@@ -16,6 +16,16 @@
 
 /* ---------- the lock and wake-ups ---------- */
 
+void bus_tick_second(struct bus *bus)
+{
+	bus_lock(bus);
+	int64_t now = bus_clock_now_us();
+	store_mark(bus->store);
+	dedupe_expire(bus, now);
+	lease_tick_locked(bus, now);
+	bus_unlock_and_wake(bus);
+}
+
 void bus_lock(struct bus *bus) { pthread_mutex_lock(&bus->lock); }
 
 /* Unmarks the agents in the list of agents to wake (under the lock). */
@@ -73,14 +83,17 @@ int wake_reserve(struct bus *bus, size_t more)
 
 void want_wake(struct bus *bus, uint64_t id)
 {
-	struct agent *a = bus_find_id(bus, id);
-	if (a && a->wake_queued)
+	/* Agent ids start at 1: BUS_EVENTS_WAKE_ID (0) is the events log's. */
+	bool events = id == BUS_EVENTS_WAKE_ID;
+	struct agent *a = events ? NULL : bus_find_id(bus, id);
+	if ((a && a->wake_queued) || (events && bus->events_wake_queued))
 		return;
 	if (wake_reserve(bus, 1) < 0)
 		return;
 	bus->wake_ids[bus->wake_n++] = id;
 	if (a)
 		a->wake_queued = true;
+	bus->events_wake_queued |= events;
 }
 
 

@@ -103,7 +103,6 @@ struct events {
 	uint64_t *first_seq;         /* the first seq of each segment */
 	size_t nsegs, cap;
 	struct buf lines;            /* the lines of the record being applied */
-	size_t lines_len;
 	uint64_t lines_first, lines_last;
 };
 
@@ -219,6 +218,13 @@ struct agent *bus_owned_agent(struct bus *bus, uint64_t agent_id, uid_t uid, con
 void pair_key(char *key, const char *from, const char *to);
 uint64_t bus_pair_sequence(struct bus *bus, const char *from, const char *to);
 void agent_free(struct agent *a);
+/* Messages the agent holds against --inbox-capacity besides reservations: pending and
+ * leased. */
+static inline size_t agent_held(const struct agent *a) { return a->inbox.live + a->inflight.live; }
+/* 0 when `more` messages fit in the agent's inbox beside what it holds and what is
+ * being written to it, else EAGAIN with the reason. */
+int agent_room(const struct bus *bus, const struct agent *a, uint32_t more,
+	       struct bus_error *err);
 void agent_info(const struct agent *a, struct bus_agent_info *out);
 
 /* inbox.c: sorted message arrays (inboxes, inflight, dead) and outbox rings. */
@@ -284,6 +290,9 @@ void timer_add(struct bus *bus, int64_t when, uint64_t number, uint64_t token,
 void lease_timers_of(struct bus *bus, const struct bus_message *m);
 /* Enters a loaded lease in the token index; 0 or -ENOMEM. */
 int lease_index_put(struct bus *bus, uint64_t token, uint64_t number);
+/* Ends the leases whose deadline passed, wakes claimers of messages whose nak delay
+ * ended, makes dead letters of pending messages past their ttl. Under the lock. */
+void lease_tick_locked(struct bus *bus, int64_t now);
 /* Takes an ended lease out of the token index. */
 void lease_forget(struct bus *bus, uint64_t token);
 /* The agent's message `number` leased under `token`, else NULL with ENOENT (no such

@@ -111,7 +111,7 @@ void event_emit(struct bus *bus, const char *kind, const char *agent, const char
 	char ts[BUS_TIME_LEN + 1];
 	struct buf *line = &ev->lines;
 	bus_time_format(bus_clock_now_us(), ts);
-	if (!ev->lines_len)
+	if (!line->len)
 		ev->lines_first = seq;
 	buf_printf(line, "{\"seq\":%" PRIu64 ",\"timestamp\":\"%s\",\"event\":\"%s\"", seq, ts,
 		   kind);
@@ -120,15 +120,16 @@ void event_emit(struct bus *bus, const char *kind, const char *agent, const char
 	if (fields)
 		buf_puts(line, fields);
 	buf_puts(line, "}\n");
-	ev->lines_len = line->len;
 	ev->lines_last = seq;
 }
 
 void events_flush(struct bus *bus)
 {
 	struct events *ev = &bus->events;
-	if (!ev->lines_len)
+	if (!ev->lines.len) {
+		buf_reset(&ev->lines); /* an allocation that failed before any line */
 		return;
+	}
 	/* One append for every event of a record. Lines that cannot be had or written
 	 * leave a gap in the log only: the counter, the journal and the bus are right. */
 	int64_t now = bus_clock_now_us();
@@ -151,13 +152,9 @@ void events_flush(struct bus *bus)
 			}
 		}
 		trim(bus);
-		if (!bus->events_wake_queued && wake_reserve(bus, 1) == 0) {
-			bus->wake_ids[bus->wake_n++] = BUS_EVENTS_WAKE_ID;
-			bus->events_wake_queued = true;
-		}
+		want_wake(bus, BUS_EVENTS_WAKE_ID);
 	}
 	buf_reset(&ev->lines);
-	ev->lines_len = 0;
 	/* A large record's lines are not kept for the next one. */
 	if (ev->lines.cap > (64u << 10)) {
 		buf_free(&ev->lines);
@@ -169,7 +166,6 @@ void events_discard(struct bus *bus, uint64_t seq)
 {
 	bus->events.seq = seq;
 	buf_reset(&bus->events.lines);
-	bus->events.lines_len = 0;
 }
 
 /* `,"msg_id":...,"from":...,"to":...` of a message, then what follows (or NULL). */

@@ -104,26 +104,20 @@ static void timers_rebuild(struct bus *bus)
 
 static void token_key(char *key, uint64_t token) { snprintf(key, 24, "%" PRIu64, token); }
 
-static int lease_index(struct bus *bus, uint64_t token, uint64_t number)
+int lease_index_put(struct bus *bus, uint64_t token, uint64_t number)
 {
 	char key[24];
 	token_key(key, token);
 	return strmap_set(&bus->leases, key, number);
 }
 
-static void lease_unindex(struct bus *bus, uint64_t token)
+void lease_forget(struct bus *bus, uint64_t token)
 {
 	char key[24];
 	token_key(key, token);
 	strmap_del(&bus->leases, key);
 }
 
-int lease_index_put(struct bus *bus, uint64_t token, uint64_t number)
-{
-	return lease_index(bus, token, number);
-}
-
-void lease_forget(struct bus *bus, uint64_t token) { lease_unindex(bus, token); }
 
 /* ---------- records ---------- */
 
@@ -153,10 +147,10 @@ int lease_apply(struct bus *bus, struct reader *r)
 	if ((m = inbox_find(&a->inbox, number))) {
 		if (token <= bus->last_token || delivery != m->deliveries + 1)
 			return -EINVAL;
-		if (inbox_reserve(&a->inflight, 1) < 0 || lease_index(bus, token, number) < 0)
+		if (inbox_reserve(&a->inflight, 1) < 0 || lease_index_put(bus, token, number) < 0)
 			return -ENOMEM;
 		if (move(bus, a, m, BUS_INBOX, BUS_INFLIGHT) < 0) {
-			lease_unindex(bus, token);
+			lease_forget(bus, token);
 			return -EINVAL;
 		}
 		bus->leased++;
@@ -207,7 +201,7 @@ int release_apply(struct bus *bus, struct reader *r)
 		return -ENOMEM;
 	if (move(bus, a, m, BUS_INFLIGHT, BUS_INBOX) < 0)
 		return -EINVAL;
-	lease_unindex(bus, token);
+	lease_forget(bus, token);
 	m->token = 0;
 	m->ready_us = (int64_t)ready;
 	bus->leased--;
@@ -252,7 +246,7 @@ int dead_apply(struct bus *bus, struct reader *r)
 	}
 	move(bus, a, m, from, BUS_DEAD); /* cannot fail: room made, number not there */
 	if (token) {
-		lease_unindex(bus, token);
+		lease_forget(bus, token);
 		bus->leased--;
 	}
 	m->token = 0;
@@ -405,8 +399,7 @@ uint64_t lease_parse_file_name(const char *name, char *msg_id, uint64_t *token)
 }
 
 /* The envelope with the lease or the dead letter's record added as its last field. */
-static void render(const struct bus *bus, const struct bus_message *m, enum bus_place place,
-		   struct buf *out)
+static void render(const struct bus_message *m, enum bus_place place, struct buf *out)
 {
 	char ts[BUS_TIME_LEN + 1];
 	if (place != BUS_INFLIGHT && place != BUS_DEAD) {
@@ -426,7 +419,6 @@ static void render(const struct bus *bus, const struct bus_message *m, enum bus_
 			   ",\"at\":\"%s\"}}\n", bus_dead_reason_name(m->dead_reason), m->deliveries,
 			   ts);
 	}
-	(void)bus;
 }
 
 int bus_place_render(struct bus *bus, uint64_t agent_id, enum bus_place place, uint64_t number,
@@ -437,7 +429,7 @@ int bus_place_render(struct bus *bus, uint64_t agent_id, enum bus_place place, u
 	struct bus_message *m = a && place != BUS_OUTBOX ? inbox_find(agent_place(a, place), number)
 							 : NULL;
 	if (m)
-		render(bus, m, place, out);
+		render(m, place, out);
 	pthread_mutex_unlock(&bus->lock);
 	return m ? 0 : -ENOENT;
 }
@@ -493,7 +485,7 @@ int bus_claim(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *out, bo
 	struct bus_message *m = claimable(bus, a, now);
 	/* A draining claimer ends only when nothing can come back to claim: no pending
 	 * message (a nak's delay ends) and no lease (it may expire). */
-	*draining = a->draining && !a->inbox.live && !a->inflight.live;
+	*draining = a->draining && !agent_held(a);
 	if (!m) {
 		rc = bus_fail(err, EAGAIN, "no message to claim in the inbox of %s", a->name);
 		goto out;
@@ -503,7 +495,7 @@ int bus_claim(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *out, bo
 	put_lease(&bus->rec, a, m, bus->last_token + 1, deadline, m->deliveries + 1);
 	rc = bus_commit(bus, err);
 	if (rc == 0)
-		render(bus, m, BUS_INFLIGHT, out);
+		render(m, BUS_INFLIGHT, out);
 out:
 	bus_unlock_and_wake(bus);
 	return rc;
@@ -514,7 +506,7 @@ bool bus_claim_ready(struct bus *bus, uint64_t agent_id, bool *draining)
 	bus_lock(bus);
 	struct agent *a = bus_find_id(bus, agent_id);
 	bool ready = !a;
-	*draining = a && a->draining && !a->inbox.live && !a->inflight.live;
+	*draining = a && a->draining && !agent_held(a);
 	if (a) {
 		int64_t now = bus_clock_now_us();
 		for (size_t i = a->inbox.head; i < a->inbox.tail && !ready; i++) {
@@ -637,11 +629,8 @@ static int dead_letter_record(struct bus *bus, uint64_t agent_id, uint64_t numbe
 	int rc;
 	if (!a || !dead_letter(a, number, msg_id, err)) {
 		rc = -err->code;
-	} else if (kind == REC_RETRY &&
-		   a->inbox.live + a->inflight.live + a->reserved >= bus->cfg.inbox_capacity) {
-		rc = bus_fail(err, EAGAIN, "the inbox of %s is full (%zu pending + %u being written, "
-			      "capacity %u): retry when there is room", a->name,
-			      a->inbox.live + a->inflight.live, a->reserved, bus->cfg.inbox_capacity);
+	} else if (kind == REC_RETRY && agent_room(bus, a, 1, err) < 0) {
+		rc = -EAGAIN;
 	} else {
 		buf_reset(&bus->rec);
 		buf_put_u8(&bus->rec, kind);
@@ -667,13 +656,8 @@ int bus_dead_discard(struct bus *bus, uint64_t agent_id, uint64_t number, const 
 
 /* ---------- the ticker's part ---------- */
 
-void bus_lease_tick(struct bus *bus)
+void lease_tick_locked(struct bus *bus, int64_t now)
 {
-	bus_lock(bus);
-	int64_t now = bus_clock_now_us();
-	/* Not lease matters, on the same one-second cadence: */
-	store_mark(bus->store);
-	dedupe_expire(bus, now);
 	if (bus->timers_lost)
 		timers_rebuild(bus);
 	/* Due entries that cannot act now (a full store) come back a second later. */
@@ -711,5 +695,4 @@ void bus_lease_tick(struct bus *bus)
 	for (size_t i = 0; i < nlater; i++)
 		timer_add(bus, later[i].when, later[i].number, later[i].token,
 			  (enum timer_kind)later[i].kind);
-	bus_unlock_and_wake(bus);
 }

@@ -118,16 +118,13 @@ static void draft_free_body(struct bus_draft *d)
 static int draft_check(struct bus *bus, const struct bus_draft *d, const struct agent *r,
 		       const char *name, struct bus_error *err)
 {
-	uint32_t cap = bus->cfg.inbox_capacity, most = bus->cfg.max_drafts_per_sender;
+	uint32_t most = bus->cfg.max_drafts_per_sender;
 	if (!r)
 		return bus_fail(err, ENOENT, "recipient %s is not registered", name);
 	if (r->draining)
 		return bus_fail(err, ESHUTDOWN, "recipient %s is draining", r->name);
-	if (r->inbox.live + r->inflight.live + r->reserved >= cap)
-		return bus_fail(err, EAGAIN,
-				"the inbox of %s is full (%zu pending + %u being written, "
-				"capacity %u)", r->name, r->inbox.live + r->inflight.live, r->reserved,
-				cap);
+	if (agent_room(bus, r, 1, err) < 0)
+		return -EAGAIN;
 	if (bus_quota_applies(bus, d->uid) && quota_drafts_open(&r->drafts, d->uid) >= most)
 		return bus_fail(err, EAGAIN, "uid %u already has %u unfinished messages open to %s, "
 				"the most --max-drafts-per-sender allows", (unsigned)d->uid, most,
@@ -605,12 +602,7 @@ static int count_recipient(struct bus *bus, struct agent *a, void *ctx)
 		a->batch_seq = bus_pair_sequence(bus, b->sender->name, a->name);
 	}
 	a->batch_count++;
-	size_t held = a->inbox.live + a->inflight.live;
-	if (held + a->reserved + a->batch_count > bus->cfg.inbox_capacity)
-		return bus_fail(b->err, EAGAIN, "the inbox of %s is full (%zu pending + %u being "
-				"written, capacity %u)", a->name, held, a->reserved,
-				bus->cfg.inbox_capacity);
-	return 0;
+	return agent_room(bus, a, a->batch_count, b->err);
 }
 
 static int encode_for_recipient(struct bus *bus, struct agent *a, void *ctx)

@@ -34,7 +34,7 @@ static void *ticker_main(void *arg)
 		if (fs->ticker_stop)
 			break;
 		pthread_mutex_unlock(&fs->ticker_lock);
-		bus_lease_tick(fs->bus);
+		bus_tick_second(fs->bus);
 		if (bus_clock_monotonic() >= next_alerts) {
 			bus_tick(fs->bus);
 			next_alerts += interval;

@@ -180,10 +180,11 @@ int bus_dead_discard(struct bus *bus, uint64_t agent_id, uint64_t number, const 
  * dead/. -ENOENT when the place does not hold it. */
 int bus_place_render(struct bus *bus, uint64_t agent_id, enum bus_place place, uint64_t number,
 		     struct buf *out);
-/* Ends the leases whose deadline passed, wakes claimers of messages whose nak delay
- * ended, and makes dead letters of pending messages past their ttl. At least every
- * second. */
-void bus_lease_tick(struct bus *bus);
+/* The work of every second: ends the leases whose deadline passed, wakes claimers of
+ * messages whose nak delay ended, makes dead letters of pending messages past their
+ * ttl, forgets idempotency keys past --dedupe-window and records the journal's length
+ * in the store's mark. */
+void bus_tick_second(struct bus *bus);
 /* inflight/ file names: "<20-digit number>-<msg_id>.<token>.json". */
 void lease_file_name(const struct bus_message *m, char *out, size_t n);
 /* The number (0 when the name is not one), the msg_id and the token of such a name. */

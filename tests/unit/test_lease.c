@@ -4,7 +4,7 @@
  * it survives a clean restart (a snapshot) and a kill -9 (the journal) (SPEC §10).
  *
  * The one thing a reader must know: time is the fake clock of unit.h, and expiry runs
- * only when a test calls bus_lease_tick(), as the server's ticker does every second.
+ * only when a test calls bus_tick_second(), as the server's ticker does every second.
  * A kill -9 is a child that opens the store, works and _exit()s without closing.
  */
 #include <criterion/criterion.h>
@@ -195,7 +195,7 @@ static void assert_place(enum bus_place place, const char *want)
 static void tick_at(int64_t us)
 {
     unit_clock_set(us);
-    bus_lease_tick(the_bus);
+    bus_tick_second(the_bus);
 }
 
 static json_t *ctl_doc(void)
