@@ -168,13 +168,15 @@ uninstall:
 	  2>/dev/null || true
 
 # ---------- the crash loop (tests/crash) ----------
-# Writers send while busfs is kill -9'd and restarted on the same store; then every
-# inbox must hold every recorded message exactly once, in sequence, and
-# `busfs --check` must pass. `make test` runs the short loop (about 30 s, 20 kills);
-# `make soak` the long one (8 writers, 1,000,000 messages, a kill every ~2 s).
+# Writers send and consumers claim and ack while busfs is kill -9'd and restarted
+# on the same store; then every inbox, with what the consumers acked, must hold
+# every recorded message exactly once, in sequence, no lease token may have been
+# handed out twice, `events` must be gapless and `busfs --check` must pass.
+# `make test` runs the short loop (about 30 s, 20 kills); `make soak` the long one
+# (8 writers, 4 consumers, 1,000,000 messages, a kill every ~2 s).
 CRASH_SRC   := $(wildcard tests/crash/*.c)
-CRASH_SHORT  = $(BUILD)/crashloop --quiet --writers 4 --kills 20 --interval 700 --rate 5000 \
-               $(CURDIR)/$(BIN)
+CRASH_SHORT  = $(BUILD)/crashloop --quiet --writers 4 --consumers 2 --kills 20 --interval 700 \
+               --rate 5000 $(CURDIR)/$(BIN)
 
 $(BUILD)/crashloop: $(CRASH_SRC) tests/crash/crashloop.h
 	@mkdir -p $(BUILD)
@@ -184,7 +186,7 @@ crash: $(BIN) $(BUILD)/crashloop
 	$(CRASH_SHORT)
 
 soak: $(BIN) $(BUILD)/crashloop
-	$(BUILD)/crashloop --writers 8 --agents 10 --kills 100 --messages 1000000 \
+	$(BUILD)/crashloop --writers 8 --consumers 4 --agents 10 --kills 100 --messages 1000000 \
 	  --interval 2000 --rate 5000 $(CURDIR)/$(BIN)
 
 # The fuzz corpus that earlier runs grew (build-fuzz/corpus) is kept.

@@ -26,6 +26,17 @@
  *   inbox-depth        ctl's inbox_depth is not the number of files listed
  *   sequence-after-restart  one more message per pair does not take the
  *                      next number
+ *   events, events-gap `events` is not one JSON line per event with seq
+ *                      increasing by one across every restart
+ *
+ * With consumers (--consumers), an inbox is checked as its listing plus every
+ * message a consumer acked (see merge_acked), so lost, duplicate, sequence and
+ * the rest hold across claims too; and
+ *   token-reused       one lease token on two claims
+ *   delivery-count     a message claimed again without a higher delivery count
+ *   lease-never-ended, dead-letter  a lease still out after 3 lease times,
+ *                      or a message in dead/
+ *   claim-malformed    a claim that is not an envelope with a lease
  *
  * Ownership: the per-writer entry arrays and the per-inbox envelope arrays
  * live until crash_verify returns; reader threads fill only their own inbox.
@@ -72,6 +83,7 @@ struct envelope {
     long long seq;
     unsigned long long counter; /* the msg_id's store-wide counter */
     char *final_payload;        /* a payload that is not an identity (the final round) */
+    bool acked;                 /* from a consumer's log, not the listing (name owned) */
 };
 
 struct inbox {
@@ -79,6 +91,17 @@ struct inbox {
     char *list_error;
     struct envelope *e;
     size_t n;
+    size_t listed; /* files ls showed; n also counts acked envelopes merged in */
+};
+
+/* One claim from a consumer's log (see crashconsumer.c). */
+struct claim {
+    char outcome; /* k acked, f ack failed, n nak'd, x nak failed, a walked away */
+    int agent;
+    int writer;
+    int err;
+    char *name;
+    long long id, seq, token, delivery;
 };
 
 static const struct crash_config *cfg;
@@ -340,7 +363,7 @@ static void *reader_main(void *arg)
         snprintf(dir, sizeof dir, "%s/agents/a%d/inbox", paths->mnt, in->agent);
         size_t n = 0;
         char **names = list_dir(dir, &n, &in->list_error);
-        in->n = n;
+        in->n = in->listed = n;
         in->e = calloc(n ? n : 1, sizeof *in->e);
         for (size_t f = 0; f < n; f++) {
             in->e[f].name = names[f];
@@ -453,7 +476,7 @@ static void scan_inboxes(struct inbox *inboxes, struct writer_log *logs, long lo
         struct inbox *in = &inboxes[j];
         if (in->list_error)
             crash_violation("malformed", "inbox of a%d: %s", j, in->list_error);
-        check_depth(j, in->n);
+        check_depth(j, in->listed);
         for (size_t f = 0; f < in->n; f++) {
             struct envelope *env = &in->e[f];
             res->present++;
@@ -584,6 +607,257 @@ static void check_identities(struct writer_log *logs, struct crash_result *res)
     }
 }
 
+/* ---- the consumers ------------------------------------------------------ */
+
+struct claims {
+    struct claim *c;
+    size_t n, cap;
+};
+
+static void read_consumer_logs(struct claims *all)
+{
+    for (int i = 0; i < cfg->consumers; i++) {
+        char path[PATH_MAX + 16];
+        snprintf(path, sizeof path, "%s/c%d.log", paths->logs, i);
+        FILE *in = fopen(path, "re");
+        if (!in) {
+            crash_violation("consumer-logs", "cannot open %s: %s", path, strerror(errno));
+            continue;
+        }
+        char line[512], name[300];
+        long long lineno = 0;
+        while (fgets(line, sizeof line, in)) {
+            lineno++;
+            struct claim c = {0};
+            if (sscanf(line, "%c %d %299s %d %lld %lld %lld %lld %d", &c.outcome, &c.agent, name,
+                       &c.writer, &c.id, &c.seq, &c.token, &c.delivery, &c.err) != 9 ||
+                !strchr("kfnxam", c.outcome) || c.agent < 0 || c.agent >= cfg->agents) {
+                crash_violation("consumer-logs", "%s:%lld: bad line: %s", path, lineno, line);
+                continue;
+            }
+            if (c.outcome == 'm') {
+                crash_violation("claim-malformed", "consumer %d claimed from a%d something that "
+                                "is not an envelope with a lease (SPEC 10)", i, c.agent);
+                continue;
+            }
+            if (all->n == all->cap) {
+                all->cap = all->cap ? all->cap * 2 : 4096;
+                struct claim *more = realloc(all->c, all->cap * sizeof *more);
+                if (!more) {
+                    fprintf(stderr, "crashcheck: out of memory\n");
+                    exit(2);
+                }
+                all->c = more;
+            }
+            c.name = strdup(name);
+            all->c[all->n++] = c;
+        }
+        fclose(in);
+    }
+}
+
+static int by_token(const void *a, const void *b)
+{
+    const struct claim *x = a, *y = b;
+    return x->token < y->token ? -1 : x->token > y->token;
+}
+
+static int by_agent_name_token(const void *a, const void *b)
+{
+    const struct claim *x = a, *y = b;
+    if (x->agent != y->agent)
+        return x->agent - y->agent;
+    int c = strcmp(x->name, y->name);
+    return c ? c : by_token(a, b);
+}
+
+/* Tokens are fencing tokens: never handed out twice. A message claimed again
+ * has a higher delivery count each time (a claim whose reply died with the
+ * server is not in any log, so counts may skip). Sorts the claims by agent,
+ * name and token. */
+static void check_tokens(struct claims *all, struct crash_result *res)
+{
+    qsort(all->c, all->n, sizeof *all->c, by_token);
+    for (size_t k = 1; k < all->n; k++)
+        if (all->c[k].token == all->c[k - 1].token)
+            crash_violation("token-reused", "token %lld leased a%d/%s and a%d/%s",
+                            all->c[k].token, all->c[k - 1].agent, all->c[k - 1].name,
+                            all->c[k].agent, all->c[k].name);
+    qsort(all->c, all->n, sizeof *all->c, by_agent_name_token);
+    for (size_t k = 1; k < all->n; k++) {
+        struct claim *a = &all->c[k - 1], *b = &all->c[k];
+        if (a->agent != b->agent || strcmp(a->name, b->name) != 0)
+            continue;
+        res->claimed_again++;
+        if (b->delivery <= a->delivery)
+            crash_violation("delivery-count", "a%d/%s: token %lld has delivery %lld after token "
+                            "%lld had %lld", b->agent, b->name, b->token, b->delivery, a->token,
+                            a->delivery);
+    }
+}
+
+/* An ack that failed because the server died under it may still have been
+ * committed. */
+static bool ack_maybe_took_effect(const struct claim *c)
+{
+    return c->outcome == 'f' && (c->err == ENOTCONN || c->err == ECONNABORTED || c->err == EIO);
+}
+
+static bool listed_in(const struct inbox *in, const char *name)
+{
+    size_t lo = 0, hi = in->listed;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(in->e[mid].name, name);
+        if (c == 0)
+            return true;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+static int by_envelope_name(const void *a, const void *b)
+{
+    return strcmp(((const struct envelope *)a)->name, ((const struct envelope *)b)->name);
+}
+
+/* Every inbox as if no consumer had been there: the listing plus each message
+ * a consumer acked with success, plus each whose ack failed with the server
+ * and that is neither listed nor acked elsewhere (the ack was committed, its
+ * reply lost), in delivery order. The claims are sorted by agent and name. */
+static struct inbox *merge_acked(const struct inbox *listing, const struct claims *all,
+                                 struct crash_result *res)
+{
+    struct inbox *merged = calloc((size_t)cfg->agents, sizeof *merged);
+    size_t k = 0;
+    for (int j = 0; j < cfg->agents; j++) {
+        const struct inbox *in = &listing[j];
+        size_t first = k;
+        while (k < all->n && all->c[k].agent == j)
+            k++;
+        merged[j] = (struct inbox){.agent = j, .list_error = in->list_error, .listed = in->listed};
+        merged[j].e = calloc(in->n + (k - first) + 1, sizeof *merged[j].e);
+        memcpy(merged[j].e, in->e, in->n * sizeof *in->e);
+        merged[j].n = in->n;
+        for (size_t c = first; c < k; c++) {
+            const struct claim *cl = &all->c[c];
+            bool acked = cl->outcome == 'k';
+            if (!acked && ack_maybe_took_effect(cl)) {
+                /* Only when no claim of this name was acked and it is not listed. */
+                bool elsewhere = listed_in(in, cl->name);
+                for (size_t o = first; o < k && !elsewhere; o++)
+                    elsewhere = strcmp(all->c[o].name, cl->name) == 0 &&
+                                (all->c[o].outcome == 'k' || (o < c && ack_maybe_took_effect(
+                                                                           &all->c[o])));
+                if (elsewhere)
+                    continue;
+                res->acked_unrecorded++;
+            } else if (!acked) {
+                continue;
+            } else {
+                res->acked++;
+            }
+            struct envelope *env = &merged[j].e[merged[j].n++];
+            *env = (struct envelope){.name = strdup(cl->name), .acked = true, .from = cl->writer,
+                                     .writer = cl->writer, .id = cl->id, .seq = cl->seq};
+            size_t nl = strlen(cl->name);
+            char msg_id[256] = "";
+            if (nl > 26)
+                snprintf(msg_id, sizeof msg_id, "%.*s", (int)(nl - 26), cl->name + 21);
+            if (!msg_id_counter(msg_id, &env->counter))
+                env->problem = strdup("a consumer acked a file whose name has no msg_id");
+        }
+        qsort(merged[j].e, merged[j].n, sizeof *merged[j].e, by_envelope_name);
+    }
+    return merged;
+}
+
+static void free_merged(struct inbox *merged)
+{
+    for (int j = 0; j < cfg->agents; j++) {
+        for (size_t f = 0; f < merged[j].n; f++)
+            if (merged[j].e[f].acked) {
+                free(merged[j].e[f].name);
+                free(merged[j].e[f].problem);
+            }
+        free(merged[j].e);
+    }
+    free(merged);
+}
+
+/* A number field of agents/a<j>/ctl, -1 when it cannot be read. */
+static long long ctl_field(int j, const char *field)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/agents/a%d/ctl", paths->mnt, j);
+    size_t len;
+    char *text = read_whole(path, &len);
+    json_t *ctl = text ? json_loads(text, 0, NULL) : NULL;
+    json_t *v = json_object_get(ctl, field);
+    long long n = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+    json_decref(ctl);
+    free(text);
+    return n;
+}
+
+/* Every lease a consumer walked away from (or lost with the server) ends
+ * within --lease and the message is pending again; nothing became a dead
+ * letter (--max-deliver is out of reach). */
+static void wait_for_leases(void)
+{
+    long long deadline = crash_now_ms() + 1000 * (3 * atoll(cfg->lease) + 10);
+    for (int j = 0; j < cfg->agents; j++) {
+        long long leased;
+        while ((leased = ctl_field(j, "leased")) != 0 && crash_now_ms() < deadline)
+            crash_pause_ms(50);
+        if (leased != 0)
+            crash_violation("lease-never-ended", "a%d/ctl still says leased %lld, %s s leases",
+                            j, leased, cfg->lease);
+        long long dead = ctl_field(j, "dead");
+        if (dead != 0)
+            crash_violation("dead-letter", "a%d/ctl says dead %lld", j, dead);
+    }
+}
+
+/* `events`: one JSON line per event, seq increasing by one from the first line
+ * kept to the last, across every kill -9 of the run. */
+static void check_events(struct crash_result *res)
+{
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/events", paths->mnt);
+    size_t len = 0;
+    char *text = read_whole(path, &len);
+    if (!text) {
+        crash_violation("events", "cannot read %s: %s", path, strerror(errno));
+        return;
+    }
+    long long prev = -1;
+    for (char *line = text; line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        if (!nl) {
+            crash_violation("events", "the last line has no newline");
+            break;
+        }
+        *nl = '\0';
+        long long seq;
+        int used = 0;
+        if (sscanf(line, "{\"seq\":%lld,%n", &seq, &used) != 1 || used == 0) {
+            crash_violation("events", "line %lld does not start with its seq: %.80s",
+                            res->events + 1, line);
+        } else {
+            if (prev >= 0 && seq != prev + 1)
+                crash_violation("events-gap", "seq %lld follows %lld", seq, prev);
+            prev = seq;
+        }
+        res->events++;
+        line = nl + 1;
+    }
+    free(text);
+}
+
 /* One more message from every writer to every other agent: each must take the
  * next sequence number of its pair (the counters survived every restart). */
 static void check_final_round(struct inbox *before, const long long *last_seq)
@@ -655,6 +929,13 @@ long long crash_verify(const struct crash_config *config, const struct crash_pat
     for (int w = 0; w < cfg->writers; w++)
         read_writer_log(w, &logs[w]);
 
+    struct claims claims = {0};
+    if (cfg->consumers) {
+        read_consumer_logs(&claims);
+        check_tokens(&claims, res);
+        wait_for_leases();
+    }
+
     long long t0 = crash_now_ms();
     struct inbox *inboxes = read_inboxes(NULL);
     size_t files = 0;
@@ -664,12 +945,19 @@ long long crash_verify(const struct crash_config *config, const struct crash_pat
 
     int K = cfg->agents;
     long long *last_seq = calloc((size_t)K * (size_t)K, sizeof *last_seq);
-    scan_inboxes(inboxes, logs, last_seq, res);
+    struct inbox *merged = cfg->consumers ? merge_acked(inboxes, &claims, res) : NULL;
+    scan_inboxes(merged ? merged : inboxes, logs, last_seq, res);
     check_identities(logs, res);
+    check_events(res);
     check_final_round(inboxes, last_seq);
 
     free(last_seq);
+    if (merged)
+        free_merged(merged);
     free_inboxes(inboxes);
+    for (size_t k = 0; k < claims.n; k++)
+        free(claims.c[k].name);
+    free(claims.c);
     for (int w = 0; w < cfg->writers; w++)
         free(logs[w].e);
     free(logs);

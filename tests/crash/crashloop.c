@@ -36,6 +36,7 @@
 #include <ftw.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -55,6 +56,7 @@ static struct crash_shared *shared;
 static struct crash_config cfg;
 static struct crash_paths paths;
 static pid_t writer_pids[CRASH_MAX_WRITERS];
+static pid_t consumer_pids[CRASH_MAX_CONSUMERS];
 static volatile sig_atomic_t interrupted;
 static long long t_start;
 
@@ -161,6 +163,20 @@ static pid_t writer_start(int index)
     crash_writer_main(index, &cfg, &paths, shared);
 }
 
+static pid_t consumer_start(int index)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(127);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    crash_consumer_main(index, &cfg, &paths, shared);
+}
+
 static long long recorded_messages(void)
 {
     long long n = 0;
@@ -177,53 +193,70 @@ static long long failed_ops(void)
     return n;
 }
 
-/* Sets the stop flag and waits for every writer; a writer that does not end
- * in time is blocked on a live server that does not answer: a violation. */
+static long long consumer_sum(size_t offset)
+{
+    long long n = 0;
+    for (int i = 0; i < cfg.consumers; i++)
+        n += atomic_load((_Atomic long long *)((char *)&shared->c[i] + offset));
+    return n;
+}
+
+/* Waits for one child the stop flag ended; one that does not end in time is
+ * blocked on a live server that does not answer: a violation. */
+static void child_stop(pid_t *pid, const char *what, int i, long long end)
+{
+    if (*pid <= 0)
+        return;
+    int st;
+    pid_t r;
+    while ((r = waitpid(*pid, &st, WNOHANG)) == 0 && crash_now_ms() < end)
+        crash_pause_ms(5);
+    if (r == 0) {
+        crash_violation("writer-hang", "%s %d did not stop within %d ms (blocked on the mount?)",
+                        what, i, WRITER_STOP_MS);
+        kill(*pid, SIGKILL);
+        waitpid(*pid, &st, 0);
+    } else if (r == *pid && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
+        crash_violation("writer-exit", "%s %d ended with status %d", what, i,
+                        WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    }
+    *pid = 0;
+}
+
+/* Sets the stop flag and waits for every writer and consumer. */
 static void writers_stop(void)
 {
     atomic_store(&shared->stop, 1);
     long long end = crash_now_ms() + WRITER_STOP_MS;
-    for (int i = 0; i < cfg.writers; i++) {
-        if (writer_pids[i] <= 0)
-            continue;
-        int st;
-        pid_t r;
-        while ((r = waitpid(writer_pids[i], &st, WNOHANG)) == 0 && crash_now_ms() < end)
-            crash_pause_ms(5);
-        if (r == 0) {
-            crash_violation("writer-hang",
-                            "writer %d did not stop within %d ms (blocked on the mount?)", i,
-                            WRITER_STOP_MS);
-            kill(writer_pids[i], SIGKILL);
-            waitpid(writer_pids[i], &st, 0);
-        } else if (r == writer_pids[i] && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
-            crash_violation("writer-exit", "writer %d ended with status %d", i,
-                            WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
-        }
-        writer_pids[i] = 0;
-    }
+    for (int i = 0; i < cfg.writers; i++)
+        child_stop(&writer_pids[i], "writer", i, end);
+    for (int i = 0; i < cfg.consumers; i++)
+        child_stop(&consumer_pids[i], "consumer", i, end);
 }
 
-/* The errnos the writers saw, and a violation for any that a dead or absent
- * server does not explain (EAGAIN, ENOSPC, EINVAL ... mean something else broke). */
-static void report_errnos(void)
+/* The errnos writers (or consumers) saw, and a violation for any that a dead
+ * or absent server does not explain (EAGAIN, ENOSPC, EINVAL ... mean something
+ * else broke). A consumer may also see ESTALE and ENOENT for an ack that came
+ * after its lease had ended: it waited for a server that was down. */
+static void report_errnos(const char *who, struct crash_writer_stats *stats, int n_stats)
 {
-    printf("  failed operations by errno:");
+    printf("  failed %s operations by errno:", who);
     long long total = 0;
     for (int e = 0; e < CRASH_ERRNO_SLOTS; e++) {
         long long n = 0;
-        for (int i = 0; i < cfg.writers; i++)
-            n += atomic_load(&shared->w[i].errno_count[e]);
+        for (int i = 0; i < n_stats; i++)
+            n += atomic_load(&stats[i].errno_count[e]);
         if (!n)
             continue;
         total += n;
         printf(" %s=%lld", e ? strerrorname_np(e) : "other", n);
-        bool expected = e == ENOTCONN || e == ECONNABORTED || e == ENOENT || e == EIO;
+        bool expected = e == ENOTCONN || e == ECONNABORTED || e == ENOENT || e == EIO ||
+                        (stats == shared->c && e == ESTALE);
         if (!expected)
             crash_violation("unexpected-errno",
-                            "%lld writer operations failed with %s (%s): not explained by a "
+                            "%lld %s operations failed with %s (%s): not explained by a "
                             "server that is down",
-                            n, e ? strerrorname_np(e) : "an out-of-range errno",
+                            n, who, e ? strerrorname_np(e) : "an out-of-range errno",
                             e ? strerror(e) : "?");
     }
     printf("%s\n", total ? "" : " none");
@@ -311,11 +344,15 @@ static void usage(FILE *out)
             "  --readers R        threads reading the inboxes at the end (4)\n"
             "  --inbox-capacity N busfs --inbox-capacity (10000000)\n"
             "  --store-max-bytes X busfs --store-max-bytes (64G)\n"
+            "  --consumers C      consumer processes that claim and ack from every agent\n"
+            "                     (0, at most 8)\n"
+            "  --lease S          busfs --lease with consumers (1)\n"
             "  --seed S           random seed (from the clock)\n"
             "  --base DIR         where busfs-crash-XXXXXX goes (/tmp)\n"
             "  --keep             keep the temp dir when the run passes (always kept on FAIL)\n"
             "  --quiet            no line per kill\n"
-            "  --tamper HOW       test the checker: rm, dup or fake before verifying (must FAIL)\n"
+            "  --tamper HOW       test the checker: rm, dup or fake before verifying (must FAIL);\n"
+            "                     with consumers also unack or reack\n"
             "Exit: 0 PASS, 1 FAIL, 2 usage or set-up error.\n");
 }
 
@@ -352,6 +389,8 @@ static void parse_options(int argc, char **argv)
         {"inbox-capacity", required_argument, NULL, 'c'},
         {"store-max-bytes", required_argument, NULL, 'S'},
         {"seed", required_argument, NULL, 's'},
+        {"consumers", required_argument, NULL, 'u'},
+        {"lease", required_argument, NULL, 'L'},
         {"base", required_argument, NULL, 'd'},
         {"keep", no_argument, NULL, 'K'},
         {"quiet", no_argument, NULL, 'q'},
@@ -374,6 +413,7 @@ static void parse_options(int argc, char **argv)
         .base = "/tmp",
         .inbox_capacity = "10000000",
         .store_max_bytes = "64G",
+        .lease = "1",
     };
     bool seeded = false;
     int c;
@@ -405,6 +445,11 @@ static void parse_options(int argc, char **argv)
             cfg.inbox_capacity = optarg;
             break;
         case 'S': cfg.store_max_bytes = optarg; break;
+        case 'u': cfg.consumers = (int)number("--consumers", optarg, 0); break;
+        case 'L':
+            number("--lease", optarg, 1);
+            cfg.lease = optarg;
+            break;
         case 's':
             cfg.seed = (unsigned long long)number("--seed", optarg, 0);
             seeded = true;
@@ -427,6 +472,10 @@ static void parse_options(int argc, char **argv)
     if (cfg.writers > CRASH_MAX_WRITERS || cfg.agents > CRASH_MAX_AGENTS ||
         cfg.agents <= cfg.writers) {
         fprintf(stderr, "crashloop: want writers < agents <= %d\n", CRASH_MAX_AGENTS);
+        exit(2);
+    }
+    if (cfg.consumers > CRASH_MAX_CONSUMERS) {
+        fprintf(stderr, "crashloop: at most %d consumers\n", CRASH_MAX_CONSUMERS);
         exit(2);
     }
     if (cfg.batch_max > 512)
@@ -457,16 +506,18 @@ static void on_signal(int sig)
     interrupted = 1;
 }
 
-/* An aimed kill: waits (up to 200 ms) until a writer is inside a commit
- * syscall (close of outbox/B, write to `send`), then lets a random 0..60 us
+/* An aimed kill: waits (up to 200 ms) until a writer or consumer is inside a
+ * commit syscall (close of outbox/B, write to `send`, an ack or nak), then lets a random 0..60 us
  * pass, so that the kill lands before, inside or after the server's commit.
  * Returns true when it found one. */
 static bool wait_for_commit(uint64_t *rng)
 {
     long long end = crash_now_ms() + 200;
     while (crash_now_ms() < end && !interrupted) {
-        for (int i = 0; i < cfg.writers; i++) {
-            if (!atomic_load(&shared->w[i].in_commit))
+        for (int i = 0; i < cfg.writers + cfg.consumers; i++) {
+            struct crash_writer_stats *st =
+                i < cfg.writers ? &shared->w[i] : &shared->c[i - cfg.writers];
+            if (!atomic_load(&st->in_commit))
                 continue;
             struct timespec t0, t;
             long spin_ns = (long)(crash_rnd_next(rng) % 60000);
@@ -484,11 +535,49 @@ static bool wait_for_commit(uint64_t *rng)
  * what busfs must never do, so the run must FAIL naming it: `rm` consumes one
  * message from a1's inbox (lost + sequence), `dup` sends a recorded identity
  * of writer 0 again (duplicate + reordered), `fake` adds to writer 0's log a
- * recorded send that never happened (lost). */
+ * recorded send that never happened (lost). With consumers: `unack` drops an
+ * acked claim from consumer 0's log, as if an ack had eaten a message nobody
+ * finished (lost + sequence); `reack` logs one acked message as acked again
+ * under a new token (duplicate). */
+static void tamper_consumer_log(const char *how)
+{
+    char log[PATH_MAX + 16];
+    snprintf(log, sizeof log, "%s/c0.log", paths.logs);
+    FILE *in = fopen(log, "re");
+    char (*lines)[512] = calloc(1u << 20, sizeof *lines);
+    size_t n = 0, victim = (size_t)-1;
+    while (in && lines && n < (1u << 20) && fgets(lines[n], sizeof lines[n], in))
+        if (lines[n++][0] == 'k' && victim == (size_t)-1 && n > 100)
+            victim = n - 1;
+    if (in)
+        fclose(in);
+    FILE *out = victim != (size_t)-1 ? fopen(log, "we") : NULL;
+    for (size_t k = 0; out && k < n; k++)
+        if (k != victim || strcmp(how, "reack") == 0)
+            fputs(lines[k], out);
+    if (out && strcmp(how, "reack") == 0) {
+        char outcome, name[300];
+        int agent, writer, err;
+        long long id, seq, token, delivery;
+        if (sscanf(lines[victim], "%c %d %299s %d %lld %lld %lld %lld %d", &outcome, &agent, name,
+                   &writer, &id, &seq, &token, &delivery, &err) == 9)
+            fprintf(out, "k %d %s %d %lld %lld %lld %lld 0\n", agent, name, writer, id, seq,
+                    token + 1000000000000LL, delivery + 1);
+    }
+    printf("crashloop: tamper: %s %s", how, victim != (size_t)-1 && out ? lines[victim] : "nothing\n");
+    if (out)
+        fclose(out);
+    free(lines);
+}
+
 static void tamper(const char *how)
 {
     char log[PATH_MAX + 16];
     snprintf(log, sizeof log, "%s/w0.log", paths.logs);
+    if (strcmp(how, "unack") == 0 || strcmp(how, "reack") == 0) {
+        tamper_consumer_log(how);
+        return;
+    }
     if (strcmp(how, "rm") == 0) {
         char dir[PATH_MAX + 32];
         snprintf(dir, sizeof dir, "%s/agents/a1/inbox", paths.mnt);
@@ -571,6 +660,11 @@ static void __attribute__((noreturn)) abort_run(const char *why)
             kill(writer_pids[i], SIGKILL);
             waitpid(writer_pids[i], NULL, 0);
         }
+    for (int i = 0; i < cfg.consumers; i++)
+        if (consumer_pids[i] > 0) {
+            kill(consumer_pids[i], SIGKILL);
+            waitpid(consumer_pids[i], NULL, 0);
+        }
     crash_server_abort();
     exit(2);
 }
@@ -595,9 +689,9 @@ int main(int argc, char **argv)
     if (!make_dirs() || !copy_binary())
         return 2;
     crash_server_init(&cfg, &paths);
-    printf("crashloop: %d writers, %d agents, %d kills, >= %lld messages, interval ~%ld ms, "
-           "rate %ld/s, seed %llu\n  busfs %s\n  temp dir %s\n",
-           cfg.writers, cfg.agents, cfg.kills, cfg.messages, cfg.interval_ms, cfg.rate, cfg.seed,
+    printf("crashloop: %d writers, %d consumers, %d agents, %d kills, >= %lld messages, "
+           "interval ~%ld ms, rate %ld/s, seed %llu\n  busfs %s\n  temp dir %s\n",
+           cfg.writers, cfg.consumers, cfg.agents, cfg.kills, cfg.messages, cfg.interval_ms, cfg.rate, cfg.seed,
            original, paths.dir);
 
     crash_server_note("start #0");
@@ -615,6 +709,11 @@ int main(int argc, char **argv)
         writer_pids[i] = writer_start(i);
         if (writer_pids[i] < 0)
             abort_run("fork of a writer failed");
+    }
+    for (int i = 0; i < cfg.consumers; i++) {
+        consumer_pids[i] = consumer_start(i);
+        if (consumer_pids[i] < 0)
+            abort_run("fork of a consumer failed");
     }
 
     /* The kill loop. */
@@ -733,8 +832,19 @@ int main(int argc, char **argv)
            res.recorded, res.recorded_envelopes, loop_s > 0 ? (double)res.recorded / loop_s : 0);
     printf("  failed sends               %lld operations, %lld messages with an identity\n",
            failed, res.failed_messages);
-    report_errnos();
-    printf("  envelopes present          %lld\n", res.present);
+    report_errnos("writer", shared->w, cfg.writers);
+    if (cfg.consumers) {
+        printf("  claims                     %lld (%lld of a message claimed before), "
+               "%lld failed\n",
+               consumer_sum(offsetof(struct crash_writer_stats, ok_ops)), res.claimed_again,
+               consumer_sum(offsetof(struct crash_writer_stats, failed_ops)));
+        printf("  acked                      %lld envelopes (%lld more whose ack failed with the "
+               "server but took effect: allowed)\n",
+               res.acked, res.acked_unrecorded);
+        report_errnos("consumer", shared->c, cfg.consumers);
+    }
+    printf("  envelopes present          %lld (acked ones included)\n", res.present);
+    printf("  events                     %lld lines, seq gapless\n", res.events);
     printf("  delivered but unrecorded   %lld messages (%lld outbox/B, %lld send records, %lld "
            "broadcasts; %lld envelopes): allowed\n",
            res.unrecorded_ids, res.unrecorded_by_kind[0], res.unrecorded_by_kind[1],

@@ -5,8 +5,9 @@
  *
  * crashloop.c conducts it (options, the kill loop, the clean stop, the
  * summary); crashserver.c starts, kills and stops the server and runs
- * `busfs --check`; crashwriter.c is one writer process; crashcheck.c reads
- * the writers' logs and the inboxes and finds the violations.
+ * `busfs --check`; crashwriter.c is one writer process; crashconsumer.c one
+ * consumer process (claim, then ack, nak or walk away); crashcheck.c reads
+ * the logs, the inboxes and `events` and finds the violations.
  *
  * The one thing a reader must know: a writer records a message only after
  * its send returned success (close() returned 0 for outbox/B, write()
@@ -15,6 +16,10 @@
  * a message whose commit reached the store but whose reply died with the
  * server ("delivered but not recorded", DESIGN.md); it must still be whole
  * (a whole broadcast, a whole `send` write) and take its sequence number.
+ * Consumers are held to the same rule: a message a consumer acked with
+ * success is gone from the inbox and counts as present there exactly once;
+ * an ack that failed with the server may have taken effect, and then the
+ * message is in no inbox and no other ack; every token is handed out once.
  */
 #ifndef BUSFS_TESTS_CRASH_CRASHLOOP_H
 #define BUSFS_TESTS_CRASH_CRASHLOOP_H
@@ -29,6 +34,7 @@
 #define CRASH_MAX_WRITERS (CRASH_MAX_AGENTS - 1)
 #define CRASH_ALL (-1)      /* the recipient of a broadcast */
 #define CRASH_ERRNO_SLOTS 160
+#define CRASH_MAX_CONSUMERS 8
 
 /* What the run needs to know; filled from the command line. */
 struct crash_config {
@@ -54,6 +60,8 @@ struct crash_config {
     const char *base;    /* where the temp dir goes (/tmp) */
     const char *inbox_capacity;  /* busfs --inbox-capacity (10000000: never full) */
     const char *store_max_bytes; /* busfs --store-max-bytes (64G: never full) */
+    int consumers;       /* consumer processes that claim and ack (0: none, the v1 loop) */
+    const char *lease;   /* busfs --lease, seconds (1: abandoned leases come back soon) */
 };
 
 /* The temp dir of one run. */
@@ -74,6 +82,10 @@ struct crash_result {
     long long unrecorded_envelopes;
     long long unrecorded_by_kind[3]; /* identities: outbox/B, send records, outbox/all */
     long long violations;
+    long long acked;              /* envelopes a consumer acked with success */
+    long long acked_unrecorded;   /* acks that failed with the server, yet took effect */
+    long long claimed_again;      /* claims of a message that had been claimed before */
+    long long events;             /* lines in `events` at the end, seq gapless */
 };
 
 /* One anonymous MAP_SHARED page between the conductor and the writers: the
@@ -86,15 +98,24 @@ struct crash_writer_stats {
     _Atomic int in_commit; /* 1 from just before a commit syscall until it returns */
 };
 
+/* A consumer's slot: ops are claims; ok_messages counts acks that succeeded. */
 struct crash_shared {
     _Atomic int stop;
     struct crash_writer_stats w[CRASH_MAX_WRITERS];
+    struct crash_writer_stats c[CRASH_MAX_CONSUMERS];
 };
 
 /* crashwriter.c: the writer process for agent a<index>; exits 0 once
  * shared->stop is set (3 when its log cannot be written). */
 void crash_writer_main(int index, const struct crash_config *cfg, const struct crash_paths *paths,
                        struct crash_shared *shared) __attribute__((noreturn));
+
+/* crashconsumer.c: consumer c<index> claims from every agent's `claim` and
+ * acks (rm inflight/F or ctl ack), now and then naks or abandons the lease,
+ * logging each claim to logs/c<index>.log; exits 0 once shared->stop is set. */
+void crash_consumer_main(int index, const struct crash_config *cfg,
+                         const struct crash_paths *paths, struct crash_shared *shared)
+    __attribute__((noreturn));
 
 /* crashserver.c: the one server process of the run. */
 void crash_server_init(const struct crash_config *cfg, const struct crash_paths *paths);

@@ -158,7 +158,7 @@ int crash_server_start(bool clear_stale)
 {
     char log[PATH_MAX + 16];
     snprintf(log, sizeof log, "%s/server.log", paths->logs);
-    const char *argv[16];
+    const char *argv[20];
     int n = 0;
     argv[n++] = cfg->bin;
     argv[n++] = "-f";
@@ -168,6 +168,14 @@ int crash_server_start(bool clear_stale)
     argv[n++] = cfg->inbox_capacity;
     argv[n++] = "--store-max-bytes";
     argv[n++] = cfg->store_max_bytes;
+    if (cfg->consumers) {
+        /* Leases end soon (abandoned claims come back within the run) and no
+         * message turns into a dead letter: each must stay countable. */
+        argv[n++] = "--lease";
+        argv[n++] = cfg->lease;
+        argv[n++] = "--max-deliver";
+        argv[n++] = "1000000";
+    }
     if (clear_stale)
         argv[n++] = "--clear-stale";
     argv[n++] = paths->mnt;
