@@ -21,6 +21,7 @@ void bus_tick_second(struct bus *bus)
 	bus_lock(bus);
 	int64_t now = bus_clock_now_us();
 	store_mark(bus->store);
+	events_flush(bus); /* lines held for want of room, when there is room again */
 	dedupe_expire(bus, now);
 	lease_tick_locked(bus, now);
 	bus_unlock_and_wake(bus);

@@ -102,8 +102,10 @@ struct events {
 	uint64_t logged;             /* the last seq the log holds */
 	uint64_t *first_seq;         /* the first seq of each segment */
 	size_t nsegs, cap;
-	struct buf lines;            /* the lines of the record being applied */
+	struct buf lines;            /* the lines of the record being applied, after any held */
 	uint64_t lines_first, lines_last;
+	bool held;                   /* lines found no room in the log: written later */
+	bool stalled;                /* a line could not be made: the next start writes it */
 };
 
 /* An alert of one rule for one agent: pending (its condition holds, `for=` has not
@@ -321,7 +323,10 @@ void event_message(struct bus *bus, const char *kind, const char *agent,
 /* Appends the lines the record just applied made (bus_apply_record), or forgets
  * them and gives the counter back (seq) for a record that did not apply. */
 void events_flush(struct bus *bus);
-void events_discard(struct bus *bus, uint64_t seq);
+/* Back to the counter and the lines as they were before a record that did not apply. */
+void events_discard(struct bus *bus, uint64_t seq, size_t lines_len);
+/* Lines are held or could not be made: the journal must keep the records behind them. */
+bool events_behind(struct bus *bus);
 int events_open(struct bus *bus, struct bus_error *err);
 void events_close(struct bus *bus);
 

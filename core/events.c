@@ -7,7 +7,13 @@
  * that a crash kept out of the log (its record reached the journal, its line not yet
  * the log) is written at the replay. Records a snapshot restates make no event.
  *
- * The lines a record makes go to the log in one append once it has applied.
+ * The lines a record makes go to the log in one append once it has applied. Lines
+ * that find no room (a full store filesystem) are held, in order, and written before
+ * any later line: at the next record or the next second's tick. Lines that cannot be
+ * made at all (no memory) stop the log until the next start, whose replay of the
+ * journal writes them; until then nothing may compact the journal away
+ * (events_behind), and that holds for held lines too.
+ *
  * The log is a seglog under STORE/events/. --events-retention N keeps at least the
  * newest N: whole segments leave, oldest first, and the rest keep their seq, so a
  * reader resumes by skipping what it has seen. Under the bus lock. */
@@ -106,7 +112,7 @@ void event_emit(struct bus *bus, const char *kind, const char *agent, const char
 	if (bus->restating)
 		return;
 	uint64_t seq = ++ev->seq;
-	if (!ev->log || seq <= ev->logged)
+	if (!ev->log || seq <= ev->logged || ev->stalled)
 		return;
 	char ts[BUS_TIME_LEN + 1];
 	struct buf *line = &ev->lines;
@@ -126,34 +132,51 @@ void event_emit(struct bus *bus, const char *kind, const char *agent, const char
 void events_flush(struct bus *bus)
 {
 	struct events *ev = &bus->events;
-	if (!ev->lines.len) {
-		buf_reset(&ev->lines); /* an allocation that failed before any line */
+	if (!buf_ok(&ev->lines)) {
+		/* A line could not be made: the log stops here rather than skip a seq. */
+		if (!ev->stalled)
+			fprintf(stderr, "busfs: events: out of memory making a line; the log "
+				"stops at seq %" PRIu64 " and the next start writes the rest\n",
+				ev->logged);
+		ev->stalled = true;
+		buf_free(&ev->lines);
+		buf_init(&ev->lines);
 		return;
 	}
-	/* One append for every event of a record. Lines that cannot be had or written
-	 * leave a gap in the log only: the counter, the journal and the bus are right. */
+	if (!ev->lines.len)
+		return;
+	/* One append for every event of a record (and any held before it). */
 	int64_t now = bus_clock_now_us();
-	if (buf_ok(&ev->lines) &&
-	    seglog_append(ev->log, ev->lines.data, ev->lines.len, now, NULL) == 0) {
-		ev->logged = ev->lines_last;
-		size_t n = seglog_segments(ev->log);
-		if (n > ev->nsegs) {
-			if (n > ev->cap) {
-				uint64_t *p = realloc(ev->first_seq, (n + 16) * sizeof *p);
-				if (p) {
-					ev->first_seq = p;
-					ev->cap = n + 16;
-				}
-			}
-			if (n <= ev->cap) {
-				for (size_t i = ev->nsegs; i < n; i++)
-					ev->first_seq[i] = ev->lines_first;
-				ev->nsegs = n;
+	int rc = seglog_append(ev->log, ev->lines.data, ev->lines.len, now, NULL);
+	if (rc < 0) {
+		if (!ev->held)
+			fprintf(stderr, "busfs: events: %s; lines from seq %" PRIu64 " are held "
+				"until there is room\n", strerror(-rc), ev->lines_first);
+		ev->held = true;
+		return;
+	}
+	if (ev->held)
+		fprintf(stderr, "busfs: events: the held lines up to seq %" PRIu64 " are written\n",
+			ev->lines_last);
+	ev->held = false;
+	ev->logged = ev->lines_last;
+	size_t n = seglog_segments(ev->log);
+	if (n > ev->nsegs) {
+		if (n > ev->cap) {
+			uint64_t *p = realloc(ev->first_seq, (n + 16) * sizeof *p);
+			if (p) {
+				ev->first_seq = p;
+				ev->cap = n + 16;
 			}
 		}
-		trim(bus);
-		want_wake(bus, BUS_EVENTS_WAKE_ID);
+		if (n <= ev->cap) {
+			for (size_t i = ev->nsegs; i < n; i++)
+				ev->first_seq[i] = ev->lines_first;
+			ev->nsegs = n;
+		}
 	}
+	trim(bus);
+	want_wake(bus, BUS_EVENTS_WAKE_ID);
 	buf_reset(&ev->lines);
 	/* A large record's lines are not kept for the next one. */
 	if (ev->lines.cap > (64u << 10)) {
@@ -162,10 +185,19 @@ void events_flush(struct bus *bus)
 	}
 }
 
-void events_discard(struct bus *bus, uint64_t seq)
+void events_discard(struct bus *bus, uint64_t seq, size_t lines_len)
 {
-	bus->events.seq = seq;
-	buf_reset(&bus->events.lines);
+	struct events *ev = &bus->events;
+	ev->seq = seq;
+	if (buf_ok(&ev->lines) && lines_len <= ev->lines.len) {
+		ev->lines.len = lines_len; /* the lines held from earlier records stay */
+		ev->lines_last = seq;
+	}
+}
+
+bool events_behind(struct bus *bus)
+{
+	return bus->events.stalled || bus->events.lines.len;
 }
 
 /* `,"msg_id":...,"from":...,"to":...` of a message, then what follows (or NULL). */

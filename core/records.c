@@ -139,11 +139,12 @@ int bus_apply_record(void *ctx, const uint8_t *rec, size_t len, bool from_snapsh
 		return -EINVAL;
 	struct reader r = {rec, len, 1, false};
 	uint64_t seq = bus->events.seq;
+	size_t lines_len = bus->events.lines.len;
 	bus->restating = from_snapshot;
 	int rc = k->apply(bus, &r);
 	bus->restating = false;
 	if (rc < 0)
-		events_discard(bus, seq); /* a record that did not apply happened not */
+		events_discard(bus, seq, lines_len); /* a record that did not apply happened not */
 	else
 		events_flush(bus);
 	if (rc == 0)
@@ -254,6 +255,11 @@ int bus_snapshot_put(struct bus *bus, struct buf *b)
  * the journal then restarts empty. */
 static int compact_locked(struct bus *bus)
 {
+	/* A snapshot restates records without their events: while the log is behind, the
+	 * journal keeps what it must still tell. */
+	events_flush(bus);
+	if (events_behind(bus))
+		return -EAGAIN;
 	struct buf b;
 	buf_init(&b);
 	int rc = store_snapshot_begin(bus->store);

@@ -401,3 +401,52 @@ Test(damage, a_full_store_filesystem_fails_the_write_not_the_close,
     small_fs[0] = '\0';
     bus_stop(&bus);
 }
+
+/* The delivered events in `events`, after checking that seq goes up by one from line
+ * to line. */
+static long delivered_events_gapless(const char *when)
+{
+    json_t *list = bus_jsonl(bus_path(&bus, "events"));
+    cr_assert_not_null(list, "%s: events is JSON lines", when);
+    long delivered = 0;
+    json_int_t prev = 0;
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        json_t *ev = json_array_get(list, i);
+        json_int_t seq = bus_int(ev, "seq");
+        cr_assert(i == 0 || seq == prev + 1, "%s: seq %lld after %lld", when, (long long)seq,
+                  (long long)prev);
+        prev = seq;
+        delivered += strcmp(bus_str(ev, "event"), "delivered") == 0;
+    }
+    json_decref(list);
+    return delivered;
+}
+
+Test(damage, a_full_store_filesystem_delays_events_and_never_skips_one,
+     .init = small_store_setup, .fini = small_store_teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    bus_agents(&bus, "alice", "bob", NULL);
+    struct bus_cmd r;
+    bus_sh(&bus, NULL, "dd if=/dev/zero of=%s/fill bs=64k 2>/dev/null; true", small_fs);
+    /* Sends succeed on the journal's space allocated ahead, and then fail; the events
+     * of those that succeeded may have found no room. */
+    bash_in_mnt(&r, "i=0; while [ $i -lt 20000 ] && echo x > agents/alice/outbox/bob;"
+                    " do i=$((i+1)); done; echo $i");
+    long sent = strtol(r.out, NULL, 10);
+    bus_cmd_free(&r);
+    cr_assert_lt(sent, 20000, "sends never failed on a full filesystem");
+    cr_assert_leq(delivered_events_gapless("on the full store"), sent);
+
+    /* Once there is room, the held events are written, in order, before any new one. */
+    cr_assert_eq(bus_sh(&bus, NULL, "rm %s/fill", small_fs), 0);
+    cr_assert_eq(bus_sh(&bus, &r, "echo after > agents/alice/outbox/bob"), 0, "%s", r.err);
+    bus_cmd_free(&r);
+    cr_assert_eq(delivered_events_gapless("after space was freed"), sent + 1,
+                 "one delivered event for each of the %ld + 1 sends", sent);
+    bus_kill9(&bus);
+    bus_launch(&bus, (const char *const[]){"--inbox-capacity", "100000", "--store-max-bytes", "6M",
+                                           NULL});
+    long after = delivered_events_gapless("after a kill -9");
+    cr_assert_eq(after, sent + 1, "after a kill -9: %ld delivered events for %ld + 1 sends", after,
+                 sent);
+}
