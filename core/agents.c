@@ -68,6 +68,8 @@ static size_t name_index(struct bus *bus, const char *name, bool *found)
 
 struct agent *bus_find(struct bus *bus, const char *name)
 {
+	if (strchr(name, '@'))
+		return gateway_for(bus, name, false);
 	bool found;
 	size_t i = name_index(bus, name, &found);
 	return found ? bus->by_name[i] : NULL;

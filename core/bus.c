@@ -140,6 +140,7 @@ struct bus *bus_alloc(const struct bus_config *cfg)
 	bus->next_id = 1;
 	bus->started = bus_clock_monotonic();
 	strmap_init(&bus->seqs);
+	strmap_init(&bus->remote_known);
 	strmap_init(&bus->leases);
 	strmap_init(&bus->dedupe.map);
 	errlog_init(&bus->errors, BUS_ERRORS_KEEP);
@@ -154,6 +155,7 @@ void bus_free(struct bus *bus)
 	for (size_t i = 0; i < bus->nagents; i++)
 		agent_free(bus->by_id[i]);
 	free(bus->by_id);
+	gateways_free(bus);
 	msgindex_free(&bus->messages);
 	free(bus->by_name);
 	strmap_free(&bus->seqs);

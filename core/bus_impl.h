@@ -183,6 +183,13 @@ struct bus {
 	uint64_t version;            /* counts changes (bus_unlock_and_wake) */
 	uint64_t records_by_kind[256]; /* records applied since the start, by kind (--check) */
 
+	/* Other nodes (remote.c): this node's name ("" outside a cluster), the remote
+	 * agents learned, and one gateway per node messages went to. */
+	char node[BUS_NAME_MAX + 1];
+	struct strmap remote_known;  /* "NAME@NODE" -> 1 */
+	struct agent **gateways;
+	size_t ngateways, gateways_cap, gateway_next;
+
 	bus_wake_fn wake;
 	void *wake_ctx;
 	uint64_t *wake_ids;
@@ -204,7 +211,24 @@ void bus_note_locked(struct bus *bus, const char *agent, const char *op, const c
 struct bus *bus_alloc(const struct bus_config *cfg);
 void bus_free(struct bus *bus);
 
-/* agents.c */
+/* remote.c: gateways, the queues of messages to other nodes. Their ids start at
+ * BUS_GATEWAY_ID0 and bus_find_id never returns one: no file reaches them. */
+#define BUS_GATEWAY_ID0 (UINT64_C(1) << 60)
+bool gateway_is(const struct agent *a);
+struct agent *gateway_for(struct bus *bus, const char *name, bool create);
+void gateways_free(struct bus *bus);
+/* The gateway a send to the remote agent `name` goes through; NULL with err filled
+ * (ENOENT: not known, not in a cluster; EINVAL; ENOMEM). */
+struct agent *remote_recipient(struct bus *bus, const char *name, struct bus_error *err);
+
+/* lease.c: a new lease on a's pending message m, or m's lease ended (a nak, ready
+ * again at ready_us); one committed record each. */
+int lease_grant_locked(struct bus *bus, struct agent *a, struct bus_message *m, double seconds,
+		       int64_t now, struct bus_error *err);
+int lease_release_locked(struct bus *bus, struct agent *a, struct bus_message *m,
+			 int64_t ready_us, int64_t now, struct bus_error *err);
+
+/* agents.c: bus_find also resolves "NAME@NODE" and "@NODE" to an existing gateway. */
 struct agent *bus_find(struct bus *bus, const char *name);
 struct agent *bus_find_id(struct bus *bus, uint64_t id);
 /* The index in bus->by_id of the first agent whose id is >= id. */

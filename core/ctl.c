@@ -19,7 +19,9 @@
 static int ack_message(struct bus *bus, struct agent *a, struct bus_message *m,
 		       struct bus_error *err, bool *dropped)
 {
-	struct agent *sender = m->requires_ack ? bus_find(bus, m->from) : NULL;
+	struct agent *sender = !m->requires_ack	 ? NULL
+			       : strchr(m->from, '@') ? gateway_for(bus, m->from, true)
+						      : bus_find(bus, m->from);
 	*dropped = m->requires_ack && !sender;
 	struct buf *rec = &bus->rec;
 	buf_reset(rec);
@@ -34,9 +36,9 @@ static int ack_message(struct bus *bus, struct agent *a, struct bus_message *m,
 		int64_t now = bus_clock_now_us();
 		static const char TYPE_ACK[] = "\"ack\"";
 		struct envelope env = {
-			.from = a->name, .to = sender->name,
+			.from = a->name, .to = m->from,
 			.number = bus->counter + 1,
-			.sequence = bus_pair_sequence(bus, a->name, sender->name) + 1,
+			.sequence = bus_pair_sequence(bus, a->name, m->from) + 1,
 			.time_us = now, .store_id = store_id(bus->store),
 			.type_token = TYPE_ACK, .type_len = sizeof TYPE_ACK - 1,
 			.expires_us = bus_message_expiry(bus, 0, now),

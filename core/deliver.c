@@ -128,6 +128,10 @@ int bus_prepare_messages(struct bus *bus, const uint8_t *rec, size_t len)
 		bus->prep[bus->prep_n] = m;
 		bus->prep_end[bus->prep_n++] = r.pos;
 		struct agent *to = bus_find(bus, m->to), *from = bus_find(bus, m->from);
+		if (!to && strchr(m->to, '@') && !(to = gateway_for(bus, m->to, true))) {
+			rc = -ENOMEM;
+			break;
+		}
 		char key[2 * BUS_NAME_MAX + 2];
 		pair_key(key, m->from, m->to);
 		if (to && inbox_reserve(&to->inbox, ++to->prep_count) < 0)
@@ -153,6 +157,10 @@ int bus_prepare_messages(struct bus *bus, const uint8_t *rec, size_t len)
 static int deliver(struct bus *bus, struct bus_message *m, bool count)
 {
 	struct agent *to = bus_find(bus, m->to);
+	if (!to && strchr(m->to, '@') && !(to = gateway_for(bus, m->to, true))) {
+		message_unref(m);
+		return -ENOMEM;
+	}
 	/* Numbers are handed out in order and never twice: a record that breaks that
 	 * comes from a damaged store. */
 	if (!to || m->number <= bus->counter || inbox_put(bus, to, m) < 0) {
@@ -166,7 +174,7 @@ static int deliver(struct bus *bus, struct bus_message *m, bool count)
 		bus->counter = m->number;
 	bus->pending++;
 	charge(bus, m);
-	if (m->expires_us)
+	if (m->expires_us && !gateway_is(to))
 		timer_add(bus, m->expires_us, m->number, 0, TIMER_TTL);
 	if (count) {
 		to->delivered_total++;
@@ -332,6 +340,10 @@ int snap_msg_apply(struct bus *bus, struct reader *r)
 	}
 	if (places) {
 		struct agent *a = bus_find(bus, m->to);
+		if (!a && strchr(m->to, '@') && !(a = gateway_for(bus, m->to, true))) {
+			message_unref(m);
+			return -ENOMEM;
+		}
 		if (a && held == BUS_INFLIGHT && lease_index_put(bus, m->token, m->number) < 0) {
 			message_unref(m);
 			return -ENOMEM;
@@ -366,8 +378,8 @@ int snap_msg_save(struct bus *bus, struct buf *b)
 	struct bus_message **msgs = NULL;
 	size_t nmsgs = 0, cap = 0;
 	int rc = 0;
-	for (size_t k = 0; k < bus->nagents && rc == 0; k++) {
-		struct agent *a = bus->by_id[k];
+	for (size_t k = 0; k < bus->nagents + bus->ngateways && rc == 0; k++) {
+		struct agent *a = k < bus->nagents ? bus->by_id[k] : bus->gateways[k - bus->nagents];
 		size_t need = nmsgs + a->inbox.live + a->inflight.live + a->dead.live +
 			      a->outbox.count;
 		if (need > cap) {

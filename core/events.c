@@ -109,8 +109,8 @@ static void trim(struct bus *bus)
 void event_emit(struct bus *bus, const char *kind, const char *agent, const char *fields)
 {
 	struct events *ev = &bus->events;
-	if (bus->restating)
-		return;
+	if (bus->restating || (agent && agent[0] == '@'))
+		return; /* a gateway's queue (remote.c) is no agent's business */
 	uint64_t seq = ++ev->seq;
 	if (!ev->log || seq <= ev->logged || ev->stalled)
 		return;

@@ -89,8 +89,8 @@ static void timers_rebuild(struct bus *bus)
 {
 	bus->ntimers = 0;
 	bus->timers_lost = false;
-	for (size_t k = 0; k < bus->nagents; k++) {
-		struct agent *a = bus->by_id[k];
+	for (size_t k = 0; k < bus->nagents + bus->ngateways; k++) {
+		struct agent *a = k < bus->nagents ? bus->by_id[k] : bus->gateways[k - bus->nagents];
 		for (enum bus_place p = BUS_INBOX; p <= BUS_INFLIGHT; p++) {
 			const struct inbox *in = agent_place(a, p);
 			for (size_t i = in->head; i < in->tail; i++)
@@ -353,9 +353,10 @@ static int end_lease(struct bus *bus, struct agent *a, struct bus_message *m, in
 		     enum release_why why, int64_t now, struct bus_error *err)
 {
 	uint64_t token = m->token;
-	if (m->expires_us && m->expires_us <= now)
+	if (m->expires_us && m->expires_us <= now && !gateway_is(a))
 		return make_dead(bus, a, m, token, DEAD_EXPIRED, now, err);
-	if (m->deliveries >= bus->cfg.max_deliver)
+	/* A message queued for another node is published until it is stored there. */
+	if (m->deliveries >= bus->cfg.max_deliver && !gateway_is(a))
 		return make_dead(bus, a, m, token, DEAD_MAX_DELIVER, now, err);
 	struct buf *b = &bus->rec;
 	buf_reset(b);
@@ -468,6 +469,21 @@ static struct bus_message *claimable(struct bus *bus, struct agent *a, int64_t n
 		return m;
 	}
 	return NULL;
+}
+
+int lease_grant_locked(struct bus *bus, struct agent *a, struct bus_message *m, double seconds,
+		       int64_t now, struct bus_error *err)
+{
+	buf_reset(&bus->rec);
+	put_lease(&bus->rec, a, m, bus->last_token + 1, now + (int64_t)(seconds * 1e6),
+		  m->deliveries + 1);
+	return bus_commit(bus, err);
+}
+
+int lease_release_locked(struct bus *bus, struct agent *a, struct bus_message *m,
+			 int64_t ready_us, int64_t now, struct bus_error *err)
+{
+	return end_lease(bus, a, m, ready_us, RELEASE_NAK, now, err);
 }
 
 int bus_claim(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *out, bool *draining,
@@ -681,7 +697,7 @@ void lease_tick_locked(struct bus *bus, int64_t now)
 			break;
 		case TIMER_TTL:
 			/* A leased message expires when its lease ends. */
-			if (m->in_inbox && m->expires_us && m->expires_us <= now)
+			if (!gateway_is(a) && m->in_inbox && m->expires_us && m->expires_us <= now)
 				rc = make_dead(bus, a, m, 0, DEAD_EXPIRED, now, NULL);
 			break;
 		}

@@ -120,8 +120,14 @@ void message_encode(struct buf *rec, const struct envelope *env)
 {
 	char id[BUS_MSG_ID_LEN + 1];
 	char ts[BUS_TIME_LEN + 1];
-	message_id_format(id, env->store_id, env->time_us, env->number);
-	bus_time_format(env->time_us, ts);
+	if (env->msg_id)
+		snprintf(id, sizeof id, "%s", env->msg_id);
+	else
+		message_id_format(id, env->store_id, env->time_us, env->number);
+	if (env->timestamp)
+		snprintf(ts, sizeof ts, "%s", env->timestamp);
+	else
+		bus_time_format(env->time_us, ts);
 
 	buf_put_u64(rec, env->number);
 	buf_put_u64(rec, env->sequence);

@@ -20,6 +20,7 @@
 #include <malloc.h>
 
 #include "bus_impl.h"
+#include "busfs/remote.h"
 #include "busfs/clock.h"
 #include "busfs/json.h"
 
@@ -42,6 +43,8 @@ struct bus_draft {
 	size_t text_len;                  /* the body's length as an escaped JSON string */
 	void *hold;                       /* memory held for the commit of a large body */
 	size_t hold_len;
+	bool remote;                      /* its recipient is on another node (remote.c) */
+	uint64_t sent_number;             /* the last commit's delivery number */
 };
 
 /* The longest the payload can be once in an envelope: kept JSON, an escaped string or
@@ -99,6 +102,11 @@ static size_t escaped_extra(const unsigned char *p, size_t n)
 }
 
 const char *bus_draft_sender(const struct bus_draft *d) { return d->sender; }
+
+uint64_t bus_draft_remote_number(const struct bus_draft *d)
+{
+	return d->remote ? d->sent_number : 0;
+}
 
 bool bus_draft_poisoned(const struct bus_draft *d) { return d->poison != 0; }
 
@@ -245,8 +253,11 @@ int bus_draft_open(struct bus *bus, uint64_t sender_id, const char *target, uid_
 			goto out;
 		}
 	} else {
-		if (!bus_find(bus, target)) {
-			rc = bus_fail(err, ENOENT, "recipient %.80s is not registered", target);
+		d->remote = strchr(target, '@') != NULL;
+		if (d->remote ? !remote_recipient(bus, target, err) : !bus_find(bus, target)) {
+			rc = d->remote ? -err->code
+				       : bus_fail(err, ENOENT, "recipient %.80s is not registered",
+						  target);
 			goto out;
 		}
 		d->rcpt = calloc(1, sizeof *d->rcpt);
@@ -366,6 +377,8 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 	draft_unreserve(bus, d);
 	draft_uncharge(bus, d);
 	rc = bus_commit(bus, err);
+	if (rc == 0)
+		d->sent_number = bus->counter;
 	draft_free_body(d);
 	d->text_len = 0;
 	if (rc < 0)
@@ -446,7 +459,8 @@ static bool record_to(struct send_record *r, const char *p, size_t len)
 		if (!fits)
 			return false;
 	}
-	return strcmp(r->to, "all") == 0 || bus_name_valid(r->to);
+	return strcmp(r->to, "all") == 0 || bus_name_valid(r->to) ||
+	       bus_remote_split(r->to, NULL, NULL);
 }
 
 static int parse_record(struct bus *bus, const struct agent *sender, const char *p, size_t len,
@@ -475,8 +489,8 @@ static int parse_record(struct bus *bus, const struct agent *sender, const char 
 		}
 		if (strcmp(k, "to") == 0) {
 			if (!record_to(r, m[i].value, m[i].value_len)) {
-				rc = bus_fail(err, EINVAL, "record %u: \"to\" must be an agent name or "
-					      "\"all\"", index);
+				rc = bus_fail(err, EINVAL, "record %u: \"to\" must be an agent name, "
+					      "NAME@NODE or \"all\"", index);
 			} else {
 				r->broadcast = strcmp(r->to, "all") == 0;
 				have_to = true;
@@ -549,6 +563,13 @@ static int record_recipients(struct bus *bus, const struct agent *sender,
 			     int (*fn)(struct bus *, struct agent *, void *), void *ctx,
 			     struct bus_error *err)
 {
+	if (!r->broadcast && strchr(r->to, '@')) {
+		struct bus_error why;
+		struct agent *g = remote_recipient(bus, r->to, &why);
+		if (!g)
+			return bus_fail(err, why.code, "record %u: %s", index, why.reason);
+		return fn(bus, g, ctx);
+	}
 	if (!r->broadcast) {
 		struct agent *to = bus_find(bus, r->to);
 		if (!to)
@@ -580,6 +601,7 @@ struct batch {
 	const struct send_record *rec;
 	int64_t now;
 	uint32_t count;
+	struct bus_sent *sent;  /* the delivery numbers of messages to other nodes */
 };
 
 static int count_recipient(struct bus *bus, struct agent *a, void *ctx)
@@ -611,8 +633,18 @@ static int encode_for_recipient(struct bus *bus, struct agent *a, void *ctx)
 	struct buf payload;
 	buf_init(&payload);
 	json_append_compact(&payload, b->rec->payload, b->rec->payload_len);
+	if (gateway_is(a)) {
+		struct bus_sent *s = b->sent;
+		uint64_t *p = s ? realloc(s->remote, (s->n + 1) * sizeof *p) : NULL;
+		if (!p) {
+			buf_fail(&bus->rec); /* commit nothing: ENOMEM */
+		} else {
+			s->remote = p;
+			s->remote[s->n++] = bus->counter + 1 + b->count;
+		}
+	}
 	struct envelope env = {
-		.from = b->sender->name, .to = a->name,
+		.from = b->sender->name, .to = gateway_is(a) ? b->rec->to : a->name,
 		.number = bus->counter + 1 + b->count,
 		.sequence = ++a->batch_seq,
 		.time_us = b->now, .store_id = store_id(bus->store),
@@ -633,9 +665,19 @@ static int encode_for_recipient(struct bus *bus, struct agent *a, void *ctx)
 int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pending,
 		   const char *data, size_t len, unsigned *delivered, struct bus_error *err)
 {
+	struct bus_sent sent = {0};
+	int rc = bus_send_write_ex(bus, agent_id, uid, pending, data, len, delivered, &sent, err);
+	free(sent.remote);
+	return rc;
+}
+
+int bus_send_write_ex(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pending,
+		      const char *data, size_t len, unsigned *delivered, struct bus_sent *sent,
+		      struct bus_error *err)
+{
 	struct send_record *recs = NULL;
 	size_t nrecs = 0, cap = 0, consumed = 0;
-	struct batch batch = {.err = err};
+	struct batch batch = {.err = err, .sent = sent};
 	int rc = 0;
 	*delivered = 0;
 
@@ -787,6 +829,8 @@ int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pe
 	rc = bus_commit(bus, err);
 	if (rc == 0)
 		*delivered = batch.count;
+	else
+		sent->n = 0;
 out:
 	for (size_t i = 0; i < batch.ntouched; i++)
 		batch.touched[i]->batch_touched = false;

@@ -146,6 +146,9 @@ int bus_draft_flush(struct bus *bus, struct bus_draft *d, struct bus_error *err)
 void bus_draft_discard(struct bus *bus, struct bus_draft *d);
 void bus_draft_close(struct bus *bus, struct bus_draft *d);
 const char *bus_draft_sender(const struct bus_draft *d);
+/* For a draft to an agent on another node: the delivery number its last flush queued
+ * (0 before one, and for local drafts). */
+uint64_t bus_draft_remote_number(const struct bus_draft *d);
 /* An earlier write was refused (and logged): the draft sends nothing. */
 bool bus_draft_poisoned(const struct bus_draft *d);
 
@@ -194,6 +197,15 @@ uint64_t lease_parse_file_name(const char *name, char *msg_id, uint64_t *token);
  * writes. Delivers every record this write completes, all or nothing. */
 int bus_send_write(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pending,
 		   const char *data, size_t len, unsigned *delivered, struct bus_error *err);
+/* The same, telling which messages went to another node's queue (remote.h): their
+ * delivery numbers in sent->remote (sent->n of them; the caller frees remote). */
+struct bus_sent {
+	uint64_t *remote;
+	size_t n;
+};
+int bus_send_write_ex(struct bus *bus, uint64_t agent_id, uid_t uid, struct buf *pending,
+		      const char *data, size_t len, unsigned *delivered, struct bus_sent *sent,
+		      struct bus_error *err);
 
 /* Consumes message `number` of the agent's inbox (msg_id, when given, must match). */
 int bus_ack(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id, uid_t uid,

@@ -74,6 +74,8 @@ struct envelope {
 	const char *corr_token;     /* JSON string token or NULL */
 	size_t corr_len;
 	int64_t expires_us;         /* ttl end, 0 for none: kept in the record, not the text */
+	const char *msg_id;         /* a message from another node keeps its own; NULL: made */
+	const char *timestamp;      /* ... and its own timestamp text; NULL: from time_us */
 };
 
 void message_id_format(char *out, uint32_t store_id, int64_t time_us, uint64_t number);

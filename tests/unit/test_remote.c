@@ -1,0 +1,282 @@
+/*
+ * test_remote.c — core/remote.c: messages to and from agents on other nodes (SPEC §12)
+ * as the core keeps them, without NATS. A send to NAME@NODE is queued for that node
+ * and survives a restart until the cluster layer says it was stored there; a message
+ * fetched from another node is delivered once, also when it is fetched again after a
+ * restart; one for an agent that does not exist queues an "undeliverable" reply, and
+ * an ack of a message that asked for one travels back the same way.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "busfs/buf.h"
+#include "busfs/bus.h"
+#include "busfs/remote.h"
+#include "unit.h"
+
+#define REMOTE_TEST(name) \
+    Test(remote, name, .init = setup, .fini = teardown, .timeout = UNIT_TIMEOUT)
+
+#define OWNER 1000
+
+static struct bus *the_bus;
+static struct bus_config cfg;
+static char store_dir[PATH_MAX];
+
+static void open_bus(void)
+{
+    struct bus_error err = {0};
+    cr_assert_eq(bus_open(&cfg, &the_bus, &err), 0, "bus_open: %s", err.reason);
+    bus_set_node(the_bus, "a");
+    cr_assert_eq(bus_remote_known(the_bus, "bob@b", true), 0);
+}
+
+static void setup(void)
+{
+    unit_setup();
+    unit_path(store_dir, "store");
+    cfg = (struct bus_config){.store_dir = store_dir, .store_max_bytes = UINT64_C(64) << 20,
+                              .lease_s = 10, .max_deliver = 2, .dedupe_window_s = 120,
+                              .inbox_capacity = 1000};
+    open_bus();
+}
+
+static void teardown(void)
+{
+    if (the_bus)
+        bus_close(the_bus);
+    the_bus = NULL;
+    unit_teardown();
+}
+
+static void reopen(void)
+{
+    bus_close(the_bus);
+    the_bus = NULL;
+    open_bus();
+}
+
+static uint64_t agent(const char *name)
+{
+    struct bus_agent_info a;
+    struct bus_error err = {0};
+    if (bus_agent_by_name(the_bus, name, &a) == 0)
+        return a.id;
+    cr_assert_eq(bus_agent_create(the_bus, name, OWNER, OWNER, &a, &err), 0, "%s", err.reason);
+    return a.id;
+}
+
+/* One `send` record from alice; the errno (0 on success) and the queued numbers. */
+static int send_record(const char *rec, struct bus_sent *sent, struct bus_error *err)
+{
+    struct buf pending;
+    unsigned delivered = 0;
+    buf_init(&pending);
+    int rc = bus_send_write_ex(the_bus, agent("alice"), OWNER, &pending, rec, strlen(rec),
+                               &delivered, sent, err);
+    buf_free(&pending);
+    return rc;
+}
+
+/* Claims the next queued message; returns its envelope, parsed. */
+static json_t *claim_outgoing(struct bus_outgoing *out)
+{
+    cr_assert_eq(bus_outgoing_claim(the_bus, 5, out), 0, "a message is queued");
+    json_t *env = json_loadb(out->m->envelope, out->m->len, 0, NULL);
+    cr_assert_not_null(env);
+    return env;
+}
+
+REMOTE_TEST(a_send_to_a_remote_agent_is_queued_until_it_is_stored_there)
+{
+    struct bus_sent sent = {0};
+    struct bus_error err = {0};
+    cr_assert_eq(send_record("{\"to\":\"bob@b\",\"payload\":{\"n\":1}}", &sent, &err), 0, "%s",
+                 err.reason);
+    cr_assert_eq(sent.n, 1);
+    cr_assert(bus_outgoing_queued(the_bus, sent.remote[0]));
+    cr_assert_eq(bus_outgoing_depth(the_bus), 1);
+
+    /* Queued messages survive a restart; a lease lost with it ends and comes back. */
+    reopen();
+    struct bus_outgoing out = {0};
+    json_t *env = claim_outgoing(&out);
+    cr_assert_eq(out.number, sent.remote[0]);
+    cr_assert_str_eq(out.node, "b");
+    cr_assert_str_eq(out.agent, "bob");
+    cr_assert_str_eq(json_string_value(json_object_get(env, "to")), "bob@b");
+    cr_assert_str_eq(json_string_value(json_object_get(env, "from")), "alice");
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(env, "payload"), "n")), 1);
+    json_decref(env);
+    struct bus_outgoing none;
+    cr_assert_eq(bus_outgoing_claim(the_bus, 5, &none), -EAGAIN, "one lease at a time");
+
+    /* Not published: queued again (never a dead letter, whatever --max-deliver says). */
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(bus_outgoing_retry(the_bus, out.number, out.token, 0), 0);
+        bus_outgoing_release(&out);
+        json_decref(claim_outgoing(&out));
+    }
+    cr_assert_eq(bus_outgoing_done(the_bus, out.number, out.token - 1), -ESTALE);
+    cr_assert_eq(bus_outgoing_done(the_bus, out.number, out.token), 0);
+    bus_outgoing_release(&out);
+    cr_assert_not(bus_outgoing_queued(the_bus, sent.remote[0]));
+    cr_assert_eq(bus_outgoing_depth(the_bus), 0);
+    reopen();
+    cr_assert_eq(bus_outgoing_depth(the_bus), 0, "stored there: gone for good");
+    free(sent.remote);
+}
+
+REMOTE_TEST(unknown_remote_agents_and_a_bus_outside_a_cluster_give_enoent)
+{
+    struct bus_sent sent = {0};
+    struct bus_error err = {0};
+    cr_assert_eq(send_record("{\"to\":\"carol@b\",\"payload\":1}", &sent, &err), -ENOENT);
+    cr_assert(strstr(err.reason, "carol@b"), "%s", err.reason);
+    cr_assert_eq(send_record("{\"to\":\"bob@a\",\"payload\":1}", &sent, &err), -ENOENT,
+                 "this node's own name is not remote");
+    cr_assert_eq(send_record("{\"to\":\"bob@\",\"payload\":1}", &sent, &err), -EINVAL);
+    cr_assert_eq(bus_remote_known(the_bus, "bob@b", false), 0);
+    cr_assert_eq(send_record("{\"to\":\"bob@b\",\"payload\":1}", &sent, &err), -ENOENT,
+                 "forgotten");
+    bus_set_node(the_bus, "");
+    cr_assert_eq(bus_remote_known(the_bus, "bob@b", true), 0);
+    cr_assert_eq(send_record("{\"to\":\"bob@b\",\"payload\":1}", &sent, &err), -ENOENT);
+    cr_assert(strstr(err.reason, "cluster"), "%s", err.reason);
+    cr_assert_eq(bus_outgoing_depth(the_bus), 0);
+    free(sent.remote);
+}
+
+REMOTE_TEST(a_cancelled_send_leaves_the_queue_and_one_being_published_stays)
+{
+    struct bus_sent sent = {0};
+    struct bus_error err = {0};
+    cr_assert_eq(send_record("{\"to\":\"bob@b\",\"payload\":1}\n{\"to\":\"bob@b\",\"payload\":2}",
+                             &sent, &err), 0, "%s", err.reason);
+    cr_assert_eq(sent.n, 2);
+    struct bus_outgoing out = {0};
+    json_decref(claim_outgoing(&out));
+    cr_assert_eq(bus_outgoing_cancel(the_bus, sent.remote[0]), -EBUSY);
+    cr_assert_eq(bus_outgoing_cancel(the_bus, sent.remote[1]), 0);
+    cr_assert_eq(bus_outgoing_cancel(the_bus, sent.remote[1]), -ENOENT);
+    cr_assert_eq(bus_outgoing_done(the_bus, out.number, out.token), 0);
+    bus_outgoing_release(&out);
+    cr_assert_eq(bus_outgoing_depth(the_bus), 0);
+    free(sent.remote);
+}
+
+static const char ENVELOPE[] =
+    "{\"version\":1,\"msg_id\":\"MSG-20261207-120000-0badcafe-00000000000000000007\","
+    "\"from\":\"alice\",\"to\":\"bob@a\",\"timestamp\":\"2026-12-07T12:00:00.000001Z\","
+    "\"sequence\":7,\"type\":\"task\",\"payload\":{\"x\":1.50},\"requires_ack\":true,"
+    "\"priority\":\"normal\",\"correlation_id\":\"c-1\"}\n";
+
+/* The envelopes of an agent's inbox, parsed, in order. */
+static int collect(void *ctx, const struct bus_message *m)
+{
+    json_array_append_new(ctx, json_loadb(m->envelope, m->len, 0, NULL));
+    return 0;
+}
+
+static json_t *inbox_of(const char *name)
+{
+    json_t *list = json_array();
+    bus_inbox_list(the_bus, agent(name), 0, collect, list);
+    return list;
+}
+
+REMOTE_TEST(a_fetched_message_is_delivered_once_and_its_ack_goes_back)
+{
+    agent("bob");
+    struct bus_error err = {0};
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, &err), 0,
+                 "%s", err.reason);
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, &err), 1,
+                 "the same msg_id again is not delivered again");
+    reopen();
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, &err), 1,
+                 "... also after a restart");
+    json_t *in = inbox_of("bob");
+    cr_assert_eq(json_array_size(in), 1);
+    json_t *m = json_array_get(in, 0);
+    cr_assert_str_eq(json_string_value(json_object_get(m, "msg_id")),
+                     "MSG-20261207-120000-0badcafe-00000000000000000007", "the msg_id is kept");
+    cr_assert_str_eq(json_string_value(json_object_get(m, "from")), "alice@b");
+    cr_assert_str_eq(json_string_value(json_object_get(m, "to")), "bob");
+    cr_assert_str_eq(json_string_value(json_object_get(m, "timestamp")),
+                     "2026-12-07T12:00:00.000001Z");
+    cr_assert_eq(json_integer_value(json_object_get(m, "sequence")), 1, "this pair's first");
+    cr_assert_str_eq(json_string_value(json_object_get(m, "type")), "task");
+    cr_assert_str_eq(json_string_value(json_object_get(m, "correlation_id")), "c-1");
+    cr_assert(json_is_true(json_object_get(m, "requires_ack")));
+    json_decref(in);
+
+    /* bob consumes it: the ack is queued for node b, to alice@b. */
+    uint64_t number = 0;
+    struct bus_agent_info bob;
+    cr_assert_eq(bus_agent_by_name(the_bus, "bob", &bob), 0);
+    struct bus_message *msg = NULL;
+    bool draining;
+    cr_assert_eq(bus_next_peek(the_bus, bob.id, &msg, &draining), 0);
+    number = msg->number;
+    message_unref(msg);
+    cr_assert_eq(bus_ack(the_bus, bob.id, number, NULL, OWNER, &err), 0, "%s", err.reason);
+    struct bus_outgoing out = {0};
+    json_t *ack = claim_outgoing(&out);
+    cr_assert_str_eq(out.node, "b");
+    cr_assert_str_eq(out.agent, "alice");
+    cr_assert_str_eq(json_string_value(json_object_get(ack, "type")), "ack");
+    cr_assert_str_eq(json_string_value(json_object_get(ack, "to")), "alice@b");
+    cr_assert_str_eq(json_string_value(json_object_get(ack, "from")), "bob");
+    json_decref(ack);
+    bus_outgoing_release(&out);
+}
+
+REMOTE_TEST(a_message_for_no_such_agent_queues_undeliverable_once)
+{
+    struct bus_error err = {0};
+    cr_assert_eq(bus_remote_receive(the_bus, "nobody", "b", ENVELOPE, sizeof ENVELOPE - 1, &err),
+                 -ENOENT);
+    cr_assert_eq(bus_remote_receive(the_bus, "nobody", "b", ENVELOPE, sizeof ENVELOPE - 1, &err),
+                 1, "fetched again: the reply is not sent twice");
+    cr_assert_eq(bus_outgoing_depth(the_bus), 1);
+    struct bus_outgoing out = {0};
+    json_t *u = claim_outgoing(&out);
+    cr_assert_str_eq(json_string_value(json_object_get(u, "type")), "undeliverable");
+    cr_assert_str_eq(json_string_value(json_object_get(u, "to")), "alice@b");
+    cr_assert_str_eq(json_string_value(json_object_get(u, "from")), "nobody");
+    json_t *p = json_object_get(u, "payload");
+    cr_assert_str_eq(json_string_value(json_object_get(p, "msg_id")),
+                     "MSG-20261207-120000-0badcafe-00000000000000000007");
+    cr_assert(strstr(json_string_value(json_object_get(p, "reason")), "nobody"));
+    json_decref(u);
+    bus_outgoing_release(&out);
+
+    static const char *const bad[] = {
+        "not json", "{}", "{\"msg_id\":\"x\"}",
+        "{\"msg_id\":\"MSG-1\",\"from\":\"a b\",\"timestamp\":\"2026-12-07T12:00:00Z\","
+        "\"type\":\"t\",\"payload\":1,\"requires_ack\":false}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", bad[i], strlen(bad[i]), &err),
+                     -EINVAL, "%s", bad[i]);
+}
+
+REMOTE_TEST(a_full_inbox_delays_a_fetched_message)
+{
+    cfg.inbox_capacity = 1;
+    reopen();
+    agent("bob");
+    struct bus_error err = {0};
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, &err), 0);
+    char other[sizeof ENVELOPE];
+    memcpy(other, ENVELOPE, sizeof ENVELOPE);
+    memcpy(strstr(other, "0007\""), "0008", 4);
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", other, strlen(other), &err), -EAGAIN);
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", other, strlen(other), &err), -EAGAIN,
+                 "not remembered: it is delivered once there is room");
+}
