@@ -11,18 +11,18 @@ BUILD    ?= build
 BIN      ?= busfs
 VERSION  := 0.1.0
 
-PKGS      := fuse3 jansson
+PKGS      := fuse3 jansson libnats
 # What building and running need; the suite also needs Criterion and the real
 # Prometheus clients it checks busfs.prom with (promtool, node_exporter).
-DEB_PKGS  := libfuse3-dev fuse3 libjansson-dev pkg-config jq
-TEST_PKGS := libcriterion-dev prometheus prometheus-node-exporter
+DEB_PKGS  := libfuse3-dev fuse3 libjansson-dev libnats-dev pkg-config jq
+TEST_PKGS := libcriterion-dev prometheus prometheus-node-exporter nats-server
 WARN      := -Wall -Wextra -Wshadow -Wformat=2 -Wvla -Wno-unused-parameter
 CFLAGS    ?= -O2 -g
 CPPFLAGS  += -Iinclude -D_GNU_SOURCE -DBUSFS_VERSION='"$(VERSION)"'
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SAN) -pthread \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS_CORE = $(shell pkg-config --libs jansson 2>/dev/null) -pthread -lm
-LDLIBS_FS   = $(shell pkg-config --libs fuse3 jansson 2>/dev/null) -pthread -lm
+LDLIBS_FS   = $(shell pkg-config --libs fuse3 jansson libnats 2>/dev/null) -pthread -lm
 LDLIBS_TEST = $(shell pkg-config --libs criterion 2>/dev/null)
 
 CORE_SRC := $(wildcard core/*.c)

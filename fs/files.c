@@ -15,6 +15,8 @@
 
 #include "busfs/json.h"
 #include "busfs/metric.h"
+#include "busfs/remote.h"
+#include "cluster.h"
 #include "fs.h"
 
 static struct fs *fs_of(fuse_req_t req) { return fuse_req_userdata(req); }
@@ -141,6 +143,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	case N_SUMMARY:
 	case N_PROM:
 	case N_ACTIVE:
+	case N_REMOTE_HEALTH:
 		if (writing)
 			snprintf(why, sizeof why, "%.80s is read-only%s", h->path,
 				 r.node == N_HEALTH_STATUS ? ": write agents/NAME/health" : "");
@@ -271,9 +274,10 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	struct bus_error err = {0};
 	struct bus_agent_info to = {0};
 	int rc;
-	if (strcmp(name, "all") != 0 && !bus_name_valid(name))
+	bool remote = bus_remote_split(name, NULL, NULL);
+	if (strcmp(name, "all") != 0 && !bus_name_valid(name) && !remote)
 		rc = bus_fail(&err, EINVAL, "'%.80s' is not an agent name", name);
-	else if (strcmp(name, "all") != 0 && bus_agent_by_name(fs->bus, name, &to) < 0)
+	else if (strcmp(name, "all") != 0 && !remote && bus_agent_by_name(fs->bus, name, &to) < 0)
 		rc = bus_fail(&err, ENOENT, "recipient %.80s is not registered", name);
 	else
 		rc = bus_draft_open(fs->bus, p.agent_id, name, fuse_req_ctx(req)->uid, &h->draft,
@@ -357,6 +361,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	case N_RULES:
 	case N_LEASE_MSG:
 	case N_DEAD_MSG:
+	case N_REMOTE_HEALTH:
 		reply_slice(req, h->doc.data, h->doc.len, size, off);
 		return;
 	case N_METRICS_LOG:
@@ -461,10 +466,21 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 	case N_PAIR:
 		rc = bus_draft_write(fs->bus, h->draft, data, size, &err);
 		break;
-	case N_SEND:
-		rc = bus_send_write(fs->bus, h->agent_id, uid, &h->pending, data, size, &delivered,
-				    &err);
+	case N_SEND: {
+		struct bus_sent sent = {0};
+		rc = bus_send_write_ex(fs->bus, h->agent_id, uid, &h->pending, data, size, &delivered,
+				       &sent, &err);
+		if (rc == 0 && sent.n && fs->cluster) {
+			/* Records to other nodes: answered once JetStream stored them. */
+			h->wrote = true;
+			h->writer = fuse_req_ctx(req)->pid;
+			cluster_park(fs->cluster, req, sent.remote, sent.n, size, h->agent_id, h->path);
+			free(sent.remote);
+			return;
+		}
+		free(sent.remote);
 		break;
+	}
 	case N_CTL:
 		rc = bus_ctl(fs->bus, h->agent_id, uid, data, size, &err);
 		break;
@@ -600,6 +616,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (h->node == N_PAIR)
 		h->unflushed = 0;
 	bool refused_before = h->node == N_PAIR && bus_draft_poisoned(h->draft);
+	uint64_t before = h->node == N_PAIR ? bus_draft_remote_number(h->draft) : 0;
 	if (h->node == N_PAIR && bus_draft_flush(fs->bus, h->draft, &err) < 0) {
 		/* The write that was refused already logged its reason; a failure of the
 		 * commit itself (memory, the store) is new and is logged now. */
@@ -607,6 +624,12 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, err.code);
 		else
 			refuse(req, "flush", h->path, h->agent_id, &err);
+		return;
+	}
+	uint64_t queued = h->node == N_PAIR ? bus_draft_remote_number(h->draft) : 0;
+	if (queued && queued != before && fs->cluster) {
+		/* To another node: success once JetStream stored it. */
+		cluster_park(fs->cluster, req, &queued, 1, 0, h->agent_id, h->path);
 		return;
 	}
 	fuse_reply_err(req, 0);

@@ -26,13 +26,14 @@
  *   INO_LEASE   a lease's token: an inflight/ file is one lease, so a file of an old
  *               lease never names the message's next one
  *   INO_DEAD    the message's number, for its file in dead/
+ *   INO_REMOTE  a remote agent's id (cluster.c) << 8 | 0 its directory, 1 its health
  * Agent ids (2^52 of them: over a century at a million mkdirs a second) and message
  * numbers (2^60) only grow and are never reused, so an inode number is unique for the
  * life of a mount and a stale one can only ever answer ENOENT. */
 #define INO_KIND_SHIFT 60
 #define INO_AGENT_ID_MAX ((UINT64_C(1) << (INO_KIND_SHIFT - 8)) - 1)
 enum ino_kind { INO_FIXED = 0, INO_AGENT = 1, INO_PAIR = 2, INO_INBOX = 3, INO_OUTBOX = 4,
-		INO_LEASE = 5, INO_DEAD = 6 };
+		INO_LEASE = 5, INO_DEAD = 6, INO_REMOTE = 7 };
 
 /* What a node is. Fixed nodes and agent nodes come from the tables in tree.c. */
 enum node {
@@ -41,6 +42,7 @@ enum node {
 	N_HEALTH_DIR, N_HEALTH_STATUS,
 	N_METRICS_DIR, N_METRICS_LOG, N_SUMMARY, N_PROM,
 	N_ALERTS_DIR, N_RULES, N_ACTIVE, N_ALERTS_LOG, N_EVENTS,
+	N_REMOTE_DIR, N_REMOTE_HEALTH,                     /* agents/NAME@NODE (cluster.c) */
 	N_AGENT_DIR, N_INBOX, N_OUTBOX, N_SEND, N_NEXT,    /* per agent */
 	N_CTL, N_AGENT_ERRORS, N_HEALTH, N_AGENT_METRICS,
 	N_CLAIM, N_INFLIGHT, N_DEAD,
@@ -51,7 +53,8 @@ enum node {
 
 struct node_ref {
 	enum node node;
-	uint64_t agent_id;     /* agent nodes, messages; sender for N_PAIR */
+	uint64_t agent_id;     /* agent nodes, messages; sender for N_PAIR; the remote
+				* agent's id for N_REMOTE_* */
 	uint64_t number;       /* messages; recipient id for N_PAIR (0 = all, PAIR_UNKNOWN
 				* when only the inode number is known) */
 	uint64_t token;        /* N_LEASE_MSG: the lease */
@@ -125,6 +128,8 @@ struct fs {
 	double cached_at;
 	uint64_t cached_version;
 	struct buf cached_doc;
+
+	struct cluster *cluster;      /* --cluster: the other nodes (cluster.c), else NULL */
 
 	/* The ticker evaluates alert rules every --alert-interval. */
 	pthread_t ticker;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "busfs/clock.h"
+#include "cluster.h"
 #include "fs.h"
 
 #define FUSE_SUPER_MAGIC 0x65735546
@@ -65,6 +66,13 @@ static void usage(FILE *out)
 		"  --events-retention N       the events log keeps at least the newest N (100000)\n"
 		"  --dedupe-window SECONDS    a send record whose idempotency_key its sender used\n"
 		"                             this recently is accepted, not delivered again (120)\n"
+		"  --cluster URLS             join the bus across hosts on NATS JetStream:\n"
+		"                             nats://HOST:PORT[,nats://...] (needs --node)\n"
+		"  --node NAME                this node's name in the cluster; its agents are\n"
+		"                             NAME@NODE on the others ([A-Za-z][A-Za-z0-9_-]*)\n"
+		"  --cluster-replicas N       replicas of the stream and KV buckets (3)\n"
+		"  --cluster-timeout SECONDS  a send to another node fails with ETIMEDOUT when\n"
+		"                             JetStream has not stored it in this time (5)\n"
 		"  --check                    verify the store offline; exit 0 when consistent,\n"
 		"                             2 when it is damaged or holds a non-regular file\n"
 		"  --salvage                  rebuild a damaged store from its intact records; the\n"
@@ -193,6 +201,10 @@ enum {
 	OPT_MESSAGE_TTL,
 	OPT_DEDUPE_WINDOW,
 	OPT_EVENTS_RETENTION,
+	OPT_CLUSTER,
+	OPT_NODE,
+	OPT_CLUSTER_REPLICAS,
+	OPT_CLUSTER_TIMEOUT,
 };
 
 int main(int argc, char **argv)
@@ -215,6 +227,10 @@ int main(int argc, char **argv)
 		{"message-ttl", required_argument, NULL, OPT_MESSAGE_TTL},
 		{"dedupe-window", required_argument, NULL, OPT_DEDUPE_WINDOW},
 		{"events-retention", required_argument, NULL, OPT_EVENTS_RETENTION},
+		{"cluster", required_argument, NULL, OPT_CLUSTER},
+		{"node", required_argument, NULL, OPT_NODE},
+		{"cluster-replicas", required_argument, NULL, OPT_CLUSTER_REPLICAS},
+		{"cluster-timeout", required_argument, NULL, OPT_CLUSTER_TIMEOUT},
 		{"check", no_argument, NULL, 'k'},
 		{"salvage", no_argument, NULL, 'S'},
 		{"clear-stale", no_argument, NULL, 'C'},
@@ -233,6 +249,7 @@ int main(int argc, char **argv)
 				 .summary_window_s = 60, .metrics_retention_s = 3600,
 				 .alert_interval_s = 5, .lease_s = 60, .max_deliver = 5};
 	bool check = false, salvage = false, clear_stale = false, foreground = false, debug = false;
+	struct cluster_config ccfg = {.replicas = 3, .timeout_s = 5};
 	const char *mount_opts[64];
 	size_t nopts = 0;
 	uint64_t v;
@@ -324,6 +341,29 @@ int main(int argc, char **argv)
 				return 1;
 			}
 			break;
+		case OPT_CLUSTER: ccfg.urls = optarg; break;
+		case OPT_NODE:
+			if (!cluster_node_valid(optarg)) {
+				fprintf(stderr, "busfs: --node wants [A-Za-z][A-Za-z0-9_-]*, at most 32 "
+					"bytes, not '%s'\n", optarg);
+				return 1;
+			}
+			ccfg.node = optarg;
+			break;
+		case OPT_CLUSTER_REPLICAS:
+			if (parse_count("--cluster-replicas", optarg, &v) < 0 || v > 5) {
+				fprintf(stderr, "busfs: --cluster-replicas is 1 to 5\n");
+				return 1;
+			}
+			ccfg.replicas = (int)v;
+			break;
+		case OPT_CLUSTER_TIMEOUT:
+			if (parse_seconds("--cluster-timeout", optarg, &ccfg.timeout_s) < 0 ||
+			    ccfg.timeout_s > 3600) {
+				fprintf(stderr, "busfs: --cluster-timeout is at most 3600 seconds\n");
+				return 1;
+			}
+			break;
 		case 'k': check = true; break;
 		case 'S': salvage = true; break;
 		case 'C': clear_stale = true; break;
@@ -370,6 +410,10 @@ int main(int argc, char **argv)
 		fputs(report.data ? report.data : "", rc == 0 ? stdout : stderr);
 		buf_free(&report);
 		return rc == 0 ? 0 : 1;
+	}
+	if (!ccfg.urls != !ccfg.node) {
+		fprintf(stderr, "busfs: --cluster and --node go together\n");
+		return 1;
 	}
 	if (optind != argc - 1) {
 		fprintf(stderr, "busfs: %s\nTry 'busfs --help'.\n",
@@ -455,10 +499,17 @@ int main(int argc, char **argv)
 		fprintf(stderr, "busfs: cannot start the notifier and ticker threads\n");
 		goto out_unmount;
 	}
+	if (ccfg.urls) {
+		ccfg.dedupe_window_s = bus_config(fs.bus)->dedupe_window_s;
+		if (!(fs.cluster = cluster_start(fs.bus, &ccfg)))
+			goto out_unmount;
+	}
 	log_msg(LOG_INFO, "serving %s from store %s (pid %ld)", mountpoint, cfg.store_dir,
 		(long)getpid());
 	status = fuse_session_loop(fs.se) < 0 ? 1 : 0;
 	log_msg(LOG_INFO, "stopping: readers get end-of-file, %s is unmounted", mountpoint);
+	cluster_stop(fs.cluster);
+	fs.cluster = NULL;
 	ticker_stop(&fs);
 	waiters_shutdown(&fs);
 	serve_until_closed(&fs, 2.0);
@@ -470,6 +521,8 @@ out_session:
 	fuse_session_destroy(fs.se);
 	files_close_all(&fs);
 out_bus:
+	cluster_stop(fs.cluster);
+	fs.cluster = NULL;
 	ticker_stop(&fs);
 	buf_free(&fs.cached_doc);
 	bus_close(fs.bus);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "busfs/clock.h"
+#include "cluster.h"
 #include "fs.h"
 
 struct entry {
@@ -64,7 +65,7 @@ static const struct entry agent_entries[] = {
 
 /* ---------- inode numbers ---------- */
 
-static bool is_fixed(enum node n) { return n >= N_ROOT && n < N_AGENT_DIR; }
+static bool is_fixed(enum node n) { return n >= N_ROOT && n < N_REMOTE_DIR; }
 
 fuse_ino_t ino_of(const struct node_ref *r)
 {
@@ -77,6 +78,10 @@ fuse_ino_t ino_of(const struct node_ref *r)
 				return 2 + (fuse_ino_t)i;
 	}
 	switch (r->node) {
+	case N_REMOTE_DIR:
+	case N_REMOTE_HEALTH:
+		return (uint64_t)INO_REMOTE << INO_KIND_SHIFT | (r->agent_id & INO_AGENT_ID_MAX) << 8 |
+		       (r->node == N_REMOTE_HEALTH);
 	case N_PAIR:
 		return (uint64_t)INO_PAIR << INO_KIND_SHIFT | (r->agent_id & kind_mask);
 	case N_INBOX_MSG:
@@ -132,6 +137,12 @@ struct node_ref ref_of(struct fs *fs, fuse_ino_t ino)
 		r.number = low;
 		r.agent_id = bus_message_holder(fs->bus, low, BUS_DEAD);
 		break;
+	case INO_REMOTE:
+		if ((low & 0xff) <= 1) {
+			r.node = (low & 0xff) ? N_REMOTE_HEALTH : N_REMOTE_DIR;
+			r.agent_id = low >> 8;
+		}
+		break;
 	}
 	return r;
 }
@@ -183,6 +194,25 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 		mounted_us = (int64_t)time(NULL) * 1000000;
 	fill_time(st, mounted_us);
 
+	if (r->node == N_REMOTE_DIR || r->node == N_REMOTE_HEALTH) {
+		/* An agent on another node: a directory with its health, read-only. */
+		char name[BUS_NAME_MAX + 1];
+		if (!fs->cluster || !cluster_remote_name(fs->cluster, r->agent_id, name))
+			return -ENOENT;
+		st->st_mode = r->node == N_REMOTE_DIR ? S_IFDIR | 0555 : S_IFREG | 0444;
+		st->st_nlink = r->node == N_REMOTE_DIR ? 2 : 1;
+		if (r->node == N_REMOTE_HEALTH) {
+			buf_reset(&fs->cached_doc);
+			fs->cached_version = bus_version(fs->bus);
+			if (doc_render(fs, r, &fs->cached_doc)) {
+				fs->cached_ref = *r;
+				fs->cached_at = bus_clock_monotonic();
+				st->st_size = (off_t)fs->cached_doc.len;
+			}
+		}
+		st->st_blocks = (st->st_size + 511) / 512;
+		return 0;
+	}
 	const struct entry *e = entry_of(r->node);
 	if (e)
 		st->st_mode = e->mode;
@@ -281,6 +311,13 @@ void node_path(struct fs *fs, const struct node_ref *r, const char *name, char *
 	const struct entry *e = entry_of(r->node);
 	if (r->node >= N_AGENT_DIR)
 		bus_agent_by_id(fs->bus, r->agent_id, &a);
+	if (r->node == N_REMOTE_DIR || r->node == N_REMOTE_HEALTH) {
+		char agent[BUS_NAME_MAX + 1] = "?";
+		if (fs->cluster)
+			cluster_remote_name(fs->cluster, r->agent_id, agent);
+		snprintf(out, n, "agents/%s%s", agent, r->node == N_REMOTE_HEALTH ? "/health" : "");
+		return;
+	}
 	if (is_fixed(r->node)) {
 		const struct entry *parent = r->node == N_ROOT ? NULL : entry_of(e->parent);
 		snprintf(out, n, "%s%s%s%s%s", parent ? parent->name : "", parent ? "/" : "",
@@ -347,10 +384,17 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 				r.node = fixed_entries[i].node;
 		break;
 	case N_AGENTS:
-		if (bus_agent_by_name(fs->bus, name, &a) == 0) {
+		if (strchr(name, '@')) {
+			if (fs->cluster && cluster_remote_id(fs->cluster, name, &r.agent_id))
+				r.node = N_REMOTE_DIR;
+		} else if (bus_agent_by_name(fs->bus, name, &a) == 0) {
 			r.node = N_AGENT_DIR;
 			r.agent_id = a.id;
 		}
+		break;
+	case N_REMOTE_DIR:
+		if (strcmp(name, "health") == 0)
+			r.node = N_REMOTE_HEALTH;
 		break;
 	case N_AGENT_DIR:
 		for (size_t i = 0; i < COUNT(agent_entries); i++)
@@ -467,6 +511,18 @@ static int add_message(void *ctx, const struct bus_message *m)
 	return !dir_add(d, name, ino_of(&r), S_IFREG, (off_t)(m->number + 2));
 }
 
+/* Remote agents follow the local ones: offsets from REMOTE_OFF + their id. */
+#define REMOTE_OFF (UINT64_C(1) << 56)
+
+static int add_remote(void *ctx, const char *name, uint64_t id)
+{
+	struct dirfill *d = ctx;
+	if (REMOTE_OFF + id <= d->agent_id)
+		return 0; /* d->agent_id holds the offset to resume after */
+	struct node_ref r = {N_REMOTE_DIR, id, 0, 0};
+	return !dir_add(d, name, ino_of(&r), S_IFDIR, (off_t)(REMOTE_OFF + id));
+}
+
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
@@ -506,9 +562,18 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			goto done;
 	}
 	uint64_t after = off > 2 ? (uint64_t)off - 2 : 0;
-	if (r.node == N_AGENTS)
-		bus_agent_list(fs->bus, after, add_agent, &d);
-	else if (r.node == N_INBOX || r.node == N_OUTBOX || r.node == N_INFLIGHT ||
+	if (r.node == N_REMOTE_DIR && off < 3) {
+		struct node_ref c = {N_REMOTE_HEALTH, r.agent_id, 0, 0};
+		if (!dir_add(&d, "health", ino_of(&c), S_IFREG | 0444, 3))
+			goto done;
+	}
+	if (r.node == N_AGENTS) {
+		if ((uint64_t)off < REMOTE_OFF)
+			bus_agent_list(fs->bus, after, add_agent, &d);
+		d.agent_id = (uint64_t)off;
+		if (!d.full && fs->cluster)
+			cluster_remote_agents(fs->cluster, add_remote, &d);
+	} else if (r.node == N_INBOX || r.node == N_OUTBOX || r.node == N_INFLIGHT ||
 		 r.node == N_DEAD) {
 		static const struct { enum node dir, child; enum bus_place place; } views[] = {
 			{N_INBOX, N_INBOX_MSG, BUS_INBOX},
@@ -561,7 +626,12 @@ bool doc_render(struct fs *fs, const struct node_ref *r, struct buf *out)
 	case N_README: readme_render(fs, out); return true;
 	case N_CTL: bus_ctl_render(fs->bus, r->agent_id, out); return true;
 	case N_HEALTH: bus_health_render(fs->bus, r->agent_id, out); return true;
-	case N_HEALTH_STATUS: bus_status_render(fs->bus, out); return true;
+	case N_HEALTH_STATUS: bus_status_render(fs->bus, out);
+		if (fs->cluster)
+			cluster_status_splice(fs->cluster, out);
+		return true;
+	case N_REMOTE_HEALTH:
+		return fs->cluster && cluster_remote_health(fs->cluster, r->agent_id, out);
 	case N_SUMMARY: bus_summary_render(fs->bus, out); return true;
 	case N_PROM: bus_prom_render(fs->bus, out); return true;
 	case N_ACTIVE: bus_active_render(fs->bus, out); return true;

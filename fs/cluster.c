@@ -1,0 +1,931 @@
+/* cluster.c — one bus across hosts on NATS JetStream (SPEC §12; cluster.h).
+ *
+ * JetStream holds what travels between nodes: stream BUSFS (subjects
+ * busfs.msg.<node>.<agent>), one durable pull consumer per node (node-<node>) and the
+ * KV bucket busfs_agents (key <node>.<agent>). Each is created when missing.
+ *
+ * Two threads, each with one job:
+ *   the publisher leases the oldest message queued for another node (core/remote.c),
+ *   publishes it with Nats-Msg-Id = its msg_id and acks it in the store once JetStream
+ *   stored it; a send waiting for that (cluster_park) is answered then. A message no
+ *   one waits for (an ack, an undeliverable notice) is retried until it is stored; a
+ *   send that cannot be stored within --cluster-timeout is taken back out of the
+ *   queue and answered ETIMEDOUT.
+ *   the receiver fetches this node's messages, commits each to the local store
+ *   (bus_remote_receive, which recognises one fetched again by its msg_id) and only
+ *   then acks it to JetStream; a full inbox naks it with a delay. Every second it
+ *   also puts this node's agents into busfs_agents and learns the other nodes' from
+ *   it.
+ * A crash at any point loses nothing: a queued message stays in the store until
+ * JetStream has it, a fetched one stays in JetStream until the store has it, and each
+ * side drops the copy it already holds.
+ *
+ * Ownership: the cluster owns the connection, the JetStream context, the pull
+ * subscription, the KV handle and both threads; cluster_stop ends the threads first,
+ * then frees the rest. Parked FUSE requests belong to the list under `lock` until
+ * answered, exactly once, by the publisher thread (or cluster_stop). */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "busfs/clock.h"
+#include "busfs/remote.h"
+#include "cluster.h"
+
+#define STREAM "BUSFS"
+#define AGENTS_BUCKET "busfs_agents"
+#define HEALTH_BUCKET "busfs_health"
+#define FETCH_BATCH 64
+#define RETRY_DELAY_MS 1000
+
+struct parked_send {
+	fuse_req_t req;
+	uint64_t *numbers;       /* 0 once that message's outcome is known */
+	size_t n, left;
+	size_t write_size;       /* 0: a flush */
+	int err;
+	int64_t deadline_us;
+	uint64_t agent_id;
+	char path[160];
+	struct parked_send *next;
+};
+
+struct remote {
+	char *name;              /* NAME@NODE */
+	uint64_t id;
+};
+
+struct health_rec {
+	char *key;               /* <node>.<agent>, or <node> for a node's own record */
+	char *text;              /* the JSON put there, NULL once deleted */
+	int64_t seen_us;         /* when it last changed */
+};
+
+struct names {
+	char **v;
+	size_t n, cap;
+	bool oom;
+};
+
+struct cluster {
+	struct bus *bus;
+	struct cluster_config cfg;
+	char node[BUS_NAME_MAX + 1];
+	char subject_prefix[BUS_NAME_MAX + 32];  /* busfs.msg.<node>. */
+
+	natsOptions *opts;
+	natsConnection *nc;
+	jsCtx *js;
+	natsSubscription *sub;   /* the receiver's */
+	kvStore *kv;             /* the receiver's: busfs_agents */
+	kvStore *hkv;            /* busfs_health */
+	kvWatcher *hwatch;       /* every change of busfs_health */
+	double health_ttl_s;
+	int64_t health_put_us;   /* when this node last put its own record */
+
+	pthread_mutex_t lock;    /* parked, remote, stop */
+	pthread_cond_t cond;     /* the publisher sleeps on it */
+	struct parked_send *parked;
+	struct remote *remote;   /* known remote agents, sorted by name */
+	size_t nremote;
+	uint64_t next_remote_id; /* ids for the listing's inode numbers: never reused */
+	struct health_rec *health; /* busfs_health as last seen, by key */
+	size_t nhealth, health_cap;
+	struct names local;      /* local agents put into busfs_agents (receiver only) */
+	bool stop;
+	pthread_t publisher, receiver;
+	bool publisher_started, receiver_started;
+};
+
+static int64_t now_us(void) { return bus_clock_now_us(); }
+
+bool cluster_node_valid(const char *node)
+{
+	size_t n = strlen(node);
+	if (n == 0 || n > 32 || !((node[0] >= 'A' && node[0] <= 'Z') || (node[0] >= 'a' && node[0] <= 'z')))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = node[i];
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+bool cluster_connected(struct cluster *cl)
+{
+	return cl && natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+/* ---------- parked sends ---------- */
+
+static void answer(struct cluster *cl, struct parked_send *p)
+{
+	if (p->err) {
+		struct bus_error err;
+		bus_fail(&err, p->err, "no publish ack from NATS JetStream within "
+			 "--cluster-timeout (%.0f s): not sent", cl->cfg.timeout_s);
+		struct bus_agent_info a;
+		const char *agent = p->agent_id && bus_agent_by_id(cl->bus, p->agent_id, &a) == 0
+				    ? a.name : NULL;
+		bus_log_error(cl->bus, agent, p->write_size ? "write" : "flush", p->path,
+			      fuse_req_ctx(p->req)->uid, &err);
+		fuse_reply_err(p->req, p->err);
+	} else if (p->write_size) {
+		fuse_reply_write(p->req, p->write_size);
+	} else {
+		fuse_reply_err(p->req, 0);
+	}
+	free(p->numbers);
+	free(p);
+}
+
+void cluster_park(struct cluster *cl, fuse_req_t req, const uint64_t *numbers, size_t n,
+		  size_t write_size, uint64_t agent_id, const char *path)
+{
+	struct parked_send *p = calloc(1, sizeof *p);
+	uint64_t *copy = malloc(n * sizeof *copy);
+	if (!p || !copy) {
+		/* Committed and queued: it will be published; only the wait is lost. */
+		free(p);
+		free(copy);
+		if (write_size)
+			fuse_reply_write(req, write_size);
+		else
+			fuse_reply_err(req, 0);
+		return;
+	}
+	memcpy(copy, numbers, n * sizeof *copy);
+	*p = (struct parked_send){.req = req, .numbers = copy, .n = n, .left = n,
+				  .write_size = write_size, .agent_id = agent_id,
+				  .deadline_us = now_us() + (int64_t)(cl->cfg.timeout_s * 1e6)};
+	snprintf(p->path, sizeof p->path, "%s", path);
+	pthread_mutex_lock(&cl->lock);
+	p->next = cl->parked;
+	cl->parked = p;
+	pthread_cond_signal(&cl->cond);
+	pthread_mutex_unlock(&cl->lock);
+}
+
+/* The outcome of message `number` for the send waiting on it (if any); answers the
+ * send when it was its last. Returns whether one waited. Under cl->lock. */
+static bool settle(struct cluster *cl, uint64_t number, int err)
+{
+	for (struct parked_send **pp = &cl->parked, *p; (p = *pp) != NULL; pp = &p->next)
+		for (size_t i = 0; i < p->n; i++) {
+			if (p->numbers[i] != number)
+				continue;
+			p->numbers[i] = 0;
+			if (err && !p->err)
+				p->err = err;
+			if (--p->left == 0) {
+				*pp = p->next;
+				answer(cl, p);
+			}
+			return true;
+		}
+	return false;
+}
+
+/* Sends past their deadline: their messages not yet being published leave the queue,
+ * and the send is answered ETIMEDOUT once none is being published. Under cl->lock. */
+static void expire_parked(struct cluster *cl, bool all)
+{
+	int64_t now = now_us();
+	for (struct parked_send *p = cl->parked, *next; p; p = next) {
+		next = p->next;
+		if (!all && p->deadline_us > now)
+			continue;
+		for (size_t i = 0; i < p->n; i++) {
+			uint64_t number = p->numbers[i];
+			if (!number)
+				continue;
+			int rc = bus_outgoing_cancel(cl->bus, number);
+			if (rc == -EBUSY && !all)
+				continue; /* its publish is under way: its outcome settles it */
+			bool last = p->left == 1;
+			settle(cl, number, rc == -ENOENT ? 0 : ETIMEDOUT);
+			if (last)
+				break; /* answered and freed */
+		}
+	}
+}
+
+/* ---------- NATS set-up ---------- */
+
+static bool stream_ready(struct cluster *cl)
+{
+	jsStreamConfig sc;
+	jsStreamConfig_Init(&sc);
+	const char *subjects[] = {"busfs.msg.>"};
+	sc.Name = STREAM;
+	sc.Subjects = subjects;
+	sc.SubjectsLen = 1;
+	sc.Storage = js_FileStorage;
+	sc.Replicas = cl->cfg.replicas;
+	sc.Duplicates = (int64_t)(cl->cfg.dedupe_window_s * 1e9);
+	jsStreamInfo *si = NULL;
+	jsErrCode jerr = 0;
+	natsStatus s = js_AddStream(&si, cl->js, &sc, NULL, &jerr);
+	if (s == NATS_OK || jerr == JSStreamNameExistErr) {
+		jsStreamInfo_Destroy(si);
+		return true;
+	}
+	log_msg(LOG_WARNING, "cluster: cannot create stream %s: %s (%d)", STREAM,
+		natsStatus_GetText(s), (int)jerr);
+	return false;
+}
+
+static bool consumer_ready(struct cluster *cl)
+{
+	if (cl->sub)
+		return true;
+	char subject[BUS_NAME_MAX + 40], durable[BUS_NAME_MAX + 8];
+	snprintf(subject, sizeof subject, "%s>", cl->subject_prefix);
+	snprintf(durable, sizeof durable, "node-%s", cl->node);
+	jsSubOptions so;
+	jsSubOptions_Init(&so);
+	so.Stream = STREAM;
+	so.Config.AckPolicy = js_AckExplicit;
+	so.Config.MaxDeliver = -1;
+	so.Config.AckWait = (int64_t)30 * 1000000000;
+	jsErrCode jerr = 0;
+	natsStatus s = js_PullSubscribe(&cl->sub, cl->js, subject, durable, NULL, &so, &jerr);
+	if (s != NATS_OK) {
+		log_msg(LOG_WARNING, "cluster: cannot subscribe %s as %s: %s (%d)", subject, durable,
+			natsStatus_GetText(s), (int)jerr);
+		cl->sub = NULL;
+		return false;
+	}
+	return true;
+}
+
+static bool kv_ready(struct cluster *cl)
+{
+	if (cl->kv)
+		return true;
+	kvConfig kc;
+	kvConfig_Init(&kc);
+	kc.Bucket = AGENTS_BUCKET;
+	kc.History = 1;
+	kc.StorageType = js_FileStorage;
+	kc.Replicas = cl->cfg.replicas;
+	natsStatus s = js_CreateKeyValue(&cl->kv, cl->js, &kc);
+	if (s != NATS_OK) {
+		cl->kv = NULL;
+		s = js_KeyValue(&cl->kv, cl->js, AGENTS_BUCKET);
+	}
+	if (s != NATS_OK) {
+		log_msg(LOG_WARNING, "cluster: cannot open KV bucket %s: %s", AGENTS_BUCKET,
+			natsStatus_GetText(s));
+		cl->kv = NULL;
+		return false;
+	}
+	return true;
+}
+
+static bool health_ready(struct cluster *cl)
+{
+	if (!cl->hkv) {
+		kvConfig kc;
+		kvConfig_Init(&kc);
+		kc.Bucket = HEALTH_BUCKET;
+		kc.History = 1;
+		kc.StorageType = js_FileStorage;
+		kc.Replicas = cl->cfg.replicas;
+		natsStatus s = js_CreateKeyValue(&cl->hkv, cl->js, &kc);
+		if (s != NATS_OK) {
+			cl->hkv = NULL;
+			s = js_KeyValue(&cl->hkv, cl->js, HEALTH_BUCKET);
+		}
+		if (s != NATS_OK) {
+			cl->hkv = NULL;
+			return false;
+		}
+	}
+	if (!cl->hwatch && kvStore_WatchAll(&cl->hwatch, cl->hkv, NULL) != NATS_OK) {
+		cl->hwatch = NULL;
+		return false;
+	}
+	return true;
+}
+
+/* ---------- the directory of agents and their health ---------- */
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void names_add(struct names *ns, const char *s)
+{
+	if (ns->n == ns->cap) {
+		size_t cap = ns->cap ? ns->cap * 2 : 32;
+		char **p = realloc(ns->v, cap * sizeof *p);
+		if (!p) {
+			ns->oom = true;
+			return;
+		}
+		ns->v = p;
+		ns->cap = cap;
+	}
+	if (!(ns->v[ns->n] = strdup(s)))
+		ns->oom = true;
+	else
+		ns->n++;
+}
+
+static void names_free(struct names *ns)
+{
+	for (size_t i = 0; i < ns->n; i++)
+		free(ns->v[i]);
+	free(ns->v);
+	memset(ns, 0, sizeof *ns);
+}
+
+static bool names_has(const struct names *ns, const char *s)
+{
+	return ns->n && bsearch(&s, ns->v, ns->n, sizeof *ns->v, cmp_str) != NULL;
+}
+
+static struct remote *remote_find(struct cluster *cl, const char *name)
+{
+	for (size_t i = 0; i < cl->nremote; i++)
+		if (strcmp(cl->remote[i].name, name) == 0)
+			return &cl->remote[i];
+	return NULL;
+}
+
+static struct remote *remote_by_id(struct cluster *cl, uint64_t id)
+{
+	for (size_t i = 0; i < cl->nremote; i++)
+		if (cl->remote[i].id == id)
+			return &cl->remote[i];
+	return NULL;
+}
+
+static void remote_free(struct remote *r)
+{
+	free(r->name);
+}
+
+/* The health record under KV key k ("<node>.<agent>" or "<node>"), or a new one. */
+static struct health_rec *health_slot(struct cluster *cl, const char *key, bool create)
+{
+	for (size_t i = 0; i < cl->nhealth; i++)
+		if (strcmp(cl->health[i].key, key) == 0)
+			return &cl->health[i];
+	if (!create)
+		return NULL;
+	if (cl->nhealth == cl->health_cap) {
+		size_t cap = cl->health_cap ? cl->health_cap * 2 : 32;
+		struct health_rec *p = realloc(cl->health, cap * sizeof *p);
+		if (!p)
+			return NULL;
+		cl->health = p;
+		cl->health_cap = cap;
+	}
+	struct health_rec *h = &cl->health[cl->nhealth];
+	memset(h, 0, sizeof *h);
+	if (!(h->key = strdup(key)))
+		return NULL;
+	cl->nhealth++;
+	return h;
+}
+
+static int add_local(void *ctx, const struct bus_agent_info *a)
+{
+	names_add(ctx, a->name);
+	return 0;
+}
+
+/* This node's agents into busfs_agents (new ones put, removed ones deleted) and their
+ * health into busfs_health (when it changed, and every --health-ttl / 2 anyway, with
+ * the node's own record), then the other nodes' agents out of busfs_agents. */
+static void sync_agents(struct cluster *cl)
+{
+	struct names local = {0};
+	bus_agent_list(cl->bus, 0, add_local, &local);
+	if (local.oom) {
+		names_free(&local);
+		return;
+	}
+	qsort(local.v, local.n, sizeof *local.v, cmp_str);
+	char key[2 * BUS_NAME_MAX + 2];
+	bool ok = true;
+	int64_t now = now_us();
+	bool refresh = now - cl->health_put_us >= (int64_t)(cl->health_ttl_s * 1e6 / 2);
+	struct buf doc;
+	buf_init(&doc);
+	for (size_t i = 0; i < local.n && ok; i++) {
+		snprintf(key, sizeof key, "%s.%s", cl->node, local.v[i]);
+		uint64_t rev;
+		if (!names_has(&cl->local, local.v[i]))
+			ok = kvStore_PutString(&rev, cl->kv, key, "{}") == NATS_OK;
+		struct bus_agent_info a;
+		buf_reset(&doc);
+		if (!ok || bus_agent_by_name(cl->bus, local.v[i], &a) < 0 ||
+		    bus_health_render(cl->bus, a.id, &doc) < 0 || !buf_ok(&doc))
+			continue;
+		struct health_rec *h = health_slot(cl, key, true);
+		if (!h || (!refresh && h->text && strcmp(h->text, doc.data) == 0))
+			continue;
+		if (kvStore_Put(&rev, cl->hkv, key, doc.data, (int)doc.len) == NATS_OK) {
+			free(h->text);
+			h->text = strdup(doc.data);
+		}
+	}
+	buf_free(&doc);
+	for (size_t i = 0; i < cl->local.n && ok; i++) {
+		if (names_has(&local, cl->local.v[i]))
+			continue;
+		snprintf(key, sizeof key, "%s.%s", cl->node, cl->local.v[i]);
+		ok = kvStore_Delete(cl->kv, key) == NATS_OK;
+		kvStore_Delete(cl->hkv, key);
+	}
+	if (refresh && ok) {
+		char rec[128], ts[BUS_TIME_LEN + 1];
+		bus_time_format(now, ts);
+		snprintf(rec, sizeof rec, "{\"status\":\"up\",\"last_seen\":\"%s\",\"agents\":%zu}", ts,
+			 local.n);
+		uint64_t rev;
+		if (kvStore_PutString(&rev, cl->hkv, cl->node, rec) == NATS_OK)
+			cl->health_put_us = now;
+	}
+	if (ok) {
+		names_free(&cl->local);
+		cl->local = local;
+	} else {
+		names_free(&local);
+	}
+
+	kvKeysList keys = {0};
+	natsStatus s = kvStore_Keys(&keys, cl->kv, NULL);
+	if (s != NATS_OK && s != NATS_NOT_FOUND) {
+		kvKeysList_Destroy(&keys);
+		return;
+	}
+	struct names remote = {0};
+	size_t nl = strlen(cl->node);
+	for (int i = 0; i < keys.Count; i++) {
+		const char *k = keys.Keys[i], *dot = strchr(k, '.');
+		if (!dot || ((size_t)(dot - k) == nl && strncmp(k, cl->node, nl) == 0))
+			continue;
+		char name[2 * BUS_NAME_MAX + 2];
+		snprintf(name, sizeof name, "%s@%.*s", dot + 1, (int)(dot - k), k);
+		if (bus_remote_split(name, NULL, NULL))
+			names_add(&remote, name);
+	}
+	kvKeysList_Destroy(&keys);
+	if (remote.oom) {
+		names_free(&remote);
+		return;
+	}
+	qsort(remote.v, remote.n, sizeof *remote.v, cmp_str);
+	struct remote *list = calloc(remote.n ? remote.n : 1, sizeof *list);
+	if (!list) {
+		names_free(&remote);
+		return;
+	}
+	pthread_mutex_lock(&cl->lock);
+	for (size_t i = 0; i < remote.n; i++) {
+		struct remote *old = remote_find(cl, remote.v[i]);
+		list[i].name = remote.v[i];
+		list[i].id = old ? old->id : cl->next_remote_id++;
+		if (!old)
+			bus_remote_known(cl->bus, remote.v[i], true);
+	}
+	for (size_t i = 0; i < cl->nremote; i++) {
+		if (!names_has(&remote, cl->remote[i].name))
+			bus_remote_known(cl->bus, cl->remote[i].name, false);
+		remote_free(&cl->remote[i]);
+	}
+	free(cl->remote);
+	cl->remote = list;
+	cl->nremote = remote.n;
+	pthread_mutex_unlock(&cl->lock);
+	free(remote.v); /* the names now belong to the list */
+}
+
+/* Health records of other nodes as the watcher sees them change. */
+static void watch_health(struct cluster *cl)
+{
+	kvEntry *e = NULL;
+	while (kvWatcher_Next(&e, cl->hwatch, 1) == NATS_OK) {
+		if (!e)
+			continue; /* the end of the initial values */
+		const char *key = kvEntry_Key(e);
+		pthread_mutex_lock(&cl->lock);
+		struct health_rec *h = health_slot(cl, key, true);
+		if (h) {
+			free(h->text);
+			h->text = NULL;
+			if (kvEntry_Operation(e) == kvOp_Put)
+				h->text = strndup(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e));
+			h->seen_us = now_us();
+		}
+		pthread_mutex_unlock(&cl->lock);
+		kvEntry_Destroy(e);
+		e = NULL;
+	}
+}
+
+void cluster_remote_agents(struct cluster *cl, int (*fn)(void *ctx, const char *name, uint64_t id),
+			   void *ctx)
+{
+	pthread_mutex_lock(&cl->lock);
+	for (size_t i = 0; i < cl->nremote; i++)
+		if (fn(ctx, cl->remote[i].name, cl->remote[i].id))
+			break;
+	pthread_mutex_unlock(&cl->lock);
+}
+
+bool cluster_remote_id(struct cluster *cl, const char *name, uint64_t *id)
+{
+	pthread_mutex_lock(&cl->lock);
+	struct remote *r = remote_find(cl, name);
+	if (r)
+		*id = r->id;
+	pthread_mutex_unlock(&cl->lock);
+	return r != NULL;
+}
+
+bool cluster_remote_name(struct cluster *cl, uint64_t id, char *name)
+{
+	pthread_mutex_lock(&cl->lock);
+	struct remote *r = remote_by_id(cl, id);
+	if (r)
+		snprintf(name, BUS_NAME_MAX + 1, "%s", r->name);
+	pthread_mutex_unlock(&cl->lock);
+	return r != NULL;
+}
+
+/* The health document of a remote agent as its node put it ("agent": NAME@NODE), or
+ * "unknown" when none came yet; "stale" when its node has been silent past
+ * --health-ttl. Under cl->lock. */
+static json_t *remote_health(struct cluster *cl, const struct remote *r)
+{
+	char agent[BUS_NAME_MAX + 1], node[BUS_NAME_MAX + 1], key[2 * BUS_NAME_MAX + 2];
+	bus_remote_split(r->name, agent, node);
+	snprintf(key, sizeof key, "%s.%s", node, agent);
+	struct health_rec *h = health_slot(cl, key, false), *n = health_slot(cl, node, false);
+	json_t *doc = h && h->text ? json_loads(h->text, 0, NULL) : NULL;
+	if (!json_is_object(doc)) {
+		json_decref(doc);
+		doc = json_pack("{s:s,s:s,s:s,s:n,s:n}", "agent", r->name, "status", "unknown",
+				"reason", "no health from its node yet", "last_seen", "age_s");
+	}
+	json_object_set_new(doc, "agent", json_string(r->name));
+	int64_t seen;
+	const char *last = json_string_value(json_object_get(doc, "last_seen"));
+	if (last && bus_time_parse(last, &seen)) /* its age now, not when it was put */
+		json_object_set_new(doc, "age_s", json_real((double)((now_us() - seen) / 1000) / 1000.0));
+	if (!n || now_us() - n->seen_us > (int64_t)(cl->health_ttl_s * 1e6)) {
+		json_object_set_new(doc, "status", json_string("stale"));
+		json_object_set_new(doc, "reason", json_string("its node has been silent past "
+							       "--health-ttl"));
+	}
+	return doc;
+}
+
+bool cluster_remote_health(struct cluster *cl, uint64_t id, struct buf *out)
+{
+	pthread_mutex_lock(&cl->lock);
+	struct remote *r = remote_by_id(cl, id);
+	json_t *doc = r ? remote_health(cl, r) : NULL;
+	pthread_mutex_unlock(&cl->lock);
+	char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+	if (text) {
+		buf_puts(out, text);
+		buf_puts(out, "\n");
+	}
+	free(text);
+	json_decref(doc);
+	return text != NULL;
+}
+
+void cluster_status_splice(struct cluster *cl, struct buf *out)
+{
+	json_t *status = out->len ? json_loadb(out->data, out->len, 0, NULL) : NULL;
+	json_t *agents = json_object_get(status, "agents");
+	json_t *counts = json_object_get(status, "counts");
+	if (!json_is_object(agents) || !json_is_object(counts)) {
+		json_decref(status);
+		return;
+	}
+	json_t *nodes = json_object();
+	pthread_mutex_lock(&cl->lock);
+	for (size_t i = 0; i < cl->nremote; i++) {
+		json_t *doc = remote_health(cl, &cl->remote[i]);
+		json_object_del(doc, "agent");
+		const char *st = json_string_value(json_object_get(doc, "status"));
+		json_t *c = st ? json_object_get(counts, st) : NULL;
+		if (json_is_integer(c))
+			json_integer_set(c, json_integer_value(c) + 1);
+		json_object_set_new(agents, cl->remote[i].name, doc);
+	}
+	for (size_t i = 0; i < cl->nhealth; i++) {
+		const struct health_rec *h = &cl->health[i];
+		if (strchr(h->key, '.') || !h->text)
+			continue;
+		json_t *rec = json_loads(h->text, 0, NULL);
+		if (!json_is_object(rec)) {
+			json_decref(rec);
+			continue;
+		}
+		bool self = strcmp(h->key, cl->node) == 0;
+		bool fresh = self || now_us() - h->seen_us <= (int64_t)(cl->health_ttl_s * 1e6);
+		json_object_set_new(rec, "status", json_string(fresh ? "up" : "stale"));
+		json_object_set_new(nodes, h->key, rec);
+	}
+	pthread_mutex_unlock(&cl->lock);
+	json_object_set_new(status, "nodes", nodes);
+	char *text = json_dumps(status, JSON_COMPACT | JSON_REAL_PRECISION(12));
+	if (text) {
+		buf_reset(out);
+		buf_puts(out, text);
+		buf_puts(out, "\n");
+	}
+	free(text);
+	json_decref(status);
+}
+
+/* ---------- the receiver ---------- */
+
+static void receive_one(struct cluster *cl, natsMsg *msg)
+{
+	const char *subject = natsMsg_GetSubject(msg);
+	size_t plen = strlen(cl->subject_prefix);
+	const char *from_node = NULL;
+	if (natsMsgHeader_Get(msg, "Busfs-Node", &from_node) != NATS_OK)
+		from_node = NULL;
+	struct bus_error err = {0};
+	int rc;
+	if (strncmp(subject, cl->subject_prefix, plen) != 0 || !from_node)
+		rc = bus_fail(&err, EINVAL, "a message on %.80s without a sending node", subject);
+	else
+		rc = bus_remote_receive(cl->bus, subject + plen, from_node, natsMsg_GetData(msg),
+					(size_t)natsMsg_GetDataLength(msg), &err);
+	if (rc == -EAGAIN || rc == -ENOSPC || rc == -ENOMEM || rc == -EIO) {
+		natsMsg_NakWithDelay(msg, RETRY_DELAY_MS, NULL);
+		return;
+	}
+	if (rc < 0 && rc != -ENOENT)
+		log_msg(LOG_WARNING, "cluster: dropped a message on %s: %s", subject, err.reason);
+	/* In the store (or refused for good): JetStream may forget it. A lost ack brings
+	 * it back, and its msg_id is recognised then. */
+	natsMsg_AckSync(msg, NULL, NULL);
+}
+
+static void *receiver_main(void *arg)
+{
+	struct cluster *cl = arg;
+	int64_t last_sync = 0;
+	bool ready = false;
+	for (;;) {
+		pthread_mutex_lock(&cl->lock);
+		bool stop = cl->stop;
+		pthread_mutex_unlock(&cl->lock);
+		if (stop)
+			break;
+		if (!cluster_connected(cl)) {
+			nats_Sleep(100);
+			continue;
+		}
+		if (!ready) {
+			ready = stream_ready(cl) && consumer_ready(cl) && kv_ready(cl) &&
+				health_ready(cl);
+			if (!ready) {
+				nats_Sleep(500);
+				continue;
+			}
+			log_msg(LOG_INFO, "cluster: node %s joined (stream %s)", cl->node, STREAM);
+		}
+		if (now_us() - last_sync >= 1000000) {
+			watch_health(cl);
+			sync_agents(cl);
+			last_sync = now_us();
+		}
+		natsMsgList list = {0};
+		jsErrCode jerr = 0;
+		natsStatus s = natsSubscription_Fetch(&list, cl->sub, FETCH_BATCH, 500, &jerr);
+		if (s == NATS_OK)
+			for (int i = 0; i < list.Count; i++)
+				receive_one(cl, list.Msgs[i]);
+		natsMsgList_Destroy(&list);
+		if (s != NATS_OK && s != NATS_TIMEOUT)
+			nats_Sleep(100);
+	}
+	return NULL;
+}
+
+/* ---------- the publisher ---------- */
+
+static natsStatus publish(struct cluster *cl, const struct bus_outgoing *out, int64_t wait_ms)
+{
+	char subject[2 * BUS_NAME_MAX + 16];
+	snprintf(subject, sizeof subject, "busfs.msg.%s.%s", out->node, out->agent);
+	natsMsg *msg = NULL;
+	natsStatus s = natsMsg_Create(&msg, subject, NULL, out->m->envelope, (int)out->m->len);
+	if (s == NATS_OK)
+		s = natsMsgHeader_Set(msg, "Busfs-Node", cl->node);
+	jsPubOptions po;
+	jsPubOptions_Init(&po);
+	po.MsgId = out->m->msg_id;
+	po.MaxWait = wait_ms;
+	jsPubAck *ack = NULL;
+	jsErrCode jerr = 0;
+	if (s == NATS_OK)
+		s = js_PublishMsg(&ack, cl->js, msg, &po, &jerr);
+	jsPubAck_Destroy(ack);
+	natsMsg_Destroy(msg);
+	return s;
+}
+
+static void *publisher_main(void *arg)
+{
+	struct cluster *cl = arg;
+	for (;;) {
+		pthread_mutex_lock(&cl->lock);
+		if (cl->stop) {
+			pthread_mutex_unlock(&cl->lock);
+			break;
+		}
+		expire_parked(cl, false);
+		pthread_mutex_unlock(&cl->lock);
+
+		struct bus_outgoing out = {0};
+		bool connected = cluster_connected(cl);
+		if (!connected || bus_outgoing_claim(cl->bus, cl->cfg.timeout_s + 30, &out) < 0) {
+			/* Nothing ready (or no connection): sleep until a send is parked. */
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += 50 * 1000000L;
+			if (until.tv_nsec >= 1000000000L) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000L;
+			}
+			pthread_mutex_lock(&cl->lock);
+			if (!cl->stop)
+				pthread_cond_timedwait(&cl->cond, &cl->lock, &until);
+			pthread_mutex_unlock(&cl->lock);
+			continue;
+		}
+		natsStatus s = publish(cl, &out, (int64_t)(cl->cfg.timeout_s * 1000));
+		pthread_mutex_lock(&cl->lock);
+		if (s == NATS_OK) {
+			bus_outgoing_done(cl->bus, out.number, out.token);
+			settle(cl, out.number, 0);
+		} else {
+			bool waited = false;
+			for (struct parked_send *p = cl->parked; p && !waited; p = p->next)
+				for (size_t i = 0; i < p->n && !waited; i++)
+					waited = p->numbers[i] == out.number;
+			if (waited) {
+				/* The sender hears ETIMEDOUT: this message is not published again. */
+				bus_outgoing_done(cl->bus, out.number, out.token);
+				settle(cl, out.number, ETIMEDOUT);
+			} else {
+				bus_outgoing_retry(cl->bus, out.number, out.token,
+						   RETRY_DELAY_MS / 1000.0);
+			}
+			log_msg(LOG_INFO, "cluster: publish to %s@%s: %s", out.agent, out.node,
+				natsStatus_GetText(s));
+		}
+		pthread_mutex_unlock(&cl->lock);
+		bus_outgoing_release(&out);
+	}
+	return NULL;
+}
+
+/* ---------- life cycle ---------- */
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+	(void)nc;
+	struct cluster *cl = closure;
+	log_msg(LOG_WARNING, "cluster: node %s lost its NATS connection; local sends go on, "
+		"remote ones wait or time out", cl->node);
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+	(void)nc;
+	struct cluster *cl = closure;
+	log_msg(LOG_INFO, "cluster: node %s reconnected", cl->node);
+}
+
+struct cluster *cluster_start(struct bus *bus, const struct cluster_config *cfg)
+{
+	struct cluster *cl = calloc(1, sizeof *cl);
+	if (!cl)
+		return NULL;
+	cl->bus = bus;
+	cl->cfg = *cfg;
+	cl->next_remote_id = 1;
+	cl->health_ttl_s = bus_config(bus)->health_ttl_s;
+	snprintf(cl->node, sizeof cl->node, "%s", cfg->node);
+	snprintf(cl->subject_prefix, sizeof cl->subject_prefix, "busfs.msg.%s.", cfg->node);
+	pthread_mutex_init(&cl->lock, NULL);
+	pthread_cond_init(&cl->cond, NULL);
+	bus_set_node(bus, cfg->node);
+
+	char *urls = strdup(cfg->urls);
+	const char *servers[16];
+	int nservers = 0;
+	for (char *save = NULL, *u = urls ? strtok_r(urls, ",", &save) : NULL; u && nservers < 16;
+	     u = strtok_r(NULL, ",", &save))
+		servers[nservers++] = u;
+	natsStatus s = urls && nservers ? natsOptions_Create(&cl->opts) : NATS_ERR;
+	if (s == NATS_OK)
+		s = natsOptions_SetServers(cl->opts, servers, nservers);
+	if (s == NATS_OK)
+		s = natsOptions_SetMaxReconnect(cl->opts, -1);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectWait(cl->opts, 250);
+	if (s == NATS_OK)
+		s = natsOptions_SetRetryOnFailedConnect(cl->opts, true, NULL, NULL);
+	if (s == NATS_OK)
+		s = natsOptions_SetTimeout(cl->opts, 2000);
+	if (s == NATS_OK)
+		s = natsOptions_SetPingInterval(cl->opts, 1000);
+	if (s == NATS_OK)
+		s = natsOptions_SetMaxPingsOut(cl->opts, 2);
+	if (s == NATS_OK)
+		s = natsOptions_SetDisconnectedCB(cl->opts, on_disconnected, cl);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectedCB(cl->opts, on_reconnected, cl);
+	if (s == NATS_OK) {
+		s = natsConnection_Connect(&cl->nc, cl->opts);
+		if (s == NATS_NOT_YET_CONNECTED)
+			s = NATS_OK; /* it keeps trying in the background */
+	}
+	free(urls);
+	jsOptions jo;
+	jsOptions_Init(&jo);
+	jo.Wait = (int64_t)(cfg->timeout_s * 1000);
+	if (s == NATS_OK)
+		s = natsConnection_JetStream(&cl->js, cl->nc, &jo);
+	if (s != NATS_OK) {
+		fprintf(stderr, "busfs: --cluster %s: %s\n", cfg->urls, natsStatus_GetText(s));
+		cluster_stop(cl);
+		return NULL;
+	}
+	cl->publisher_started = pthread_create(&cl->publisher, NULL, publisher_main, cl) == 0;
+	cl->receiver_started = pthread_create(&cl->receiver, NULL, receiver_main, cl) == 0;
+	if (!cl->publisher_started || !cl->receiver_started) {
+		fprintf(stderr, "busfs: cannot start the cluster threads\n");
+		cluster_stop(cl);
+		return NULL;
+	}
+	log_msg(LOG_INFO, "cluster: node %s, NATS %s", cl->node, cfg->urls);
+	return cl;
+}
+
+void cluster_stop(struct cluster *cl)
+{
+	if (!cl)
+		return;
+	pthread_mutex_lock(&cl->lock);
+	cl->stop = true;
+	pthread_cond_broadcast(&cl->cond);
+	pthread_mutex_unlock(&cl->lock);
+	if (cl->publisher_started)
+		pthread_join(cl->publisher, NULL);
+	if (cl->receiver_started)
+		pthread_join(cl->receiver, NULL);
+	pthread_mutex_lock(&cl->lock);
+	expire_parked(cl, true);
+	pthread_mutex_unlock(&cl->lock);
+	if (cl->sub)
+		natsSubscription_Destroy(cl->sub);
+	if (cl->hwatch)
+		kvWatcher_Destroy(cl->hwatch);
+	if (cl->hkv)
+		kvStore_Destroy(cl->hkv);
+	if (cl->kv)
+		kvStore_Destroy(cl->kv);
+	jsCtx_Destroy(cl->js);
+	natsConnection_Destroy(cl->nc);
+	natsOptions_Destroy(cl->opts);
+	for (size_t i = 0; i < cl->nremote; i++)
+		remote_free(&cl->remote[i]);
+	free(cl->remote);
+	for (size_t i = 0; i < cl->nhealth; i++) {
+		free(cl->health[i].key);
+		free(cl->health[i].text);
+	}
+	free(cl->health);
+	names_free(&cl->local);
+	pthread_cond_destroy(&cl->cond);
+	pthread_mutex_destroy(&cl->lock);
+	free(cl);
+	nats_Close();
+}
