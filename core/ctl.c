@@ -62,6 +62,26 @@ static void log_dropped_ack(struct bus *bus, const char *agent, const char *from
 	bus_log_error(bus, agent, "ack", "ack", 0, &note);
 }
 
+/* The delivery number of the agent's message msg_id: its counter, unless a message
+ * from another node (which keeps its own msg_id) holds that id. */
+static uint64_t number_of(struct bus *bus, uint64_t agent_id, const char *id, uint64_t counter)
+{
+	bus_lock(bus);
+	struct agent *a = bus_find_id(bus, agent_id);
+	uint64_t number = 0;
+	for (enum bus_place p = BUS_INBOX; a && !number && p <= BUS_DEAD; p++) {
+		const struct inbox *in = agent_place(a, p);
+		struct bus_message *m = inbox_find(in, counter);
+		if (m && strcmp(m->msg_id, id) == 0)
+			number = counter;
+		for (size_t i = in->head; i < in->tail && !number; i++)
+			if (in->msgs[i] && strcmp(in->msgs[i]->msg_id, id) == 0)
+				number = in->msgs[i]->number;
+	}
+	pthread_mutex_unlock(&bus->lock);
+	return number ? number : counter;
+}
+
 /* The v1 ack (token 0: the message must be pending in the inbox) or the ack of a
  * lease (token: it must be the message's current lease). */
 static int ack(struct bus *bus, uint64_t agent_id, uint64_t number, const char *msg_id,
@@ -210,6 +230,7 @@ int bus_ctl(struct bus *bus, uint64_t agent_id, uid_t uid, const char *data, siz
 	double seconds = 0;
 	if (!number)
 		return bus_fail(err, EINVAL, "'%.60s' is not a msg_id", id);
+	number = number_of(bus, agent_id, id, number);
 	if (n >= 3 && !parse_token(w[2], &token))
 		return bus_fail(err, EINVAL, "'%.30s' is not a lease token", w[2]);
 	if (n == 4 && !parse_seconds(w[3], &seconds))

@@ -396,7 +396,7 @@ uint64_t lease_parse_file_name(const char *name, char *msg_id, uint64_t *token)
 	memcpy(base, name, stem);
 	memcpy(base + stem, ".json", 6);
 	*token = t;
-	return message_parse_file_name(base, msg_id);
+	return message_parse_any_file_name(base, msg_id);
 }
 
 /* The envelope with the lease or the dead letter's record added as its last field. */

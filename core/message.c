@@ -67,6 +67,17 @@ uint64_t message_id_number(const char *id)
 
 uint64_t message_parse_file_name(const char *name, char *msg_id)
 {
+	char id[BUS_MSG_ID_LEN + 1];
+	uint64_t number = message_parse_any_file_name(name, id);
+	if (!number || message_id_number(id) != number)
+		return 0;
+	if (msg_id)
+		memcpy(msg_id, id, BUS_MSG_ID_LEN + 1);
+	return number;
+}
+
+uint64_t message_parse_any_file_name(const char *name, char *msg_id)
+{
 	size_t n = strlen(name);
 	if (n != BUS_FILE_NAME_LEN || name[20] != '-' || strcmp(name + n - 5, ".json") != 0)
 		return 0;
@@ -74,7 +85,7 @@ uint64_t message_parse_file_name(const char *name, char *msg_id)
 	char id[BUS_MSG_ID_LEN + 1];
 	memcpy(id, name + 21, BUS_MSG_ID_LEN);
 	id[BUS_MSG_ID_LEN] = '\0';
-	if (number == 0 || message_id_number(id) != number)
+	if (number == 0 || message_id_number(id) == 0)
 		return 0;
 	if (msg_id)
 		memcpy(msg_id, id, BUS_MSG_ID_LEN + 1);

@@ -303,6 +303,7 @@ int bus_remote_receive(struct bus *bus, const char *agent, const char *from_node
 	int64_t sent_us;
 	int rc = 0;
 	if (n < 0 || !plain_member(m, n, "msg_id", msg_id, sizeof msg_id) ||
+	    !message_id_number(msg_id) ||
 	    !plain_member(m, n, "from", sender, sizeof sender) || !bus_name_valid(sender) ||
 	    !plain_member(m, n, "timestamp", ts, sizeof ts) || !bus_time_parse(ts, &sent_us) ||
 	    !type || type->value[0] != '"' || !payload || !ack ||

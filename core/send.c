@@ -103,6 +103,8 @@ static size_t escaped_extra(const unsigned char *p, size_t n)
 
 const char *bus_draft_sender(const struct bus_draft *d) { return d->sender; }
 
+bool bus_draft_remote(const struct bus_draft *d) { return d->remote; }
+
 uint64_t bus_draft_remote_number(const struct bus_draft *d)
 {
 	return d->remote ? d->sent_number : 0;

@@ -29,6 +29,7 @@
 #include <jansson.h>
 #include <nats/nats.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,22 @@ struct names {
 	bool oom;
 };
 
+struct cluster_verdict {
+	atomic_int refs;
+	atomic_int err;
+};
+
+/* A write to a remote agent, parked while the connection is down. */
+struct parked_write {
+	fuse_req_t req;
+	size_t size;
+	struct cluster_verdict *v;  /* a reference */
+	int64_t deadline_us;
+	uint64_t agent_id;
+	char path[160];
+	struct parked_write *next;
+};
+
 struct cluster {
 	struct bus *bus;
 	struct cluster_config cfg;
@@ -84,6 +101,7 @@ struct cluster {
 	jsCtx *js;
 	natsSubscription *sub;   /* the receiver's */
 	kvStore *kv;             /* the receiver's: busfs_agents */
+	kvWatcher *awatch;       /* every change of busfs_agents */
 	kvStore *hkv;            /* busfs_health */
 	kvWatcher *hwatch;       /* every change of busfs_health */
 	double health_ttl_s;
@@ -92,12 +110,14 @@ struct cluster {
 	pthread_mutex_t lock;    /* parked, remote, stop */
 	pthread_cond_t cond;     /* the publisher sleeps on it */
 	struct parked_send *parked;
-	struct remote *remote;   /* known remote agents, sorted by name */
+	struct parked_write *writes;
+	struct remote *remote;   /* known remote agents, in id order */
 	size_t nremote;
 	uint64_t next_remote_id; /* ids for the listing's inode numbers: never reused */
 	struct health_rec *health; /* busfs_health as last seen, by key */
 	size_t nhealth, health_cap;
 	struct names local;      /* local agents put into busfs_agents (receiver only) */
+	bool synced;             /* local was read back from busfs_agents once */
 	bool stop;
 	pthread_t publisher, receiver;
 	bool publisher_started, receiver_started;
@@ -130,8 +150,8 @@ static void answer(struct cluster *cl, struct parked_send *p)
 {
 	if (p->err) {
 		struct bus_error err;
-		bus_fail(&err, p->err, "no publish ack from NATS JetStream within "
-			 "--cluster-timeout (%.0f s): not sent", cl->cfg.timeout_s);
+		bus_fail(&err, p->err, "JetStream did not acknowledge the send within "
+			 "--cluster-timeout (%g s); it is not sent again", cl->cfg.timeout_s);
 		struct bus_agent_info a;
 		const char *agent = p->agent_id && bus_agent_by_id(cl->bus, p->agent_id, &a) == 0
 				    ? a.name : NULL;
@@ -218,6 +238,73 @@ static void expire_parked(struct cluster *cl, bool all)
 	}
 }
 
+/* ---------- writes parked while the connection is down ---------- */
+
+struct cluster_verdict *cluster_park_write(struct cluster *cl, fuse_req_t req, size_t size,
+					   struct cluster_verdict *v, uint64_t agent_id,
+					   const char *path)
+{
+	struct parked_write *w = calloc(1, sizeof *w);
+	if (!v && (v = calloc(1, sizeof *v)) != NULL)
+		atomic_init(&v->refs, 1); /* the file's */
+	if (!w || !v) {
+		free(w);
+		fuse_reply_err(req, ENOMEM);
+		return v;
+	}
+	atomic_fetch_add(&v->refs, 1);
+	*w = (struct parked_write){.req = req, .size = size, .v = v, .agent_id = agent_id,
+				   .deadline_us = now_us() + (int64_t)(cl->cfg.timeout_s * 1e6)};
+	snprintf(w->path, sizeof w->path, "%s", path);
+	pthread_mutex_lock(&cl->lock);
+	w->next = cl->writes;
+	cl->writes = w;
+	pthread_cond_signal(&cl->cond);
+	pthread_mutex_unlock(&cl->lock);
+	return v;
+}
+
+int cluster_verdict_error(const struct cluster_verdict *v)
+{
+	return v ? atomic_load(&v->err) : 0;
+}
+
+void cluster_verdict_put(struct cluster_verdict *v)
+{
+	if (v && atomic_fetch_sub(&v->refs, 1) == 1)
+		free(v);
+}
+
+/* Parked writes: answered once connected, or refused at their deadline (all: now).
+ * Under cl->lock. */
+static void answer_writes(struct cluster *cl, bool all)
+{
+	bool up = !all && cluster_connected(cl);
+	int64_t now = now_us();
+	for (struct parked_write **pp = &cl->writes, *w; (w = *pp) != NULL;) {
+		if (!up && !all && w->deadline_us > now) {
+			pp = &w->next;
+			continue;
+		}
+		*pp = w->next;
+		if (up) {
+			fuse_reply_write(w->req, w->size);
+		} else {
+			atomic_store(&w->v->err, ETIMEDOUT);
+			struct bus_error err;
+			bus_fail(&err, ETIMEDOUT, "no connection to NATS within --cluster-timeout "
+				 "(%g s): this message to another node is not sent", cl->cfg.timeout_s);
+			struct bus_agent_info a;
+			const char *agent = w->agent_id && bus_agent_by_id(cl->bus, w->agent_id, &a) == 0
+					    ? a.name : NULL;
+			bus_log_error(cl->bus, agent, "write", w->path, fuse_req_ctx(w->req)->uid, &err);
+			fuse_reply_err(w->req, ETIMEDOUT);
+		}
+		cluster_verdict_put(w->v);
+		free(w);
+	}
+}
+
 /* ---------- NATS set-up ---------- */
 
 static bool stream_ready(struct cluster *cl)
@@ -255,7 +342,9 @@ static bool consumer_ready(struct cluster *cl)
 	so.Stream = STREAM;
 	so.Config.AckPolicy = js_AckExplicit;
 	so.Config.MaxDeliver = -1;
-	so.Config.AckWait = (int64_t)30 * 1000000000;
+	/* A batch delivered while this node was away is lost in transit and comes again
+	 * after AckWait: short, since a commit takes milliseconds. */
+	so.Config.AckWait = (int64_t)5 * 1000000000;
 	jsErrCode jerr = 0;
 	natsStatus s = js_PullSubscribe(&cl->sub, cl->js, subject, durable, NULL, &so, &jerr);
 	if (s != NATS_OK) {
@@ -269,8 +358,10 @@ static bool consumer_ready(struct cluster *cl)
 
 static bool kv_ready(struct cluster *cl)
 {
-	if (cl->kv)
+	if (cl->kv && cl->awatch)
 		return true;
+	if (cl->kv)
+		goto watch;
 	kvConfig kc;
 	kvConfig_Init(&kc);
 	kc.Bucket = AGENTS_BUCKET;
@@ -286,6 +377,11 @@ static bool kv_ready(struct cluster *cl)
 		log_msg(LOG_WARNING, "cluster: cannot open KV bucket %s: %s", AGENTS_BUCKET,
 			natsStatus_GetText(s));
 		cl->kv = NULL;
+		return false;
+	}
+watch:
+	if (!cl->awatch && kvStore_WatchAll(&cl->awatch, cl->kv, NULL) != NATS_OK) {
+		cl->awatch = NULL;
 		return false;
 	}
 	return true;
@@ -408,7 +504,7 @@ static int add_local(void *ctx, const struct bus_agent_info *a)
 
 /* This node's agents into busfs_agents (new ones put, removed ones deleted) and their
  * health into busfs_health (when it changed, and every --health-ttl / 2 anyway, with
- * the node's own record), then the other nodes' agents out of busfs_agents. */
+ * the node's own record). */
 static void sync_agents(struct cluster *cl)
 {
 	struct names local = {0};
@@ -420,6 +516,23 @@ static void sync_agents(struct cluster *cl)
 	qsort(local.v, local.n, sizeof *local.v, cmp_str);
 	char key[2 * BUS_NAME_MAX + 2];
 	bool ok = true;
+	if (!cl->synced) {
+		/* What this node put in an earlier run: an agent gone since (a new store)
+		 * is deleted below like one removed now. */
+		kvKeysList keys = {0};
+		natsStatus ks = kvStore_Keys(&keys, cl->kv, NULL);
+		size_t nl = strlen(cl->node);
+		for (int i = 0; ks == NATS_OK && i < keys.Count; i++)
+			if (strncmp(keys.Keys[i], cl->node, nl) == 0 && keys.Keys[i][nl] == '.')
+				names_add(&cl->local, keys.Keys[i] + nl + 1);
+		kvKeysList_Destroy(&keys);
+		if (ks != NATS_OK && ks != NATS_NOT_FOUND) {
+			names_free(&local);
+			return;
+		}
+		qsort(cl->local.v, cl->local.n, sizeof *cl->local.v, cmp_str);
+		cl->synced = true;
+	}
 	int64_t now = now_us();
 	bool refresh = now - cl->health_put_us >= (int64_t)(cl->health_ttl_s * 1e6 / 2);
 	struct buf doc;
@@ -465,22 +578,77 @@ static void sync_agents(struct cluster *cl)
 	} else {
 		names_free(&local);
 	}
+}
 
+/* "NAME@NODE" for a busfs_agents key "<node>.<name>" of another node; false for this
+ * node's keys and malformed ones. */
+static bool remote_name_of_key(const struct cluster *cl, const char *k, char *name, size_t size)
+{
+	const char *dot = strchr(k, '.');
+	size_t nl = strlen(cl->node);
+	if (!dot || ((size_t)(dot - k) == nl && strncmp(k, cl->node, nl) == 0))
+		return false;
+	snprintf(name, size, "%s@%.*s", dot + 1, (int)(dot - k), k);
+	return bus_remote_split(name, NULL, NULL);
+}
+
+/* Learns (present) or forgets a remote agent. The list stays in id order (a listing
+ * resumes by id): a new one is appended with the next id. Under cl->lock. */
+static void remote_set(struct cluster *cl, const char *name, bool present)
+{
+	struct remote *r = remote_find(cl, name);
+	if (present && !r) {
+		struct remote *p = realloc(cl->remote, (cl->nremote + 1) * sizeof *p);
+		char *copy = strdup(name);
+		if (p)
+			cl->remote = p;
+		if (!p || !copy) {
+			free(copy); /* no memory: the next full listing adds it */
+			return;
+		}
+		cl->remote[cl->nremote++] = (struct remote){copy, cl->next_remote_id++};
+		bus_remote_known(cl->bus, name, true);
+		log_msg(LOG_INFO, "cluster: %s is known", name);
+	} else if (!present && r) {
+		bus_remote_known(cl->bus, name, false);
+		log_msg(LOG_INFO, "cluster: %s is gone", name);
+		remote_free(r);
+		memmove(r, r + 1, (size_t)(cl->remote + cl->nremote - r - 1) * sizeof *r);
+		cl->nremote--;
+	}
+}
+
+/* Changes to busfs_agents as they happen. */
+static void watch_agents(struct cluster *cl)
+{
+	kvEntry *e = NULL;
+	while (kvWatcher_Next(&e, cl->awatch, 1) == NATS_OK) {
+		char name[2 * BUS_NAME_MAX + 2];
+		if (e && remote_name_of_key(cl, kvEntry_Key(e), name, sizeof name)) {
+			pthread_mutex_lock(&cl->lock);
+			remote_set(cl, name, kvEntry_Operation(e) == kvOp_Put);
+			pthread_mutex_unlock(&cl->lock);
+		}
+		kvEntry_Destroy(e);
+		e = NULL;
+	}
+}
+
+/* Every key of busfs_agents, now and then: whatever the watcher missed (it is
+ * restarted across a lost connection) is put right. */
+static void reconcile_agents(struct cluster *cl)
+{
 	kvKeysList keys = {0};
 	natsStatus s = kvStore_Keys(&keys, cl->kv, NULL);
 	if (s != NATS_OK && s != NATS_NOT_FOUND) {
+		log_msg(LOG_DEBUG, "cluster: listing %s: %s", AGENTS_BUCKET, natsStatus_GetText(s));
 		kvKeysList_Destroy(&keys);
 		return;
 	}
 	struct names remote = {0};
-	size_t nl = strlen(cl->node);
 	for (int i = 0; i < keys.Count; i++) {
-		const char *k = keys.Keys[i], *dot = strchr(k, '.');
-		if (!dot || ((size_t)(dot - k) == nl && strncmp(k, cl->node, nl) == 0))
-			continue;
 		char name[2 * BUS_NAME_MAX + 2];
-		snprintf(name, sizeof name, "%s@%.*s", dot + 1, (int)(dot - k), k);
-		if (bus_remote_split(name, NULL, NULL))
+		if (remote_name_of_key(cl, keys.Keys[i], name, sizeof name))
 			names_add(&remote, name);
 	}
 	kvKeysList_Destroy(&keys);
@@ -489,29 +657,14 @@ static void sync_agents(struct cluster *cl)
 		return;
 	}
 	qsort(remote.v, remote.n, sizeof *remote.v, cmp_str);
-	struct remote *list = calloc(remote.n ? remote.n : 1, sizeof *list);
-	if (!list) {
-		names_free(&remote);
-		return;
-	}
 	pthread_mutex_lock(&cl->lock);
-	for (size_t i = 0; i < remote.n; i++) {
-		struct remote *old = remote_find(cl, remote.v[i]);
-		list[i].name = remote.v[i];
-		list[i].id = old ? old->id : cl->next_remote_id++;
-		if (!old)
-			bus_remote_known(cl->bus, remote.v[i], true);
-	}
-	for (size_t i = 0; i < cl->nremote; i++) {
+	for (size_t i = cl->nremote; i-- > 0;)
 		if (!names_has(&remote, cl->remote[i].name))
-			bus_remote_known(cl->bus, cl->remote[i].name, false);
-		remote_free(&cl->remote[i]);
-	}
-	free(cl->remote);
-	cl->remote = list;
-	cl->nremote = remote.n;
+			remote_set(cl, cl->remote[i].name, false);
+	for (size_t i = 0; i < remote.n; i++)
+		remote_set(cl, remote.v[i], true);
 	pthread_mutex_unlock(&cl->lock);
-	free(remote.v); /* the names now belong to the list */
+	names_free(&remote);
 }
 
 /* Health records of other nodes as the watcher sees them change. */
@@ -687,7 +840,8 @@ static void receive_one(struct cluster *cl, natsMsg *msg)
 static void *receiver_main(void *arg)
 {
 	struct cluster *cl = arg;
-	int64_t last_sync = 0;
+	int64_t last_sync = 0, last_reconcile = 0;
+	natsStatus last_fetch = NATS_OK;
 	bool ready = false;
 	for (;;) {
 		pthread_mutex_lock(&cl->lock);
@@ -703,15 +857,21 @@ static void *receiver_main(void *arg)
 			ready = stream_ready(cl) && consumer_ready(cl) && kv_ready(cl) &&
 				health_ready(cl);
 			if (!ready) {
-				nats_Sleep(500);
+				nats_Sleep(200);
 				continue;
 			}
 			log_msg(LOG_INFO, "cluster: node %s joined (stream %s)", cl->node, STREAM);
+			last_sync = last_reconcile = 0;
 		}
+		watch_agents(cl);
 		if (now_us() - last_sync >= 1000000) {
 			watch_health(cl);
 			sync_agents(cl);
 			last_sync = now_us();
+		}
+		if (now_us() - last_reconcile >= 10000000) {
+			reconcile_agents(cl);
+			last_reconcile = now_us();
 		}
 		natsMsgList list = {0};
 		jsErrCode jerr = 0;
@@ -720,6 +880,10 @@ static void *receiver_main(void *arg)
 			for (int i = 0; i < list.Count; i++)
 				receive_one(cl, list.Msgs[i]);
 		natsMsgList_Destroy(&list);
+		if (s != NATS_OK && s != NATS_TIMEOUT && s != last_fetch)
+			log_msg(LOG_WARNING, "cluster: fetching for node %s: %s (%d)", cl->node,
+				natsStatus_GetText(s), (int)jerr);
+		last_fetch = s;
 		if (s != NATS_OK && s != NATS_TIMEOUT)
 			nats_Sleep(100);
 	}
@@ -759,6 +923,7 @@ static void *publisher_main(void *arg)
 			break;
 		}
 		expire_parked(cl, false);
+		answer_writes(cl, false);
 		pthread_mutex_unlock(&cl->lock);
 
 		struct bus_outgoing out = {0};
@@ -788,13 +953,16 @@ static void *publisher_main(void *arg)
 			for (struct parked_send *p = cl->parked; p && !waited; p = p->next)
 				for (size_t i = 0; i < p->n && !waited; i++)
 					waited = p->numbers[i] == out.number;
-			if (waited) {
-				/* The sender hears ETIMEDOUT: this message is not published again. */
+			if (waited && s == NATS_TIMEOUT) {
+				/* Sent, never acknowledged: the sender hears ETIMEDOUT and this
+				 * message is not published again. */
 				bus_outgoing_done(cl->bus, out.number, out.token);
 				settle(cl, out.number, ETIMEDOUT);
 			} else {
+				/* Not sent (no connection: nothing is buffered while away): again
+				 * soon, until it is stored or its sender's deadline passes. */
 				bus_outgoing_retry(cl->bus, out.number, out.token,
-						   RETRY_DELAY_MS / 1000.0);
+						   waited ? 0.1 : RETRY_DELAY_MS / 1000.0);
 			}
 			log_msg(LOG_INFO, "cluster: publish to %s@%s: %s", out.agent, out.node,
 				natsStatus_GetText(s));
@@ -858,6 +1026,10 @@ struct cluster *cluster_start(struct bus *bus, const struct cluster_config *cfg)
 		s = natsOptions_SetPingInterval(cl->opts, 1000);
 	if (s == NATS_OK)
 		s = natsOptions_SetMaxPingsOut(cl->opts, 2);
+	if (s == NATS_OK) /* the servers the operator listed, not the ones they gossip */
+		s = natsOptions_SetIgnoreDiscoveredServers(cl->opts, true);
+	if (s == NATS_OK) /* publishes fail while reconnecting, never go out late */
+		s = natsOptions_SetReconnectBufSize(cl->opts, 1);
 	if (s == NATS_OK)
 		s = natsOptions_SetDisconnectedCB(cl->opts, on_disconnected, cl);
 	if (s == NATS_OK)
@@ -903,11 +1075,14 @@ void cluster_stop(struct cluster *cl)
 		pthread_join(cl->receiver, NULL);
 	pthread_mutex_lock(&cl->lock);
 	expire_parked(cl, true);
+	answer_writes(cl, true);
 	pthread_mutex_unlock(&cl->lock);
 	if (cl->sub)
 		natsSubscription_Destroy(cl->sub);
 	if (cl->hwatch)
 		kvWatcher_Destroy(cl->hwatch);
+	if (cl->awatch)
+		kvWatcher_Destroy(cl->awatch);
 	if (cl->hkv)
 		kvStore_Destroy(cl->hkv);
 	if (cl->kv)

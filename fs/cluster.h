@@ -40,6 +40,19 @@ void cluster_stop(struct cluster *cl);
 void cluster_park(struct cluster *cl, fuse_req_t req, const uint64_t *numbers, size_t n,
 		  size_t write_size, uint64_t agent_id, const char *path);
 
+/* A write to outbox/NAME@NODE while the connection is down is answered once it is up
+ * (fuse_reply_write(req, size)), or with ETIMEDOUT after --cluster-timeout: shells
+ * ignore errors at close, so a cut-off node must refuse the write itself. The verdict
+ * is shared by the parked write and the open file (each holds a reference): its FLUSH
+ * sends nothing once a write of it failed. */
+struct cluster_verdict;
+struct cluster_verdict *cluster_park_write(struct cluster *cl, fuse_req_t req, size_t size,
+					   struct cluster_verdict *v, uint64_t agent_id,
+					   const char *path);
+/* The errno a parked write of this file ended with, 0 while none failed. */
+int cluster_verdict_error(const struct cluster_verdict *v);
+void cluster_verdict_put(struct cluster_verdict *v);
+
 /* The remote agents known now ("NAME@NODE") with their ids (stable while known),
  * sorted; fn returns non-zero to stop. */
 void cluster_remote_agents(struct cluster *cl, int (*fn)(void *ctx, const char *name, uint64_t id),

@@ -69,6 +69,7 @@ static void handle_free(struct fs *fs, struct handle *h)
 {
 	if (h->draft)
 		bus_draft_close(fs->bus, h->draft);
+	cluster_verdict_put(h->verdict);
 	waiters_forget_handle(fs, h);
 	buf_free(&h->pending);
 	buf_free(&h->doc);
@@ -516,6 +517,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 	h->writer = fuse_req_ctx(req)->pid;
 	if (h->node == N_PAIR)
 		h->unflushed += size;
+	if (h->node == N_PAIR && fs->cluster && bus_draft_remote(h->draft) &&
+	    !cluster_connected(fs->cluster)) {
+		/* Cut off: the write waits for the connection, and fails if it does not
+		 * come back in time (bash would not see an error at close). */
+		h->verdict = cluster_park_write(fs->cluster, req, size, h->verdict, h->agent_id,
+						h->path);
+		return;
+	}
 	fuse_reply_write(req, size);
 }
 
@@ -611,6 +620,13 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			 "a record is one whole JSON object", h->pending.len);
 		buf_reset(&h->pending);
 		refuse(req, "flush", h->path, h->agent_id, &err);
+		return;
+	}
+	if (h->node == N_PAIR && cluster_verdict_error(h->verdict)) {
+		/* A write of it failed while the node was cut off: nothing is sent. */
+		bus_draft_discard(fs->bus, h->draft);
+		h->unflushed = 0;
+		fuse_reply_err(req, cluster_verdict_error(h->verdict));
 		return;
 	}
 	if (h->node == N_PAIR)
@@ -733,7 +749,7 @@ static void unlink_lease_or_dead(fuse_req_t req, struct fs *fs, const struct nod
 	char id[BUS_MSG_ID_LEN + 1];
 	uint64_t token = 0;
 	uint64_t number = p->node == N_INFLIGHT ? lease_parse_file_name(name, id, &token)
-						: message_parse_file_name(name, id);
+						: message_parse_any_file_name(name, id);
 	struct bus_error err = {0};
 	if (!number) {
 		fuse_reply_err(req, ENOENT);
@@ -766,7 +782,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	char id[BUS_MSG_ID_LEN + 1];
-	uint64_t number = message_parse_file_name(name, id);
+	uint64_t number = message_parse_any_file_name(name, id);
 	struct bus_error err = {0};
 	if (!number) {
 		fuse_reply_err(req, ENOENT);

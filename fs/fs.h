@@ -73,6 +73,8 @@ struct handle {
 	uint64_t agent_id;
 	char path[160];               /* for the errors log */
 	struct bus_draft *draft;      /* N_PAIR */
+	struct cluster_verdict *verdict; /* N_PAIR to another node: shared with parked
+				       * writes (cluster.h) */
 	struct buf pending;           /* N_SEND: a record split across writes */
 	struct buf doc;               /* generated documents: rendered once at open */
 	struct bus_message *msg;      /* message files; N_NEXT once answered */

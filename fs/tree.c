@@ -405,7 +405,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	case N_OUTBOX: {
 		/* outbox/B never exists as a file: creating it starts a message. */
 		char id[BUS_MSG_ID_LEN + 1];
-		r.number = message_parse_file_name(name, id);
+		r.number = message_parse_any_file_name(name, id);
 		if (!r.number)
 			break;
 		/* The whole name must match: the right number with another msg_id is not it. */
@@ -434,7 +434,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	case N_DEAD: {
 		char id[BUS_MSG_ID_LEN + 1];
-		r.number = message_parse_file_name(name, id);
+		r.number = message_parse_any_file_name(name, id);
 		struct bus_message *m = r.number ? bus_place_get(fs->bus, p.agent_id, BUS_DEAD,
 								 r.number) : NULL;
 		if (m && strcmp(m->msg_id, id) == 0)

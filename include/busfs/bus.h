@@ -149,6 +149,8 @@ const char *bus_draft_sender(const struct bus_draft *d);
 /* For a draft to an agent on another node: the delivery number its last flush queued
  * (0 before one, and for local drafts). */
 uint64_t bus_draft_remote_number(const struct bus_draft *d);
+/* Whether the draft's recipient is on another node. */
+bool bus_draft_remote(const struct bus_draft *d);
 /* An earlier write was refused (and logged): the draft sends nothing. */
 bool bus_draft_poisoned(const struct bus_draft *d);
 

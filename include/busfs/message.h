@@ -55,6 +55,10 @@ void message_file_name(const struct bus_message *m, char *out);
 /* Parses a file name; returns the number, 0 when the name is not one of ours.
  * When msg_id is not NULL the msg_id part is copied there. */
 uint64_t message_parse_file_name(const char *name, char *msg_id);
+/* The same for any message: one from another node (SPEC §12) keeps the msg_id its
+ * node gave it, so its counter is not the number here; only the shape is checked.
+ * A caller compares the msg_id with the message the number names. */
+uint64_t message_parse_any_file_name(const char *name, char *msg_id);
 /* The counter of a msg_id, 0 when malformed. */
 uint64_t message_id_number(const char *msg_id);
 

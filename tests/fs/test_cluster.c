@@ -1,0 +1,278 @@
+/*
+ * test_cluster.c — SPEC §12: one bus across hosts on NATS JetStream. Each test starts
+ * a real 3-server nats-server cluster on loopback (nats.c) and three busfs mounts,
+ * nodes a, b and c, each with its own store, then uses them as users on three hosts
+ * would: mkdir, echo, cat, ls, rm.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "nats.h"
+
+#define NODES 3
+
+static struct nats_group nats;
+static struct bus_fixture node[NODES];
+static const char *const names[NODES] = {"a", "b", "c"};
+
+/* Starts node i's busfs; urls NULL: every server of the cluster. */
+static void node_launch(int i, const char *urls)
+{
+    const char *args[] = {"--cluster", urls ? urls : nats.urls, "--node", names[i],
+                          "--cluster-timeout", "2", "--inbox-capacity", "100000", NULL};
+    bus_launch(&node[i], args);
+}
+
+/* The cluster (with an edge server: a talks to it alone) and nodes a, b, c. */
+static void start_nodes(bool edge)
+{
+    nats_start(&nats, edge);
+    for (int i = 0; i < NODES; i++) {
+        bus_prepare(&node[i]);
+        node_launch(i, i == 0 && edge ? nats_url(&nats, NATS_EDGE) : NULL);
+    }
+}
+
+static void setup(void) { start_nodes(false); }
+
+static void teardown(void)
+{
+    for (int i = 0; i < NODES; i++) {
+        if (node[i].pid)
+            bus_kill9(&node[i]);
+        if (node[i].dir[0])
+            bus_stop(&node[i]);
+    }
+    nats_stop(&nats);
+}
+
+/* The nodes stop cleanly (exit 0, no mount left), then the cluster. */
+static void stop_all(void)
+{
+    for (int i = 0; i < NODES; i++)
+        bus_stop(&node[i]);
+    nats_stop(&nats);
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* Waits (ms) until path exists. */
+static void await_path(const char *path, int ms)
+{
+    long long end = bus_now_ms() + ms;
+    while (!exists(path)) {
+        cr_assert_lt(bus_now_ms(), end, "%s did not appear within %d ms", path, ms);
+        bus_pause_ms(50);
+    }
+}
+
+/* Waits (ms) until the directory holds n entries; returns how many it holds. */
+static long await_count(const char *dir, long n, int ms)
+{
+    long long end = bus_now_ms() + ms;
+    long c;
+    while ((c = bus_count(dir)) < n && bus_now_ms() < end)
+        bus_pause_ms(50);
+    return c;
+}
+
+#define ON(i, ...) bus_path(&node[i], __VA_ARGS__)
+
+/* alice on a, bob on b, each known on the other nodes. */
+static void alice_and_bob(void)
+{
+    cr_assert_eq(mkdir(ON(0, "agents/alice"), 0755), 0, "%s", strerror(errno));
+    cr_assert_eq(mkdir(ON(1, "agents/bob"), 0755), 0, "%s", strerror(errno));
+    await_path(ON(0, "agents/bob@b"), 20000);
+    await_path(ON(1, "agents/alice@a"), 20000);
+}
+
+/* The only file of a directory, parsed. */
+static json_t *only_message(const char *dir)
+{
+    size_t n;
+    char **files = bus_ls(dir, &n);
+    cr_assert_eq(n, 1, "%s holds %zu files", dir, n);
+    char path[PATH_MAX + 256];
+    snprintf(path, sizeof path, "%s/%s", dir, files[0]);
+    bus_ls_free(files, n);
+    json_t *m = bus_json_file(path, 0);
+    cr_assert_not_null(m, "%s is one JSON envelope", path);
+    return m;
+}
+
+Test(cluster, messages_cross_nodes_both_ways_with_acks_and_health, .init = setup,
+     .fini = teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    alice_and_bob();
+    await_path(ON(2, "agents/alice@a"), 20000);
+    await_path(ON(2, "agents/bob@b"), 20000);
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&node[2], &r, "ls agents"), 0);
+    cr_assert(bus_match("^alice@a\nbob@b\n$", r.out), "ls agents on c: %s", r.out);
+    bus_cmd_free(&r);
+
+    /* a -> b: success only once JetStream stored it; b commits it as alice@a's. */
+    cr_assert_eq(bus_sh(&node[0], &r, "echo hello > agents/alice/outbox/bob@b"), 0, "%s", r.err);
+    bus_cmd_free(&r);
+    cr_assert_eq(await_count(ON(1, "agents/bob/inbox"), 1, 10000), 1);
+    json_t *m = only_message(ON(1, "agents/bob/inbox"));
+    cr_assert_str_eq(bus_str(m, "from"), "alice@a");
+    cr_assert_str_eq(bus_str(m, "to"), "bob");
+    cr_assert_str_eq(bus_str(m, "payload"), "hello");
+    cr_assert_eq(bus_int(m, "sequence"), 1);
+    json_decref(m);
+
+    /* b -> a with requires_ack: alice's rm sends the ack back to bob@b. */
+    cr_assert_eq(bus_sh(&node[1], &r, "echo '{\"to\":\"alice@a\",\"payload\":{\"n\":1},"
+                                      "\"requires_ack\":true}' > agents/bob/send"),
+                 0, "%s", r.err);
+    bus_cmd_free(&r);
+    cr_assert_eq(await_count(ON(0, "agents/alice/inbox"), 1, 10000), 1);
+    m = only_message(ON(0, "agents/alice/inbox"));
+    cr_assert_str_eq(bus_str(m, "from"), "bob@b");
+    cr_assert(json_is_true(json_object_get(m, "requires_ack")));
+    json_decref(m);
+    cr_assert_eq(bus_sh(&node[0], &r, "rm agents/alice/inbox/*"), 0, "%s", r.err);
+    bus_cmd_free(&r);
+    cr_assert_eq(await_count(ON(1, "agents/bob/inbox"), 2, 10000), 2, "the ack came back");
+    cr_assert_eq(bus_sh(&node[1], &r, "cat agents/bob/inbox/* | jq -r .type | sort | tr '\\n' ' '"),
+                 0);
+    cr_assert_str_eq(r.out, "ack message ");
+    bus_cmd_free(&r);
+
+    /* An agent no node has: ENOENT at once, with the reason logged. */
+    cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/nobody@b"), "x\n"), ENOENT);
+
+    /* Health: remote agents and the nodes in health/status; agents/bob@b/health. */
+    cr_assert_eq(bus_sh(&node[1], &r, "echo '{\"status\":\"healthy\"}' > agents/bob/health"),
+                 0);
+    bus_cmd_free(&r);
+    long long end = bus_now_ms() + 5000;
+    json_t *st = NULL;
+    for (;;) {
+        json_decref(st);
+        st = bus_json_file(ON(0, "health/status"), 0);
+        cr_assert_not_null(st);
+        const char *bob = json_string_value(
+            json_object_get(json_object_get(json_object_get(st, "agents"), "bob@b"), "status"));
+        if ((bob && strcmp(bob, "healthy") == 0) || bus_now_ms() > end)
+            break;
+        bus_pause_ms(100);
+    }
+    json_t *nodes = json_object_get(st, "nodes");
+    for (int i = 0; i < NODES; i++)
+        cr_assert_str_eq(json_string_value(json_object_get(json_object_get(nodes, names[i]),
+                                                           "status")),
+                         "up", "node %s in health/status", names[i]);
+    cr_assert_str_eq(json_string_value(json_object_get(
+                         json_object_get(json_object_get(st, "agents"), "bob@b"), "status")),
+                     "healthy");
+    json_decref(st);
+    json_t *h = bus_json_file(ON(0, "agents/bob@b/health"), 0);
+    cr_assert_str_eq(bus_str(h, "agent"), "bob@b");
+    cr_assert_str_eq(bus_str(h, "status"), "healthy");
+    json_decref(h);
+    struct stat sb;
+    cr_assert_eq(stat(ON(0, "agents/bob@b"), &sb), 0);
+    cr_assert_eq(sb.st_mode & 07777, 0555, "a remote agent is a read-only directory");
+    cr_assert_neq(mkdir(ON(0, "agents/bob@b/inbox"), 0755), 0);
+    stop_all();
+}
+
+Test(cluster, a_message_for_an_agent_gone_there_comes_back_undeliverable, .init = setup,
+     .fini = teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    alice_and_bob();
+    /* b stops; JetStream keeps what is sent to it. */
+    bus_terminate(&node[1]);
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&node[0], &r, "echo '{\"to\":\"bob@b\",\"payload\":1,"
+                                      "\"correlation_id\":\"q-1\"}' > agents/alice/send"),
+                 0, "%s", r.err);
+    bus_cmd_free(&r);
+    /* b comes back on an empty store: there is no bob there any more. */
+    cr_assert_eq(bus_sh(&node[1], NULL, "rm -rf %s && mkdir %s", node[1].store, node[1].store),
+                 0);
+    node_launch(1, NULL);
+    cr_assert_eq(await_count(ON(0, "agents/alice/inbox"), 1, 15000), 1);
+    json_t *m = only_message(ON(0, "agents/alice/inbox"));
+    cr_assert_str_eq(bus_str(m, "type"), "undeliverable");
+    cr_assert_str_eq(bus_str(m, "from"), "bob@b");
+    char *text = json_dumps(m, JSON_COMPACT);
+    cr_assert_str_eq(json_string_value(json_object_get(m, "correlation_id")), "q-1", "%s", text);
+    free(text);
+    json_t *p = json_object_get(m, "payload");
+    cr_assert(strstr(json_string_value(json_object_get(p, "reason")), "bob"));
+    json_decref(m);
+    /* ... and the node that lost bob no longer offers it. */
+    long long end = bus_now_ms() + 5000;
+    while (exists(ON(0, "agents/bob@b")) && bus_now_ms() < end)
+        bus_pause_ms(100);
+    cr_assert_not(exists(ON(0, "agents/bob@b")), "bob@b is gone from a's agents/");
+    stop_all();
+}
+
+/* a talks to the edge server only (as to the NATS server on its own host), so
+ * stopping that server cuts a off while the JetStream servers go on. */
+static void setup_a_on_the_edge(void) { start_nodes(true); }
+
+Test(cluster, a_node_cut_off_keeps_its_local_bus_and_resumes_without_a_restart,
+     .init = setup_a_on_the_edge, .fini = teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    alice_and_bob();
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&node[0], &r, "echo before > agents/alice/outbox/bob@b"), 0, "%s",
+                 r.err);
+    bus_cmd_free(&r);
+    nats_kill9(&nats, NATS_EDGE);
+
+    /* The local bus works; a remote send fails with ETIMEDOUT and is not sent. */
+    cr_assert_eq(mkdir(ON(0, "agents/carol"), 0755), 0);
+    cr_assert_eq(bus_sh(&node[0], &r, "echo local > agents/alice/outbox/carol"), 0, "%s", r.err);
+    bus_cmd_free(&r);
+    cr_assert_eq(bus_count(ON(0, "agents/carol/inbox")), 1);
+    long long t0 = bus_now_ms();
+    char *argv[] = {"bash", "-c", "echo cut-off > agents/alice/outbox/bob@b", NULL};
+    cr_assert_neq(bus_exec(node[0].mnt, argv, 30000, &r), 0, "bash's echo fails");
+    cr_assert(strstr(r.err, "Connection timed out"), "ETIMEDOUT: %s", r.err);
+    cr_assert_lt(bus_now_ms() - t0, 8000, "within --cluster-timeout and a little");
+    bus_cmd_free(&r);
+    cr_assert_eq(bus_sh(&node[0], &r, "grep -c ETIMEDOUT agents/alice/errors"), 0,
+                 "the reason is in alice's errors");
+    bus_cmd_free(&r);
+    /* Meanwhile b sends to alice: JetStream holds it for a. */
+    cr_assert_eq(bus_sh(&node[1], &r, "echo while-away > agents/bob/outbox/alice@a"), 0, "%s",
+                 r.err);
+    bus_cmd_free(&r);
+
+    /* The server comes back: a resumes by itself. */
+    nats_restart(&nats, NATS_EDGE);
+    long long end = bus_now_ms() + 20000;
+    int rc;
+    while ((rc = bus_sh(&node[0], NULL, "echo after > agents/alice/outbox/bob@b")) != 0 &&
+           bus_now_ms() < end)
+        bus_pause_ms(200);
+    cr_assert_eq(rc, 0, "a remote send works again after the reconnect");
+    if (await_count(ON(0, "agents/alice/inbox"), 1, 15000) != 1) {
+        struct bus_cmd d;
+        bus_sh(&node[0], &d, "cat %s %s; curl -s 'http://127.0.0.1:%d/jsz?consumers=true' | jq -c '.account_details[0].stream_detail[0].consumer_detail[] | {name, num_pending, num_ack_pending, num_waiting, num_redelivered, delivered, ack_floor, cluster: .cluster.leader}'", node[0].log, node[1].log, nats.http_port[1]);
+        cr_assert_fail("b's message did not arrive: %s", d.out);
+    }
+    cr_assert_eq(await_count(ON(1, "agents/bob/inbox"), 2, 10000), 2);
+    bus_pause_ms(500);
+    cr_assert_eq(bus_sh(&node[1], &r, "cat agents/bob/inbox/* | jq -r .payload | tr '\\n' ' '"),
+                 0);
+    cr_assert_str_eq(r.out, "before after ", "the timed-out send was not delivered");
+    bus_cmd_free(&r);
+    stop_all();
+}
