@@ -44,6 +44,8 @@
 #define HEALTH_BUCKET "busfs_health"
 #define FETCH_BATCH 64
 #define RETRY_DELAY_MS 1000
+#define PUBLISH_BATCH 64
+#define ACK_WAIT_MS 5000
 
 struct parked_send {
 	fuse_req_t req;
@@ -72,6 +74,15 @@ struct names {
 	char **v;
 	size_t n, cap;
 	bool oom;
+};
+
+/* One message of the batch in flight: claimed, published asynchronously, and what
+ * JetStream answered for it (set by on_pub_ack on a libnats thread, under
+ * batch_lock). */
+struct batch_entry {
+	struct bus_outgoing out;
+	natsStatus result;
+	bool answered;
 };
 
 struct cluster_verdict {
@@ -111,6 +122,9 @@ struct cluster {
 	pthread_cond_t cond;     /* the publisher sleeps on it */
 	struct parked_send *parked;
 	struct parked_write *writes;
+	pthread_mutex_t batch_lock; /* the batch the publisher has out (publisher_main) */
+	struct batch_entry batch[PUBLISH_BATCH];
+	size_t nbatch;
 	struct remote *remote;   /* known remote agents, in id order */
 	size_t nremote;
 	uint64_t next_remote_id; /* ids for the listing's inode numbers: never reused */
@@ -119,6 +133,7 @@ struct cluster {
 	struct names local;      /* local agents put into busfs_agents (receiver only) */
 	bool synced;             /* local was read back from busfs_agents once */
 	bool stop;
+	atomic_bool reconnected;  /* set by on_reconnected, taken by the receiver */
 	pthread_t publisher, receiver;
 	bool publisher_started, receiver_started;
 };
@@ -344,7 +359,7 @@ static bool consumer_ready(struct cluster *cl)
 	so.Config.MaxDeliver = -1;
 	/* A batch delivered while this node was away is lost in transit and comes again
 	 * after AckWait: short, since a commit takes milliseconds. */
-	so.Config.AckWait = (int64_t)5 * 1000000000;
+	so.Config.AckWait = (int64_t)ACK_WAIT_MS * 1000000;
 	jsErrCode jerr = 0;
 	natsStatus s = js_PullSubscribe(&cl->sub, cl->js, subject, durable, NULL, &so, &jerr);
 	if (s != NATS_OK) {
@@ -513,7 +528,8 @@ static void sync_agents(struct cluster *cl)
 		names_free(&local);
 		return;
 	}
-	qsort(local.v, local.n, sizeof *local.v, cmp_str);
+	if (local.n)
+		qsort(local.v, local.n, sizeof *local.v, cmp_str);
 	char key[2 * BUS_NAME_MAX + 2];
 	bool ok = true;
 	if (!cl->synced) {
@@ -530,7 +546,8 @@ static void sync_agents(struct cluster *cl)
 			names_free(&local);
 			return;
 		}
-		qsort(cl->local.v, cl->local.n, sizeof *cl->local.v, cmp_str);
+		if (cl->local.n)
+			qsort(cl->local.v, cl->local.n, sizeof *cl->local.v, cmp_str);
 		cl->synced = true;
 	}
 	int64_t now = now_us();
@@ -656,7 +673,8 @@ static void reconcile_agents(struct cluster *cl)
 		names_free(&remote);
 		return;
 	}
-	qsort(remote.v, remote.n, sizeof *remote.v, cmp_str);
+	if (remote.n)
+		qsort(remote.v, remote.n, sizeof *remote.v, cmp_str);
 	pthread_mutex_lock(&cl->lock);
 	for (size_t i = cl->nremote; i-- > 0;)
 		if (!names_has(&remote, cl->remote[i].name))
@@ -812,6 +830,26 @@ void cluster_status_splice(struct cluster *cl, struct buf *out)
 
 /* ---------- the receiver ---------- */
 
+/* After a start or a reconnect: messages JetStream delivered to a fetch that died
+ * with the old connection (or the old process) are unacknowledged and come again
+ * after AckWait, first, before newer ones. Fetching at once would commit newer
+ * messages before them, out of their senders' order; so wait for them. */
+static void await_redeliveries(struct cluster *cl)
+{
+	char durable[BUS_NAME_MAX + 8];
+	snprintf(durable, sizeof durable, "node-%s", cl->node);
+	jsConsumerInfo *ci = NULL;
+	jsErrCode jerr = 0;
+	if (js_GetConsumerInfo(&ci, cl->js, STREAM, durable, NULL, &jerr) == NATS_OK &&
+	    ci->NumAckPending > 0) {
+		log_msg(LOG_INFO, "cluster: %lld message(s) fetched before are unacknowledged: "
+			"waiting %d ms for them to come again, in order",
+			(long long)ci->NumAckPending, ACK_WAIT_MS);
+		nats_Sleep(ACK_WAIT_MS + 200);
+	}
+	jsConsumerInfo_Destroy(ci);
+}
+
 static void receive_one(struct cluster *cl, natsMsg *msg)
 {
 	const char *subject = natsMsg_GetSubject(msg);
@@ -833,8 +871,8 @@ static void receive_one(struct cluster *cl, natsMsg *msg)
 	if (rc < 0 && rc != -ENOENT)
 		log_msg(LOG_WARNING, "cluster: dropped a message on %s: %s", subject, err.reason);
 	/* In the store (or refused for good): JetStream may forget it. A lost ack brings
-	 * it back, and its msg_id is recognised then. */
-	natsMsg_AckSync(msg, NULL, NULL);
+	 * it back after AckWait, and its msg_id is recognised then. */
+	natsMsg_Ack(msg, NULL);
 }
 
 static void *receiver_main(void *arg)
@@ -862,7 +900,10 @@ static void *receiver_main(void *arg)
 			}
 			log_msg(LOG_INFO, "cluster: node %s joined (stream %s)", cl->node, STREAM);
 			last_sync = last_reconcile = 0;
+			atomic_store(&cl->reconnected, true);
 		}
+		if (atomic_exchange(&cl->reconnected, false))
+			await_redeliveries(cl);
 		watch_agents(cl);
 		if (now_us() - last_sync >= 1000000) {
 			watch_health(cl);
@@ -892,25 +933,100 @@ static void *receiver_main(void *arg)
 
 /* ---------- the publisher ---------- */
 
-static natsStatus publish(struct cluster *cl, const struct bus_outgoing *out, int64_t wait_ms)
+static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
-	char subject[2 * BUS_NAME_MAX + 16];
-	snprintf(subject, sizeof subject, "busfs.msg.%s.%s", out->node, out->agent);
-	natsMsg *msg = NULL;
-	natsStatus s = natsMsg_Create(&msg, subject, NULL, out->m->envelope, (int)out->m->len);
-	if (s == NATS_OK)
-		s = natsMsgHeader_Set(msg, "Busfs-Node", cl->node);
+	(void)js;
+	struct cluster *cl = closure;
+	const char *id = NULL;
+	natsMsgHeader_Get(msg, "Nats-Msg-Id", &id);
+	pthread_mutex_lock(&cl->batch_lock);
+	for (size_t i = 0; id && i < cl->nbatch; i++) {
+		struct batch_entry *e = &cl->batch[i];
+		if (!e->answered && strcmp(e->out.m->msg_id, id) == 0) {
+			e->answered = true;
+			e->result = pa && !pae ? NATS_OK : pae ? pae->Err : NATS_ERR;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&cl->batch_lock);
+	(void)pa;
+	natsMsg_Destroy(msg);
+}
+
+/* Publishes the claimed batch asynchronously and waits (--cluster-timeout) for every
+ * ack. An entry with no answer by then is NATS_TIMEOUT: it was sent. */
+static void publish_batch(struct cluster *cl)
+{
+	natsStatus sent = NATS_OK;
+	for (size_t i = 0; i < cl->nbatch; i++) {
+		struct batch_entry *e = &cl->batch[i];
+		char subject[2 * BUS_NAME_MAX + 16];
+		snprintf(subject, sizeof subject, "busfs.msg.%s.%s", e->out.node, e->out.agent);
+		natsMsg *msg = NULL;
+		natsStatus s = sent;
+		if (s == NATS_OK)
+			s = natsMsg_Create(&msg, subject, NULL, e->out.m->envelope, (int)e->out.m->len);
+		if (s == NATS_OK)
+			s = natsMsgHeader_Set(msg, "Busfs-Node", cl->node);
+		jsPubOptions po;
+		jsPubOptions_Init(&po);
+		po.MsgId = e->out.m->msg_id;
+		if (s == NATS_OK)
+			s = js_PublishMsgAsync(cl->js, &msg, &po);
+		natsMsg_Destroy(msg);
+		if (s != NATS_OK) {
+			/* Not sent (no connection: nothing is buffered while away). */
+			pthread_mutex_lock(&cl->batch_lock);
+			e->answered = true;
+			e->result = s;
+			pthread_mutex_unlock(&cl->batch_lock);
+			sent = s;
+		}
+	}
 	jsPubOptions po;
 	jsPubOptions_Init(&po);
-	po.MsgId = out->m->msg_id;
-	po.MaxWait = wait_ms;
-	jsPubAck *ack = NULL;
-	jsErrCode jerr = 0;
-	if (s == NATS_OK)
-		s = js_PublishMsg(&ack, cl->js, msg, &po, &jerr);
-	jsPubAck_Destroy(ack);
-	natsMsg_Destroy(msg);
-	return s;
+	po.MaxWait = (int64_t)(cl->cfg.timeout_s * 1000);
+	if (js_PublishAsyncComplete(cl->js, &po) != NATS_OK) {
+		/* Sent and not acknowledged in time: drop them from libnats's list. */
+		natsMsgList pending = {0};
+		if (js_PublishAsyncGetPendingList(&pending, cl->js) == NATS_OK)
+			natsMsgList_Destroy(&pending);
+	}
+	pthread_mutex_lock(&cl->batch_lock);
+	for (size_t i = 0; i < cl->nbatch; i++)
+		if (!cl->batch[i].answered) {
+			cl->batch[i].answered = true;
+			cl->batch[i].result = NATS_TIMEOUT;
+		}
+	pthread_mutex_unlock(&cl->batch_lock);
+}
+
+/* What a publish came to, for the store and for the send waiting on it. Under
+ * cl->lock. */
+static void conclude(struct cluster *cl, const struct bus_outgoing *out, natsStatus s)
+{
+	if (s == NATS_OK) {
+		bus_outgoing_done(cl->bus, out->number, out->token);
+		settle(cl, out->number, 0);
+		return;
+	}
+	bool waited = false;
+	for (struct parked_send *p = cl->parked; p && !waited; p = p->next)
+		for (size_t i = 0; i < p->n && !waited; i++)
+			waited = p->numbers[i] == out->number;
+	if (waited && s == NATS_TIMEOUT) {
+		/* Sent, never acknowledged: the sender hears ETIMEDOUT and this message is
+		 * not published again. */
+		bus_outgoing_done(cl->bus, out->number, out->token);
+		settle(cl, out->number, ETIMEDOUT);
+	} else {
+		/* Not sent, or no one waits: again soon, until it is stored or its sender's
+		 * deadline passes. */
+		bus_outgoing_retry(cl->bus, out->number, out->token,
+				   waited ? 0.1 : RETRY_DELAY_MS / 1000.0);
+	}
+	log_msg(LOG_INFO, "cluster: publish to %s@%s: %s", out->agent, out->node,
+		natsStatus_GetText(s));
 }
 
 static void *publisher_main(void *arg)
@@ -926,9 +1042,19 @@ static void *publisher_main(void *arg)
 		answer_writes(cl, false);
 		pthread_mutex_unlock(&cl->lock);
 
-		struct bus_outgoing out = {0};
-		bool connected = cluster_connected(cl);
-		if (!connected || bus_outgoing_claim(cl->bus, cl->cfg.timeout_s + 30, &out) < 0) {
+		/* Up to PUBLISH_BATCH queued messages, published together. */
+		pthread_mutex_lock(&cl->batch_lock);
+		cl->nbatch = 0;
+		pthread_mutex_unlock(&cl->batch_lock);
+		struct batch_entry e = {0};
+		while (cluster_connected(cl) && cl->nbatch < PUBLISH_BATCH &&
+		       bus_outgoing_claim(cl->bus, cl->cfg.timeout_s + 30, &e.out) == 0) {
+			pthread_mutex_lock(&cl->batch_lock);
+			cl->batch[cl->nbatch++] = e;
+			pthread_mutex_unlock(&cl->batch_lock);
+			memset(&e, 0, sizeof e);
+		}
+		if (!cl->nbatch) {
 			/* Nothing ready (or no connection): sleep until a send is parked. */
 			struct timespec until;
 			clock_gettime(CLOCK_REALTIME, &until);
@@ -943,32 +1069,16 @@ static void *publisher_main(void *arg)
 			pthread_mutex_unlock(&cl->lock);
 			continue;
 		}
-		natsStatus s = publish(cl, &out, (int64_t)(cl->cfg.timeout_s * 1000));
+		publish_batch(cl);
 		pthread_mutex_lock(&cl->lock);
-		if (s == NATS_OK) {
-			bus_outgoing_done(cl->bus, out.number, out.token);
-			settle(cl, out.number, 0);
-		} else {
-			bool waited = false;
-			for (struct parked_send *p = cl->parked; p && !waited; p = p->next)
-				for (size_t i = 0; i < p->n && !waited; i++)
-					waited = p->numbers[i] == out.number;
-			if (waited && s == NATS_TIMEOUT) {
-				/* Sent, never acknowledged: the sender hears ETIMEDOUT and this
-				 * message is not published again. */
-				bus_outgoing_done(cl->bus, out.number, out.token);
-				settle(cl, out.number, ETIMEDOUT);
-			} else {
-				/* Not sent (no connection: nothing is buffered while away): again
-				 * soon, until it is stored or its sender's deadline passes. */
-				bus_outgoing_retry(cl->bus, out.number, out.token,
-						   waited ? 0.1 : RETRY_DELAY_MS / 1000.0);
-			}
-			log_msg(LOG_INFO, "cluster: publish to %s@%s: %s", out.agent, out.node,
-				natsStatus_GetText(s));
-		}
+		for (size_t i = 0; i < cl->nbatch; i++)
+			conclude(cl, &cl->batch[i].out, cl->batch[i].result);
 		pthread_mutex_unlock(&cl->lock);
-		bus_outgoing_release(&out);
+		pthread_mutex_lock(&cl->batch_lock);
+		for (size_t i = 0; i < cl->nbatch; i++)
+			bus_outgoing_release(&cl->batch[i].out);
+		cl->nbatch = 0;
+		pthread_mutex_unlock(&cl->batch_lock);
 	}
 	return NULL;
 }
@@ -987,6 +1097,7 @@ static void on_reconnected(natsConnection *nc, void *closure)
 {
 	(void)nc;
 	struct cluster *cl = closure;
+	atomic_store(&cl->reconnected, true);
 	log_msg(LOG_INFO, "cluster: node %s reconnected", cl->node);
 }
 
@@ -1002,6 +1113,7 @@ struct cluster *cluster_start(struct bus *bus, const struct cluster_config *cfg)
 	snprintf(cl->node, sizeof cl->node, "%s", cfg->node);
 	snprintf(cl->subject_prefix, sizeof cl->subject_prefix, "busfs.msg.%s.", cfg->node);
 	pthread_mutex_init(&cl->lock, NULL);
+	pthread_mutex_init(&cl->batch_lock, NULL);
 	pthread_cond_init(&cl->cond, NULL);
 	bus_set_node(bus, cfg->node);
 
@@ -1043,6 +1155,9 @@ struct cluster *cluster_start(struct bus *bus, const struct cluster_config *cfg)
 	jsOptions jo;
 	jsOptions_Init(&jo);
 	jo.Wait = (int64_t)(cfg->timeout_s * 1000);
+	jo.PublishAsync.AckHandler = on_pub_ack;
+	jo.PublishAsync.AckHandlerClosure = cl;
+	jo.PublishAsync.MaxPending = PUBLISH_BATCH;
 	if (s == NATS_OK)
 		s = natsConnection_JetStream(&cl->js, cl->nc, &jo);
 	if (s != NATS_OK) {
@@ -1100,6 +1215,7 @@ void cluster_stop(struct cluster *cl)
 	free(cl->health);
 	names_free(&cl->local);
 	pthread_cond_destroy(&cl->cond);
+	pthread_mutex_destroy(&cl->batch_lock);
 	pthread_mutex_destroy(&cl->lock);
 	free(cl);
 	nats_Close();

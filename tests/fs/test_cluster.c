@@ -276,3 +276,127 @@ Test(cluster, a_node_cut_off_keeps_its_local_bus_and_resumes_without_a_restart,
     bus_cmd_free(&r);
     stop_all();
 }
+
+/* ---- kill -9 under traffic -------------------------------------------- */
+
+#define SENDERS 4
+#define PER_SENDER 2000
+
+/* Sender k's log: "K i" for each send that returned success, "F i" for each that did
+ * not; outcome[k][i] = 'K' or 'F'. */
+static void read_sender_log(const char *out, char *outcome)
+{
+    for (const char *p = out; p && *p;) {
+        char what;
+        int i;
+        if (sscanf(p, "%c %d", &what, &i) == 2 && i >= 1 && i <= PER_SENDER)
+            outcome[i] = what;
+        p = strchr(p, '\n');
+        if (p)
+            p++;
+    }
+}
+
+/* Waits until bob's inbox stops growing for 3 s (at least want files). */
+static long settle_inbox(long want, int ms)
+{
+    long long end = bus_now_ms() + ms, still_since = bus_now_ms();
+    long last = -1, n;
+    for (;;) {
+        n = bus_count(ON(1, "agents/bob/inbox"));
+        if (n != last)
+            still_since = bus_now_ms();
+        last = n;
+        if ((n >= want && bus_now_ms() - still_since >= 3000) || bus_now_ms() > end)
+            return n;
+        bus_pause_ms(200);
+    }
+}
+
+Test(cluster, sends_survive_kill_9_of_a_nats_server_and_of_the_receiving_node, .init = setup,
+     .fini = teardown, .timeout = 240)
+{
+    /* Senders s0, s1 on a and s2, s3 on c, all to bob on b. */
+    static const int on[SENDERS] = {0, 0, 2, 2};
+    for (int k = 0; k < SENDERS; k++) {
+        char path[64];
+        snprintf(path, sizeof path, "agents/s%d", k);
+        cr_assert_eq(mkdir(ON(on[k], "%s", path), 0755), 0);
+    }
+    cr_assert_eq(mkdir(ON(1, "agents/bob"), 0755), 0);
+    await_path(ON(0, "agents/bob@b"), 20000);
+    await_path(ON(2, "agents/bob@b"), 20000);
+
+    struct bus_proc senders[SENDERS];
+    for (int k = 0; k < SENDERS; k++)
+        bus_spawn(&node[on[k]], &senders[k],
+                  "i=1; while [ $i -le %d ]; do "
+                  "if echo '{\"to\":\"bob@b\",\"payload\":\"s%d-'$i'\"}' > agents/s%d/send "
+                  "2>/dev/null; then echo K $i; else echo F $i; fi; i=$((i+1)); done",
+                  PER_SENDER, k, k);
+
+    /* Mid-traffic: a JetStream server dies and comes back, then b's busfs. */
+    bus_pause_ms(1500);
+    nats_kill9(&nats, 1);
+    bus_pause_ms(2000);
+    nats_restart(&nats, 1);
+    bus_pause_ms(1000);
+    bus_kill9(&node[1]);
+    bus_pause_ms(1000);
+    node_launch(1, NULL);
+
+    char outcome[SENDERS][PER_SENDER + 1];
+    long ok = 0, failed = 0;
+    for (int k = 0; k < SENDERS; k++) {
+        char *out = NULL;
+        cr_assert_eq(bus_proc_wait(&senders[k], 180000, &out), 0, "sender %d", k);
+        memset(outcome[k], 0, sizeof outcome[k]);
+        read_sender_log(out, outcome[k]);
+        free(out);
+        for (int i = 1; i <= PER_SENDER; i++) {
+            cr_assert(outcome[k][i] == 'K' || outcome[k][i] == 'F', "sender %d, send %d: "
+                      "no outcome", k, i);
+            ok += outcome[k][i] == 'K';
+            failed += outcome[k][i] == 'F';
+        }
+    }
+    cr_assert_gt(ok, SENDERS * PER_SENDER / 2, "most sends succeeded (%ld failed)", failed);
+
+    /* Every send that returned success is in bob's inbox exactly once; per sender,
+     * sequences go 1, 2, 3 ... in inbox order and the payloads only grow. */
+    long n = settle_inbox(ok, 60000);
+    size_t count;
+    char **files = bus_ls(ON(1, "agents/bob/inbox"), &count);
+    cr_assert_eq((long)count, n);
+    int seen[SENDERS][PER_SENDER + 1];
+    memset(seen, 0, sizeof seen);
+    long long last_seq[SENDERS] = {0};
+    int last_i[SENDERS] = {0};
+    for (size_t f = 0; f < count; f++) {
+        json_t *m = bus_json_file(ON(1, "agents/bob/inbox/%s", files[f]), 0);
+        cr_assert_not_null(m, "%s", files[f]);
+        int k, i;
+        cr_assert_eq(sscanf(bus_str(m, "payload"), "s%d-%d", &k, &i), 2);
+        cr_assert(k >= 0 && k < SENDERS && i >= 1 && i <= PER_SENDER);
+        char from[32];
+        snprintf(from, sizeof from, "s%d@%s", k, names[on[k]]);
+        cr_assert_str_eq(bus_str(m, "from"), from);
+        cr_assert_eq(seen[k][i], 0, "s%d-%d delivered twice", k, i);
+        seen[k][i] = 1;
+        cr_assert_eq(bus_int(m, "sequence"), last_seq[k] + 1, "s%d: sequence %lld after %lld",
+                     k, (long long)bus_int(m, "sequence"), last_seq[k]);
+        last_seq[k]++;
+        cr_assert_gt(i, last_i[k], "s%d-%d after s%d-%d", k, i, k, last_i[k]);
+        last_i[k] = i;
+        cr_assert(outcome[k][i] == 'K' || outcome[k][i] == 'F');
+        json_decref(m);
+    }
+    bus_ls_free(files, count);
+    long lost = 0;
+    for (int k = 0; k < SENDERS; k++)
+        for (int i = 1; i <= PER_SENDER; i++)
+            lost += outcome[k][i] == 'K' && !seen[k][i];
+    cr_assert_eq(lost, 0, "%ld sends that returned success are not in bob's inbox", lost);
+    cr_log_info("kill -9 under traffic: %ld sent, %ld failed, %ld delivered", ok, failed, n);
+    stop_all();
+}
