@@ -66,6 +66,12 @@ static size_t name_index(struct bus *bus, const char *name, bool *found)
 	return lo;
 }
 
+struct agent *bus_find_agent(struct bus *bus, const char *name)
+{
+	struct agent *a = bus_find(bus, name);
+	return gateway_is(a) ? NULL : a;
+}
+
 struct agent *bus_find(struct bus *bus, const char *name)
 {
 	if (strchr(name, '@'))
@@ -294,7 +300,7 @@ int agent_del_apply(struct bus *bus, struct reader *r)
 	char name[BUS_NAME_MAX + 1];
 	struct agent *a;
 	rd_str(r, name, sizeof name);
-	if (r->bad || !(a = bus_find(bus, name)))
+	if (r->bad || !(a = bus_find_agent(bus, name)))
 		return -EINVAL;
 	want_wake(bus, a->id);
 	event_emit(bus, "agent_removed", a->name, NULL);
@@ -315,7 +321,7 @@ int state_apply(struct bus *bus, struct reader *r)
 	struct agent *a;
 	rd_str(r, name, sizeof name);
 	uint8_t draining = rd_u8(r);
-	if (r->bad || !(a = bus_find(bus, name)))
+	if (r->bad || !(a = bus_find_agent(bus, name)))
 		return -EINVAL;
 	if (a->draining != (bool)draining)
 		event_emit(bus, draining ? "drained" : "resumed", a->name, NULL);
@@ -362,7 +368,7 @@ int bus_agent_create(struct bus *bus, const char *name, uid_t uid, gid_t gid,
 int bus_agent_remove(struct bus *bus, const char *name, uid_t uid, struct bus_error *err)
 {
 	bus_lock(bus);
-	struct agent *a = bus_find(bus, name);
+	struct agent *a = bus_find_agent(bus, name);
 	int rc = 0;
 	if (!a)
 		rc = bus_fail(err, ENOENT, "no agent named %.80s", name);
@@ -392,7 +398,7 @@ int bus_agent_remove(struct bus *bus, const char *name, uid_t uid, struct bus_er
 int bus_agent_by_name(struct bus *bus, const char *name, struct bus_agent_info *out)
 {
 	bus_lock(bus);
-	struct agent *a = bus_find(bus, name);
+	struct agent *a = bus_find_agent(bus, name);
 	if (a)
 		agent_info(a, out);
 	pthread_mutex_unlock(&bus->lock);

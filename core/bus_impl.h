@@ -228,8 +228,10 @@ int lease_grant_locked(struct bus *bus, struct agent *a, struct bus_message *m, 
 int lease_release_locked(struct bus *bus, struct agent *a, struct bus_message *m,
 			 int64_t ready_us, int64_t now, struct bus_error *err);
 
-/* agents.c: bus_find also resolves "NAME@NODE" and "@NODE" to an existing gateway. */
+/* agents.c: bus_find also resolves "NAME@NODE" and "@NODE" to an existing gateway;
+ * bus_find_agent only finds agents (records and calls about agents use it). */
 struct agent *bus_find(struct bus *bus, const char *name);
+struct agent *bus_find_agent(struct bus *bus, const char *name);
 struct agent *bus_find_id(struct bus *bus, uint64_t id);
 /* The index in bus->by_id of the first agent whose id is >= id. */
 size_t bus_id_index(const struct bus *bus, uint64_t id);

@@ -41,7 +41,7 @@ int health_apply(struct bus *bus, struct reader *r)
 		return -EINVAL;
 	const char *reason = rd_bytes(r, &rlen);
 	const char *extra = rd_bytes(r, &xlen);
-	if (r->bad || status > HEALTH_UNHEALTHY || !(a = bus_find(bus, name)))
+	if (r->bad || status > HEALTH_UNHEALTHY || !(a = bus_find_agent(bus, name)))
 		return -EINVAL;
 	if (a->health != (enum health_status)status || !a->last_seen_us) {
 		char f[48];
@@ -65,7 +65,7 @@ int beat_apply(struct bus *bus, struct reader *r)
 	struct agent *a;
 	rd_str(r, name, sizeof name);
 	uint64_t seen = rd_u64(r);
-	if (r->bad || seen > (uint64_t)INT64_MAX / 2 || !(a = bus_find(bus, name)))
+	if (r->bad || seen > (uint64_t)INT64_MAX / 2 || !(a = bus_find_agent(bus, name)))
 		return -EINVAL;
 	a->last_seen_us = (int64_t)seen;
 	bus_time_format(a->last_seen_us, a->last_seen_text);

@@ -280,3 +280,21 @@ REMOTE_TEST(a_full_inbox_delays_a_fetched_message)
     cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", other, strlen(other), &err), -EAGAIN,
                  "not remembered: it is delivered once there is room");
 }
+
+REMOTE_TEST(a_gateway_is_no_agent_to_find_remove_or_report_for)
+{
+    struct bus_sent sent = {0};
+    struct bus_error err = {0};
+    cr_assert_eq(send_record("{\"to\":\"bob@b\",\"payload\":1}", &sent, &err), 0, "%s", err.reason);
+    struct bus_agent_info info;
+    cr_assert_eq(bus_agent_by_name(the_bus, "bob@b", &info), -ENOENT);
+    cr_assert_eq(bus_agent_by_name(the_bus, "@b", &info), -ENOENT);
+    cr_assert_eq(bus_agent_remove(the_bus, "@b", 0, &err), -ENOENT);
+    cr_assert_eq(bus_agent_remove(the_bus, "bob@b", 0, &err), -ENOENT);
+    cr_assert_eq(bus_health_report(the_bus, (UINT64_C(1) << 60), 0, "{\"status\":\"healthy\"}",
+                                   20, &err) < 0, true);
+    cr_assert_eq(bus_outgoing_depth(the_bus), 1, "the queue is untouched");
+    reopen();
+    cr_assert_eq(bus_outgoing_depth(the_bus), 1);
+    free(sent.remote);
+}
