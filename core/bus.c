@@ -247,6 +247,9 @@ void bus_stats(struct bus *bus, struct bus_stats *out)
 	out->uptime_s = bus_clock_monotonic() - bus->started;
 	out->agents = (uint32_t)bus->nagents;
 	out->pending = bus->pending;
+	out->remote_queued = 0;
+	for (size_t i = 0; i < bus->ngateways; i++)
+		out->remote_queued += agent_held(bus->gateways[i]);
 	out->delivered_total = bus->delivered_total;
 	out->rejected_total = bus->rejected_total;
 	out->store_bytes = store_bytes(bus->store);

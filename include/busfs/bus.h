@@ -71,6 +71,7 @@ struct bus_stats {
 	double uptime_s;
 	uint32_t agents;
 	uint64_t pending;
+	uint64_t remote_queued;  /* of pending: queued for other nodes (remote.h) */
 	uint64_t delivered_total;
 	uint64_t rejected_total;
 	uint64_t store_bytes;

@@ -17,6 +17,7 @@
 
 #include "busfs/bus.h"
 #include "busfs/clock.h"
+#include "busfs/remote.h"
 #include "busfs/store.h"
 
 static int64_t now = INT64_C(1795410312123456);
@@ -265,6 +266,37 @@ static void leases(struct bus *bus)
 	buf_free(&out);
 }
 
+/* Messages to and from another node (remote.h): one published, one queued, one being
+ * published; one fetched from there and acked (its ack queued back). */
+static void remote(struct bus *bus)
+{
+	struct bus_error err = {0};
+	bus_set_node(bus, "a");
+	ok(bus_remote_known(bus, "bob@b", true), &err, "known");
+	uint64_t alice = agent(bus, "alice");
+	send(bus, alice, "{\"to\":\"bob@b\",\"payload\":1}\n{\"to\":\"bob@b\",\"payload\":2}\n"
+			 "{\"to\":\"bob@b\",\"payload\":3,\"requires_ack\":true}\n");
+	struct bus_outgoing out = {0};
+	ok(bus_outgoing_claim(bus, 30, &out), &err, "claim outgoing");
+	ok(bus_outgoing_done(bus, out.number, out.token), &err, "done");
+	bus_outgoing_release(&out);
+	ok(bus_outgoing_claim(bus, 30, &out), &err, "claim outgoing");
+	bus_outgoing_release(&out);
+	static const char env[] =
+		"{\"version\":1,\"msg_id\":\"MSG-20261123-050512-0badcafe-00000000000000000009\","
+		"\"from\":\"bob\",\"to\":\"alice@a\",\"timestamp\":\"2026-11-23T05:05:12.000001Z\","
+		"\"sequence\":9,\"type\":\"message\",\"payload\":\"hi\",\"requires_ack\":true,"
+		"\"priority\":\"normal\"}\n";
+	ok(bus_remote_receive(bus, "alice", "b", env, sizeof env - 1, &err), &err, "receive");
+	char other[sizeof env];
+	memcpy(other, env, sizeof env);
+	memcpy(strstr(other, "0009\""), "0010", 4);
+	ok(bus_remote_receive(bus, "nobody", "b", other, sizeof other - 1, &err) == -ENOENT ? 0
+											 : -1,
+	   &err, "undeliverable");
+	ack_first(bus, alice);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2)
@@ -305,6 +337,14 @@ int main(int argc, char **argv)
 	emit(store, argv[1], "journal-leases", 0, NULL, 0);
 	bus_compact(bus);
 	emit(store, argv[1], "snapshot-leases", 0, NULL, 0);
+	bus_close(bus);
+	rmrf(store);
+
+	bus = open_store(store);
+	remote(bus);
+	emit(store, argv[1], "journal-remote", 0, NULL, 0);
+	bus_compact(bus);
+	emit(store, argv[1], "snapshot-remote", 0, NULL, 0);
 	bus_close(bus);
 	rmrf(store);
 
