@@ -125,7 +125,10 @@ test: deps-test
 	@$(if $(SAN),,$(MAKE) --no-print-directory $(BUILD)/crashloop)
 	@rc=0; tests/phase "unit tests (core, no mount)" $(BUILD)/unit-tests || rc=1; \
 	  tests/phase "fuzz corpus and crash reproducers" sh -c '$(REPLAY_CMD)' || rc=1; \
-	  BUSFS_BIN=$(CURDIR)/$(BIN) tests/phase "real-mount tests" $(BUILD)/fs-tests || rc=1; \
+	  BUSFS_BIN=$(CURDIR)/$(BIN) tests/phase "real-mount tests" $(BUILD)/fs-tests \
+	    --filter '!(cluster)/*' || rc=1; \
+	  BUSFS_BIN=$(CURDIR)/$(BIN) tests/phase "cluster tests (3 nats-servers, 3 mounts)" \
+	    $(BUILD)/fs-tests -j1 --filter 'cluster/*' || rc=1; \
 	  $(if $(SAN),,tests/phase "crash loop (kill -9 under writers)" $(CRASH_SHORT) || rc=1;) \
 	  $(MAKE) --no-print-directory reap; exit $$rc
 
@@ -133,7 +136,7 @@ test: deps-test
 asan:
 	$(MAKE) BUILD=build-asan BIN=build-asan/busfs SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" test
 
-bench: deps
+bench: deps-test
 	@$(MAKE) --no-print-directory busfs
 	@$(MAKE) --no-print-directory -C tests/bench BUSFS=$(CURDIR)/busfs
 
