@@ -3,8 +3,10 @@
  *
  *   client outbox       PATH N          N x (open(O_WRONLY|O_CREAT|O_TRUNC) + write 200 B + close)
  *   client outbox-procs P PATH N        the same from P processes in parallel, N/P each
- *   client batch        PATH LINES N    one open(O_WRONLY|O_APPEND), N messages written
- *                                       LINES newline-terminated JSON records per write()
+ *   client batch        PATH LINES N [TO]
+ *                                       one open(O_WRONLY|O_APPEND), N messages written
+ *                                       LINES newline-terminated JSON records per write(),
+ *                                       each to TO (bob)
  *   client read         PATH N          N x (open(O_RDONLY) + read() with a 64 KiB buffer
  *                                       until it returns 0 + close)
  *   client append       PATH LINES N [METRICS]
@@ -233,21 +235,22 @@ static int cmd_outbox_procs(int argc, char **argv)
 
 static int cmd_batch(int argc, char **argv)
 {
-	if (argc != 5) {
-		fprintf(stderr, "usage: %s batch PATH LINES N\n", prog);
+	if (argc != 5 && argc != 6) {
+		fprintf(stderr, "usage: %s batch PATH LINES N [TO]\n", prog);
 		return 2;
 	}
 	const char *path = argv[2];
 	long lines = parse_count(argv[3], "LINES");
 	long n = parse_count(argv[4], "N");
+	const char *to = argc == 6 ? argv[5] : "bob";
 
-	/* One record: {"to":"bob","payload":"<150 characters>"}\n  (178 bytes) */
+	/* One record: {"to":"bob","payload":"<150 characters>"}\n  (178 bytes with bob) */
 	char text[151];
 	for (int k = 0; k < 150; k++)
 		text[k] = (char)('a' + k % 26);
 	text[150] = '\0';
 	char rec[256];
-	int rlen = snprintf(rec, sizeof rec, "{\"to\":\"bob\",\"payload\":\"%s\"}\n", text);
+	int rlen = snprintf(rec, sizeof rec, "{\"to\":\"%s\",\"payload\":\"%s\"}\n", to, text);
 	if (rlen <= 0 || (size_t)rlen >= sizeof rec) {
 		fprintf(stderr, "%s: record does not fit\n", prog);
 		return 1;
@@ -955,7 +958,7 @@ int main(int argc, char **argv)
 	fprintf(stderr,
 		"usage: %s outbox PATH N\n"
 		"       %s outbox-procs P PATH N\n"
-		"       %s batch PATH LINES N\n"
+		"       %s batch PATH LINES N [TO]\n"
 		"       %s read PATH N\n"
 		"       %s append PATH LINES N [METRICS]\n"
 		"       %s wake next NEXT OUTBOX CTL N [SAMPLES]\n"

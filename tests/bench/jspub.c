@@ -11,6 +11,7 @@
  * Prints one line: "<rate> msgs/s (<count> msgs, <seconds> s, <us> us/op)".
  * Exit 1 with a message on stderr when a publish fails.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <nats/nats.h>
 #include <stdio.h>
 #include <stdlib.h>
