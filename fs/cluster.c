@@ -140,6 +140,23 @@ struct cluster {
 
 static int64_t now_us(void) { return bus_clock_now_us(); }
 
+bool cluster_urls_valid(const char *urls)
+{
+	/* nats://HOST[:PORT] or tls://..., comma-separated, at most 16, no spaces */
+	int n = 0;
+	for (const char *p = urls; *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		size_t scheme = strncmp(p, "nats://", 7) == 0 ? 7 : strncmp(p, "tls://", 6) == 0 ? 6 : 0;
+		if (!scheme || len <= scheme || memchr(p, ' ', len) || ++n > 16)
+			return false;
+		p += len + (end ? 1 : 0);
+		if (end && !*p)
+			return false;
+	}
+	return n > 0;
+}
+
 bool cluster_node_valid(const char *node)
 {
 	size_t n = strlen(node);
@@ -1120,6 +1137,13 @@ static void on_disconnected(natsConnection *nc, void *closure)
 		"remote ones wait or time out", cl->node);
 }
 
+static void on_connected(natsConnection *nc, void *closure)
+{
+	(void)nc;
+	struct cluster *cl = closure;
+	log_msg(LOG_INFO, "cluster: node %s connected to NATS", cl->node);
+}
+
 static void on_reconnected(natsConnection *nc, void *closure)
 {
 	(void)nc;
@@ -1157,8 +1181,8 @@ struct cluster *cluster_start(struct bus *bus, const struct cluster_config *cfg)
 		s = natsOptions_SetMaxReconnect(cl->opts, -1);
 	if (s == NATS_OK)
 		s = natsOptions_SetReconnectWait(cl->opts, 250);
-	if (s == NATS_OK)
-		s = natsOptions_SetRetryOnFailedConnect(cl->opts, true, NULL, NULL);
+	if (s == NATS_OK) /* with a callback, a first connect that fails does not block */
+		s = natsOptions_SetRetryOnFailedConnect(cl->opts, true, on_connected, cl);
 	if (s == NATS_OK)
 		s = natsOptions_SetTimeout(cl->opts, 2000);
 	if (s == NATS_OK)
@@ -1230,6 +1254,7 @@ void cluster_stop(struct cluster *cl)
 	if (cl->kv)
 		kvStore_Destroy(cl->kv);
 	jsCtx_Destroy(cl->js);
+	natsConnection_Close(cl->nc);
 	natsConnection_Destroy(cl->nc);
 	natsOptions_Destroy(cl->opts);
 	for (size_t i = 0; i < cl->nremote; i++)
@@ -1241,9 +1266,14 @@ void cluster_stop(struct cluster *cl)
 	}
 	free(cl->health);
 	names_free(&cl->local);
+	/* libnats calls back (disconnected, a late publish ack) from its own threads,
+	 * even after the objects are destroyed: cl lives until every one has ended. */
+	if (nats_CloseAndWait(10000) != NATS_OK) {
+		log_msg(LOG_WARNING, "cluster: the NATS library did not stop within 10 s");
+		return; /* a callback may still come: cl stays */
+	}
 	pthread_cond_destroy(&cl->cond);
 	pthread_mutex_destroy(&cl->batch_lock);
 	pthread_mutex_destroy(&cl->lock);
 	free(cl);
-	nats_Close();
 }

@@ -23,6 +23,8 @@ struct cluster_config {
 
 struct cluster;
 
+/* Whether --cluster names 1 to 16 servers, each nats://HOST[:PORT] or tls://... */
+bool cluster_urls_valid(const char *urls);
 /* Whether a --node name can be used (it becomes a subject token and a KV key part). */
 bool cluster_node_valid(const char *node);
 

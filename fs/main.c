@@ -341,7 +341,14 @@ int main(int argc, char **argv)
 				return 1;
 			}
 			break;
-		case OPT_CLUSTER: ccfg.urls = optarg; break;
+		case OPT_CLUSTER:
+			if (!cluster_urls_valid(optarg)) {
+				fprintf(stderr, "busfs: --cluster wants nats://HOST:PORT[,nats://...] "
+					"(1 to 16 servers), not '%s'\n", optarg);
+				return 1;
+			}
+			ccfg.urls = optarg;
+			break;
 		case OPT_NODE:
 			if (!cluster_node_valid(optarg)) {
 				fprintf(stderr, "busfs: --node wants [A-Za-z][A-Za-z0-9_-]*, at most 32 "

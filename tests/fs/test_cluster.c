@@ -400,3 +400,28 @@ Test(cluster, sends_survive_kill_9_of_a_nats_server_and_of_the_receiving_node, .
     cr_log_info("kill -9 under traffic: %ld sent, %ld failed, %ld delivered", ok, failed, n);
     stop_all();
 }
+
+static void setup_no_nats(void)
+{
+    nats_require();
+    bus_prepare(&node[0]);
+    /* A port nothing listens on: the node starts, and keeps trying in the background. */
+    node_launch(0, "nats://127.0.0.1:1");
+}
+
+Test(cluster, a_node_starts_and_stops_while_nats_is_unreachable, .init = setup_no_nats,
+     .fini = teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    cr_assert_eq(mkdir(ON(0, "agents/alice"), 0755), 0, "%s", strerror(errno));
+    cr_assert_eq(mkdir(ON(0, "agents/carol"), 0755), 0);
+    cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/carol"), "local\n"), 0);
+    cr_assert_eq(bus_count(ON(0, "agents/carol/inbox")), 1, "the local bus works");
+    cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/bob@b"), "x\n"), ENOENT,
+                 "no remote agent is known");
+    json_t *st = bus_json_file(ON(0, "health/status"), 0);
+    cr_assert(json_is_object(json_object_get(st, "nodes")));
+    json_decref(st);
+    long long t0 = bus_now_ms();
+    bus_stop(&node[0]); /* SIGTERM: exit 0, no mount left */
+    cr_assert_lt(bus_now_ms() - t0, 5000, "the stop does not wait for NATS");
+}
