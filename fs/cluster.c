@@ -388,58 +388,30 @@ static bool consumer_ready(struct cluster *cl)
 	return true;
 }
 
-static bool kv_ready(struct cluster *cl)
+/* A KV bucket (made when missing) and a watcher of all its keys; both kept once had. */
+static bool bucket_ready(struct cluster *cl, const char *bucket, kvStore **kv, kvWatcher **watch)
 {
-	if (cl->kv && cl->awatch)
-		return true;
-	if (cl->kv)
-		goto watch;
-	kvConfig kc;
-	kvConfig_Init(&kc);
-	kc.Bucket = AGENTS_BUCKET;
-	kc.History = 1;
-	kc.StorageType = js_FileStorage;
-	kc.Replicas = cl->cfg.replicas;
-	natsStatus s = js_CreateKeyValue(&cl->kv, cl->js, &kc);
-	if (s != NATS_OK) {
-		cl->kv = NULL;
-		s = js_KeyValue(&cl->kv, cl->js, AGENTS_BUCKET);
-	}
-	if (s != NATS_OK) {
-		log_msg(LOG_WARNING, "cluster: cannot open KV bucket %s: %s", AGENTS_BUCKET,
-			natsStatus_GetText(s));
-		cl->kv = NULL;
-		return false;
-	}
-watch:
-	if (!cl->awatch && kvStore_WatchAll(&cl->awatch, cl->kv, NULL) != NATS_OK) {
-		cl->awatch = NULL;
-		return false;
-	}
-	return true;
-}
-
-static bool health_ready(struct cluster *cl)
-{
-	if (!cl->hkv) {
+	if (!*kv) {
 		kvConfig kc;
 		kvConfig_Init(&kc);
-		kc.Bucket = HEALTH_BUCKET;
+		kc.Bucket = bucket;
 		kc.History = 1;
 		kc.StorageType = js_FileStorage;
 		kc.Replicas = cl->cfg.replicas;
-		natsStatus s = js_CreateKeyValue(&cl->hkv, cl->js, &kc);
+		natsStatus s = js_CreateKeyValue(kv, cl->js, &kc);
 		if (s != NATS_OK) {
-			cl->hkv = NULL;
-			s = js_KeyValue(&cl->hkv, cl->js, HEALTH_BUCKET);
+			*kv = NULL;
+			s = js_KeyValue(kv, cl->js, bucket);
 		}
 		if (s != NATS_OK) {
-			cl->hkv = NULL;
+			log_msg(LOG_WARNING, "cluster: cannot open KV bucket %s: %s", bucket,
+				natsStatus_GetText(s));
+			*kv = NULL;
 			return false;
 		}
 	}
-	if (!cl->hwatch && kvStore_WatchAll(&cl->hwatch, cl->hkv, NULL) != NATS_OK) {
-		cl->hwatch = NULL;
+	if (!*watch && kvStore_WatchAll(watch, *kv, NULL) != NATS_OK) {
+		*watch = NULL;
 		return false;
 	}
 	return true;
@@ -909,8 +881,9 @@ static void *receiver_main(void *arg)
 			continue;
 		}
 		if (!ready) {
-			ready = stream_ready(cl) && consumer_ready(cl) && kv_ready(cl) &&
-				health_ready(cl);
+			ready = stream_ready(cl) && consumer_ready(cl) &&
+				bucket_ready(cl, AGENTS_BUCKET, &cl->kv, &cl->awatch) &&
+				bucket_ready(cl, HEALTH_BUCKET, &cl->hkv, &cl->hwatch);
 			if (!ready) {
 				nats_Sleep(200);
 				continue;
@@ -972,22 +945,29 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 
 /* Publishes the claimed batch asynchronously and waits (--cluster-timeout) for every
  * ack. An entry with no answer by then is NATS_TIMEOUT: it was sent. */
+/* The NATS message of a queued one: its subject, the sending node, Nats-Msg-Id. */
+static natsStatus outgoing_msg(struct cluster *cl, const struct bus_outgoing *out, natsMsg **msg,
+			       jsPubOptions *po)
+{
+	char subject[2 * BUS_NAME_MAX + 16];
+	snprintf(subject, sizeof subject, "busfs.msg.%s.%s", out->node, out->agent);
+	jsPubOptions_Init(po);
+	po->MsgId = out->m->msg_id;
+	natsStatus s = natsMsg_Create(msg, subject, NULL, out->m->envelope, (int)out->m->len);
+	if (s == NATS_OK)
+		s = natsMsgHeader_Set(*msg, "Busfs-Node", cl->node);
+	return s;
+}
+
 static void publish_batch(struct cluster *cl)
 {
 	if (cl->nbatch == 1) {
 		/* One message: a plain request is answered sooner than the async path
 		 * (measured here: about 400 against 1,050 us on a 3-server cluster). */
 		struct batch_entry *e = &cl->batch[0];
-		char subject[2 * BUS_NAME_MAX + 16];
-		snprintf(subject, sizeof subject, "busfs.msg.%s.%s", e->out.node, e->out.agent);
 		natsMsg *msg = NULL;
-		natsStatus s = natsMsg_Create(&msg, subject, NULL, e->out.m->envelope,
-					      (int)e->out.m->len);
-		if (s == NATS_OK)
-			s = natsMsgHeader_Set(msg, "Busfs-Node", cl->node);
 		jsPubOptions po;
-		jsPubOptions_Init(&po);
-		po.MsgId = e->out.m->msg_id;
+		natsStatus s = outgoing_msg(cl, &e->out, &msg, &po);
 		po.MaxWait = (int64_t)(cl->cfg.timeout_s * 1000);
 		jsPubAck *ack = NULL;
 		jsErrCode jerr = 0;
@@ -1004,17 +984,9 @@ static void publish_batch(struct cluster *cl)
 	natsStatus sent = NATS_OK;
 	for (size_t i = 0; i < cl->nbatch; i++) {
 		struct batch_entry *e = &cl->batch[i];
-		char subject[2 * BUS_NAME_MAX + 16];
-		snprintf(subject, sizeof subject, "busfs.msg.%s.%s", e->out.node, e->out.agent);
 		natsMsg *msg = NULL;
-		natsStatus s = sent;
-		if (s == NATS_OK)
-			s = natsMsg_Create(&msg, subject, NULL, e->out.m->envelope, (int)e->out.m->len);
-		if (s == NATS_OK)
-			s = natsMsgHeader_Set(msg, "Busfs-Node", cl->node);
 		jsPubOptions po;
-		jsPubOptions_Init(&po);
-		po.MsgId = e->out.m->msg_id;
+		natsStatus s = sent == NATS_OK ? outgoing_msg(cl, &e->out, &msg, &po) : sent;
 		if (s == NATS_OK)
 			s = js_PublishMsgAsync(cl->js, &msg, &po);
 		natsMsg_Destroy(msg);

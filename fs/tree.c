@@ -177,6 +177,18 @@ static double attr_timeout(enum node n)
 	}
 }
 
+/* A document is rendered for its size and kept for an OPEN that follows. */
+static void render_for_size(struct fs *fs, const struct node_ref *r, struct stat *st)
+{
+	buf_reset(&fs->cached_doc);
+	fs->cached_version = bus_version(fs->bus);
+	if (doc_render(fs, r, &fs->cached_doc)) {
+		fs->cached_ref = *r;
+		fs->cached_at = bus_clock_monotonic();
+		st->st_size = (off_t)fs->cached_doc.len;
+	}
+}
+
 /* Fills st for a node; -ENOENT when it no longer exists. */
 int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 {
@@ -201,15 +213,8 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 			return -ENOENT;
 		st->st_mode = r->node == N_REMOTE_DIR ? S_IFDIR | 0555 : S_IFREG | 0444;
 		st->st_nlink = r->node == N_REMOTE_DIR ? 2 : 1;
-		if (r->node == N_REMOTE_HEALTH) {
-			buf_reset(&fs->cached_doc);
-			fs->cached_version = bus_version(fs->bus);
-			if (doc_render(fs, r, &fs->cached_doc)) {
-				fs->cached_ref = *r;
-				fs->cached_at = bus_clock_monotonic();
-				st->st_size = (off_t)fs->cached_doc.len;
-			}
-		}
+		if (r->node == N_REMOTE_HEALTH)
+			render_for_size(fs, r, st);
 		st->st_blocks = (st->st_size + 511) / 512;
 		return 0;
 	}
@@ -232,14 +237,7 @@ int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st)
 	} else if (r->node != N_ROOT && is_fixed(r->node) && S_ISDIR(st->st_mode)) {
 		st->st_nlink = 2;
 	} else {
-		/* A document is rendered for its size and kept for an OPEN that follows. */
-		buf_reset(&fs->cached_doc);
-		fs->cached_version = bus_version(fs->bus);
-		if (doc_render(fs, r, &fs->cached_doc)) {
-			fs->cached_ref = *r;
-			fs->cached_at = bus_clock_monotonic();
-			st->st_size = (off_t)fs->cached_doc.len;
-		}
+		render_for_size(fs, r, st);
 		if (r->node == N_HEALTH && a.last_seen_us)
 			fill_time(st, a.last_seen_us);
 	}

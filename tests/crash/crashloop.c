@@ -149,21 +149,11 @@ void crash_violation_report(void)
 
 /* ---- the writers ------------------------------------------------------- */
 
-static pid_t writer_start(int index)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid != 0)
-        return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(127);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    crash_writer_main(index, &cfg, &paths, shared);
-}
+/* A writer or consumer process: main(index, ...) never returns. */
+typedef void (*child_main_fn)(int index, const struct crash_config *cfg,
+                              const struct crash_paths *paths, struct crash_shared *shared);
 
-static pid_t consumer_start(int index)
+static pid_t child_start(child_main_fn child_main, int index)
 {
     pid_t parent = getpid();
     pid_t pid = fork();
@@ -174,7 +164,8 @@ static pid_t consumer_start(int index)
         _exit(127);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    crash_consumer_main(index, &cfg, &paths, shared);
+    child_main(index, &cfg, &paths, shared);
+    _exit(127);
 }
 
 static long long recorded_messages(void)
@@ -706,12 +697,12 @@ int main(int argc, char **argv)
         }
     }
     for (int i = 0; i < cfg.writers; i++) {
-        writer_pids[i] = writer_start(i);
+        writer_pids[i] = child_start(crash_writer_main, i);
         if (writer_pids[i] < 0)
             abort_run("fork of a writer failed");
     }
     for (int i = 0; i < cfg.consumers; i++) {
-        consumer_pids[i] = consumer_start(i);
+        consumer_pids[i] = child_start(crash_consumer_main, i);
         if (consumer_pids[i] < 0)
             abort_run("fork of a consumer failed");
     }
