@@ -178,6 +178,8 @@ bool cluster_connected(struct cluster *cl)
 
 /* ---------- parked sends ---------- */
 
+static bool settle(struct cluster *cl, uint64_t number, int err);
+
 static void answer(struct cluster *cl, struct parked_send *p)
 {
 	if (p->err) {
@@ -222,7 +224,18 @@ void cluster_park(struct cluster *cl, fuse_req_t req, const uint64_t *numbers, s
 	pthread_mutex_lock(&cl->lock);
 	p->next = cl->parked;
 	cl->parked = p;
-	pthread_cond_signal(&cl->cond);
+	/* The publisher may have taken a message between its commit and now, and found no
+	 * one waiting for it. Under cl->lock a message that left its queue was stored
+	 * (conclude takes one out without success only for a send waiting on it), so
+	 * those are settled here; the rest settle when their publish ends. */
+	size_t left = n;
+	for (size_t i = 0; i < n; i++)
+		if (!bus_outgoing_queued(cl->bus, numbers[i])) {
+			left--;
+			settle(cl, numbers[i], 0); /* the last one answers and frees p */
+		}
+	if (left)
+		pthread_cond_signal(&cl->cond);
 	pthread_mutex_unlock(&cl->lock);
 }
 

@@ -20,13 +20,17 @@ static struct nats_group nats;
 static struct bus_fixture node[NODES];
 static const char *const names[NODES] = {"a", "b", "c"};
 
-/* Starts node i's busfs; urls NULL: every server of the cluster. */
-static void node_launch(int i, const char *urls)
+/* Starts node i's busfs with --cluster-timeout timeout (a string of seconds) and
+ * --inbox-capacity capacity; urls NULL: every server of the cluster. */
+static void node_launch_with(int i, const char *urls, const char *timeout, const char *capacity)
 {
     const char *args[] = {"--cluster", urls ? urls : nats.urls, "--node", names[i],
-                          "--cluster-timeout", "2", "--inbox-capacity", "100000", NULL};
+                          "--cluster-timeout", timeout, "--inbox-capacity", capacity,
+                          "--health-ttl", "4", NULL};
     bus_launch(&node[i], args);
 }
+
+static void node_launch(int i, const char *urls) { node_launch_with(i, urls, "2", "100000"); }
 
 /* The cluster (with an edge server: a talks to it alone) and nodes a, b, c. */
 static void start_nodes(bool edge)
@@ -398,6 +402,52 @@ Test(cluster, sends_survive_kill_9_of_a_nats_server_and_of_the_receiving_node, .
             lost += outcome[k][i] == 'K' && !seen[k][i];
     cr_assert_eq(lost, 0, "%ld sends that returned success are not in bob's inbox", lost);
     cr_log_info("kill -9 under traffic: %ld sent, %ld failed, %ld delivered", ok, failed, n);
+    stop_all();
+}
+
+/* ---- answered as soon as JetStream stored it ---------------------------- */
+
+static void setup_long_timeout(void)
+{
+    nats_start(&nats, false);
+    for (int i = 0; i < NODES; i++) {
+        bus_prepare(&node[i]);
+        node_launch_with(i, NULL, "30", "100000");
+    }
+}
+
+Test(cluster, concurrent_sends_are_answered_once_stored_not_at_the_timeout,
+     .init = setup_long_timeout, .fini = teardown, .timeout = 240)
+{
+    /* Four senders on a at once keep the publisher busy, so it often takes a message
+     * from the queue in the instant between its commit and the send starting to wait
+     * for it. Each send must still return when JetStream stored it, not when
+     * --cluster-timeout (30 s) ends. */
+    cr_assert_eq(mkdir(ON(1, "agents/bob"), 0755), 0);
+    await_path(ON(0, "agents/bob@b"), 20000);
+    struct bus_proc senders[SENDERS];
+    for (int k = 0; k < SENDERS; k++) {
+        char path[64];
+        snprintf(path, sizeof path, "agents/q%d", k);
+        cr_assert_eq(mkdir(ON(0, "%s", path), 0755), 0);
+        /* Prints the longest send in ms, then "failed N". */
+        bus_spawn(&node[0], &senders[k],
+                  "exec bash -c 'max=0; failed=0; for i in $(seq 400); do t0=${EPOCHREALTIME/./}; "
+                  "echo q%d-$i > agents/q%d/outbox/bob@b || failed=$((failed+1)); "
+                  "t=$(( (${EPOCHREALTIME/./} - t0) / 1000 )); [ $t -gt $max ] && max=$t; "
+                  "done; echo $max; echo failed $failed'", k, k);
+    }
+    for (int k = 0; k < SENDERS; k++) {
+        char *out = NULL;
+        cr_assert_eq(bus_proc_wait(&senders[k], 200000, &out), 0, "sender %d", k);
+        long max = -1, failed = -1;
+        cr_assert_eq(sscanf(out, "%ld failed %ld", &max, &failed), 2, "%s", out);
+        free(out);
+        cr_assert_eq(failed, 0, "sender %d: %ld sends failed", k, failed);
+        cr_assert_lt(max, 10000, "sender %d: a send took %ld ms: it waited for the timeout, "
+                     "not for JetStream", k, max);
+    }
+    cr_assert_eq(await_count(ON(1, "agents/bob/inbox"), SENDERS * 400, 30000), SENDERS * 400);
     stop_all();
 }
 
