@@ -46,6 +46,9 @@
 #define RETRY_DELAY_MS 1000
 #define PUBLISH_BATCH 64
 #define ACK_WAIT_MS 5000
+/* A delayed message not seen again for this long is gone from the stream or this
+ * consumer (a new store, an operator's purge): later ones stop waiting for it. */
+#define DELAYED_FORGET_US (60 * 1000000LL)
 
 struct parked_send {
 	fuse_req_t req;
@@ -83,6 +86,14 @@ struct batch_entry {
 	struct bus_outgoing out;
 	natsStatus result;
 	bool answered;
+};
+
+/* A fetched message that waits (nak with delay) for room in its recipient's inbox.
+ * Later messages to that recipient wait behind it, so delivery keeps stream order. */
+struct delayed {
+	char agent[BUS_NAME_MAX + 1];
+	uint64_t seq;            /* its stream sequence */
+	int64_t seen_us;         /* when it last came */
 };
 
 struct cluster_verdict {
@@ -131,6 +142,8 @@ struct cluster {
 	struct health_rec *health; /* busfs_health as last seen, by key */
 	size_t nhealth, health_cap;
 	struct names local;      /* local agents put into busfs_agents (receiver only) */
+	struct delayed *delayed; /* messages waiting for room (receiver only) */
+	size_t ndelayed, delayed_cap;
 	bool synced;             /* local was read back from busfs_agents once */
 	bool stop;
 	atomic_bool reconnected;  /* set by on_reconnected, taken by the receiver */
@@ -852,6 +865,68 @@ static void await_redeliveries(struct cluster *cl)
 	jsConsumerInfo_Destroy(ci);
 }
 
+/* The stream sequence of a fetched message, 0 when it has none. */
+static uint64_t stream_seq(natsMsg *msg)
+{
+	jsMsgMetaData *meta = NULL;
+	uint64_t seq = 0;
+	if (natsMsg_GetMetaData(&meta, msg) == NATS_OK)
+		seq = meta->Sequence.Stream;
+	jsMsgMetaData_Destroy(meta);
+	return seq;
+}
+
+/* Whether message seq to agent must wait: an earlier one to that agent waits for
+ * room. Forgets entries not seen for DELAYED_FORGET_US. */
+static bool waits_behind(struct cluster *cl, const char *agent, uint64_t seq)
+{
+	int64_t now = now_us();
+	bool behind = false;
+	for (size_t i = 0; i < cl->ndelayed;) {
+		struct delayed *d = &cl->delayed[i];
+		if (now - d->seen_us > DELAYED_FORGET_US) {
+			*d = cl->delayed[--cl->ndelayed];
+			continue;
+		}
+		if (d->seq < seq && strcmp(d->agent, agent) == 0)
+			behind = true;
+		i++;
+	}
+	return behind;
+}
+
+/* Notes that message seq to agent waits (again); without memory it is only naked,
+ * and order may suffer, never delivery. */
+static void delay_note(struct cluster *cl, const char *agent, uint64_t seq)
+{
+	for (size_t i = 0; i < cl->ndelayed; i++)
+		if (cl->delayed[i].seq == seq) {
+			cl->delayed[i].seen_us = now_us();
+			return;
+		}
+	if (cl->ndelayed == cl->delayed_cap) {
+		size_t cap = cl->delayed_cap ? cl->delayed_cap * 2 : 16;
+		struct delayed *p = realloc(cl->delayed, cap * sizeof *p);
+		if (!p)
+			return;
+		cl->delayed = p;
+		cl->delayed_cap = cap;
+	}
+	struct delayed *d = &cl->delayed[cl->ndelayed++];
+	snprintf(d->agent, sizeof d->agent, "%s", agent);
+	d->seq = seq;
+	d->seen_us = now_us();
+}
+
+static void delay_done(struct cluster *cl, uint64_t seq)
+{
+	for (size_t i = 0; i < cl->ndelayed; i++)
+		if (cl->delayed[i].seq == seq) {
+			cl->delayed[i] = cl->delayed[--cl->ndelayed];
+			return;
+		}
+}
+
 static void receive_one(struct cluster *cl, natsMsg *msg)
 {
 	const char *subject = natsMsg_GetSubject(msg);
@@ -861,15 +936,25 @@ static void receive_one(struct cluster *cl, natsMsg *msg)
 		from_node = NULL;
 	struct bus_error err = {0};
 	int rc;
-	if (strncmp(subject, cl->subject_prefix, plen) != 0 || !from_node)
+	uint64_t seq = stream_seq(msg);
+	if (strncmp(subject, cl->subject_prefix, plen) != 0 || !from_node) {
 		rc = bus_fail(&err, EINVAL, "a message on %.80s without a sending node", subject);
-	else
+	} else if (seq && cl->ndelayed && waits_behind(cl, subject + plen, seq)) {
+		rc = -EAGAIN;
+	} else {
 		rc = bus_remote_receive(cl->bus, subject + plen, from_node, natsMsg_GetData(msg),
 					(size_t)natsMsg_GetDataLength(msg), &err);
+	}
 	if (rc == -EAGAIN || rc == -ENOSPC || rc == -ENOMEM || rc == -EIO) {
+		/* No room (a full inbox, a full store): JetStream keeps it and brings it
+		 * again after the delay; the ones after it to this agent wait too. */
+		if (seq)
+			delay_note(cl, subject + plen, seq);
 		natsMsg_NakWithDelay(msg, RETRY_DELAY_MS, NULL);
 		return;
 	}
+	if (seq && cl->ndelayed)
+		delay_done(cl, seq);
 	if (rc < 0 && rc != -ENOENT)
 		log_msg(LOG_WARNING, "cluster: dropped a message on %s: %s", subject, err.reason);
 	/* In the store (or refused for good): JetStream may forget it. A lost ack brings
@@ -1245,6 +1330,7 @@ void cluster_stop(struct cluster *cl)
 	for (size_t i = 0; i < cl->nremote; i++)
 		remote_free(&cl->remote[i]);
 	free(cl->remote);
+	free(cl->delayed);
 	for (size_t i = 0; i < cl->nhealth; i++) {
 		free(cl->health[i].key);
 		free(cl->health[i].text);

@@ -451,6 +451,76 @@ Test(cluster, concurrent_sends_are_answered_once_stored_not_at_the_timeout,
     stop_all();
 }
 
+/* ---- a full inbox on the receiving node ----------------------------------- */
+
+static void setup_small_inbox_on_b(void)
+{
+    nats_start(&nats, false);
+    for (int i = 0; i < NODES; i++) {
+        bus_prepare(&node[i]);
+        node_launch_with(i, NULL, "5", i == 1 ? "3" : "100000");
+    }
+}
+
+/* The payloads of bob's inbox, oldest first, as "p1 p2 ...". */
+static char *bob_payloads(void)
+{
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&node[1], &r, "cat agents/bob/inbox/* 2>/dev/null | jq -r .payload | "
+                                      "tr '\\n' ' '"), 0);
+    char *s = strdup(r.out);
+    bus_cmd_free(&r);
+    return s;
+}
+
+Test(cluster, a_full_inbox_on_the_other_node_delays_delivery_in_order, .init = setup_small_inbox_on_b,
+     .fini = teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    alice_and_bob();
+    /* Eight sends succeed (JetStream has them); bob's inbox holds three. */
+    for (int i = 1; i <= 8; i++) {
+        char text[16];
+        snprintf(text, sizeof text, "m%d\n", i);
+        cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/bob@b"), text), 0, "send %d", i);
+    }
+    cr_assert_eq(await_count(ON(1, "agents/bob/inbox"), 3, 10000), 3);
+    bus_pause_ms(300);
+    char *got = bob_payloads();
+    cr_assert_str_eq(got, "m1 m2 m3 ", "the first three, in order");
+    free(got);
+    /* bob takes one; a ninth message comes at once, while m4 ... m8 wait for their
+     * delay: it must not pass them. Then bob reads on, one at a time. */
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&node[1], &r, "rm agents/bob/inbox/$(ls agents/bob/inbox | head -1)"), 0,
+                 "%s", r.err);
+    bus_cmd_free(&r);
+    cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/bob@b"), "m9\n"), 0);
+    char order[256] = "m1 ";
+    long long end = bus_now_ms() + 60000;
+    while (strlen(order) < sizeof "m1 m2 m3 m4 m5 m6 m7 m8 m9 " - 1 && bus_now_ms() < end) {
+        size_t n;
+        char **files = bus_ls(ON(1, "agents/bob/inbox"), &n);
+        if (n) {
+            json_t *m = bus_json_file(ON(1, "agents/bob/inbox/%s", files[0]), 0);
+            cr_assert_not_null(m);
+            char one[16];
+            snprintf(one, sizeof one, "%s ", bus_str(m, "payload"));
+            strcat(order, one);
+            cr_assert_eq(bus_int(m, "sequence"), (long long)(strlen(order) / 3),
+                         "%s: sequence %lld", order, (long long)bus_int(m, "sequence"));
+            json_decref(m);
+            cr_assert_eq(unlink(ON(1, "agents/bob/inbox/%s", files[0])), 0);
+        } else {
+            bus_pause_ms(50);
+        }
+        bus_ls_free(files, n);
+    }
+    cr_assert_str_eq(order, "m1 m2 m3 m4 m5 m6 m7 m8 m9 ", "delivered late, never out of order: %s", order);
+    bus_pause_ms(1500);
+    cr_assert_eq(bus_count(ON(1, "agents/bob/inbox")), 0, "and never twice");
+    stop_all();
+}
+
 static void setup_no_nats(void)
 {
     nats_require();
