@@ -122,11 +122,19 @@ void message_id_format(char *out, uint32_t store_id, int64_t time_us, uint64_t n
 	*p = '\0';
 }
 
-/* Record layout: u64 number, u64 sequence, u8 flags (1 requires_ack, 2 has a ttl),
- * str to, str from, str msg_id, u32 corr_off, u32 corr_len, bytes envelope, then
- * u64 expires_us when flag 2 is set. */
+/* Record layout: u64 number, u64 sequence, u8 flags (1 requires_ack, 2 has a ttl,
+ * 4 has an idempotency key), str to, str from, str msg_id, u32 corr_off, u32 corr_len,
+ * bytes envelope, then u64 expires_us when flag 2 is set and str key when flag 4 is. */
 #define MSG_FLAG_ACK 1
 #define MSG_FLAG_TTL 2
+#define MSG_FLAG_KEY 4
+#define MSG_KEY_MAX 128
+
+static uint8_t record_flags(bool ack, int64_t expires_us, const char *key)
+{
+	return (uint8_t)((ack ? MSG_FLAG_ACK : 0) | (expires_us ? MSG_FLAG_TTL : 0) |
+			 (key ? MSG_FLAG_KEY : 0));
+}
 void message_encode(struct buf *rec, const struct envelope *env)
 {
 	char id[BUS_MSG_ID_LEN + 1];
@@ -142,7 +150,7 @@ void message_encode(struct buf *rec, const struct envelope *env)
 
 	buf_put_u64(rec, env->number);
 	buf_put_u64(rec, env->sequence);
-	buf_put_u8(rec, (env->requires_ack ? MSG_FLAG_ACK : 0) | (env->expires_us ? MSG_FLAG_TTL : 0));
+	buf_put_u8(rec, record_flags(env->requires_ack, env->expires_us, env->idem_key));
 	buf_put_str(rec, env->to);
 	buf_put_str(rec, env->from);
 	buf_put_str(rec, id);
@@ -194,13 +202,15 @@ void message_encode(struct buf *rec, const struct envelope *env)
 	}
 	if (env->expires_us)
 		buf_put_u64(rec, (uint64_t)env->expires_us);
+	if (env->idem_key)
+		buf_put_str(rec, env->idem_key);
 }
 
 void message_encode_again(struct buf *rec, const struct bus_message *m)
 {
 	buf_put_u64(rec, m->number);
 	buf_put_u64(rec, m->sequence);
-	buf_put_u8(rec, (m->requires_ack ? MSG_FLAG_ACK : 0) | (m->expires_us ? MSG_FLAG_TTL : 0));
+	buf_put_u8(rec, record_flags(m->requires_ack, m->expires_us, m->idem_key));
 	buf_put_str(rec, m->to);
 	buf_put_str(rec, m->from);
 	buf_put_str(rec, m->msg_id);
@@ -209,6 +219,8 @@ void message_encode_again(struct buf *rec, const struct bus_message *m)
 	buf_put_bytes(rec, m->envelope, m->len);
 	if (m->expires_us)
 		buf_put_u64(rec, (uint64_t)m->expires_us);
+	if (m->idem_key)
+		buf_put_str(rec, m->idem_key);
 }
 
 struct bus_message *message_decode(struct reader *r)
@@ -225,11 +237,19 @@ struct bus_message *message_decode(struct reader *r)
 	size_t len;
 	const char *env = rd_bytes(r, &len);
 	uint64_t expires = flags & MSG_FLAG_TTL ? rd_u64(r) : 0;
+	const char *key = NULL;
+	size_t kl = 0;
+	if (flags & MSG_FLAG_KEY) {
+		key = rd_bytes(r, &kl);
+		if (!key || kl == 0 || kl > MSG_KEY_MAX || memchr(key, '\0', kl))
+			return NULL;
+	}
 	if (r->bad || !env || len == 0 || number == 0 || (uint64_t)corr_off + corr_len > len ||
-	    (flags & ~(MSG_FLAG_ACK | MSG_FLAG_TTL)) || expires > (uint64_t)INT64_MAX / 2)
+	    (flags & ~(MSG_FLAG_ACK | MSG_FLAG_TTL | MSG_FLAG_KEY)) ||
+	    expires > (uint64_t)INT64_MAX / 2)
 		return NULL;
 	size_t tl = strlen(to) + 1, fl = strlen(from) + 1, il = strlen(id) + 1;
-	struct bus_message *m = malloc(sizeof *m + len + 1 + tl + fl + il);
+	struct bus_message *m = malloc(sizeof *m + len + 1 + tl + fl + il + (key ? kl + 1 : 0));
 	if (!m)
 		return NULL;
 	atomic_init(&m->refs, 1);
@@ -253,6 +273,13 @@ struct bus_message *message_decode(struct reader *r)
 	m->to = memcpy(tail, to, tl);
 	m->from = memcpy(tail + tl, from, fl);
 	m->msg_id = memcpy(tail + tl + fl, id, il);
+	m->idem_key = NULL;
+	if (key) {
+		char *k = tail + tl + fl + il;
+		memcpy(k, key, kl);
+		k[kl] = '\0';
+		m->idem_key = k;
+	}
 	return m;
 }
 

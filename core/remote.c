@@ -283,7 +283,7 @@ static bool plain_member(const struct json_member *m, int n, const char *key, ch
 }
 
 int bus_remote_receive(struct bus *bus, const char *agent, const char *from_node,
-		       const char *data, size_t len, struct bus_error *err)
+		       const char *data, size_t len, int64_t expires_us, struct bus_error *err)
 {
 	struct json_member m[16];
 	char *keys = malloc(len + 1);
@@ -365,6 +365,7 @@ int bus_remote_receive(struct bus *bus, const char *agent, const char *from_node
 			.requires_ack = ack->value_len == 4 && memcmp(ack->value, "true", 4) == 0,
 			.urgent = prio && prio->value_len == 8 && memcmp(prio->value, "\"urgent\"", 8) == 0,
 			.corr_token = corr ? corr->value : NULL, .corr_len = corr ? corr->value_len : 0,
+			.expires_us = expires_us > 0 && expires_us < INT64_MAX / 2 ? expires_us : 0,
 		};
 		message_encode(rec, &env);
 	} else {

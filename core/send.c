@@ -655,6 +655,8 @@ static int encode_for_recipient(struct bus *bus, struct agent *a, void *ctx)
 		.requires_ack = b->rec->requires_ack, .urgent = b->rec->urgent,
 		.expires_us = bus_message_expiry(bus, b->rec->ttl_s, b->now),
 		.corr_token = b->rec->corr, .corr_len = b->rec->corr_len,
+		/* To another node, the key names it in JetStream (SPEC §12). */
+		.idem_key = gateway_is(a) && b->rec->key[0] ? strchr(b->rec->key, '\x01') + 1 : NULL,
 	};
 	message_encode(&bus->rec, &env);
 	if (!buf_ok(&payload))

@@ -84,6 +84,7 @@ struct names {
  * batch_lock). */
 struct batch_entry {
 	struct bus_outgoing out;
+	char msg_id[2 * BUS_NAME_MAX + 3 * 128 + 8]; /* its Nats-Msg-Id (outgoing_msg) */
 	natsStatus result;
 	bool answered;
 };
@@ -942,8 +943,12 @@ static void receive_one(struct cluster *cl, natsMsg *msg)
 	} else if (seq && cl->ndelayed && waits_behind(cl, subject + plen, seq)) {
 		rc = -EAGAIN;
 	} else {
+		const char *expires = NULL;
+		int64_t expires_us = 0;
+		if (natsMsgHeader_Get(msg, "Busfs-Expires", &expires) == NATS_OK && expires)
+			expires_us = strtoll(expires, NULL, 10);
 		rc = bus_remote_receive(cl->bus, subject + plen, from_node, natsMsg_GetData(msg),
-					(size_t)natsMsg_GetDataLength(msg), &err);
+					(size_t)natsMsg_GetDataLength(msg), expires_us, &err);
 	}
 	if (rc == -EAGAIN || rc == -ENOSPC || rc == -ENOMEM || rc == -EIO) {
 		/* No room (a full inbox, a full store): JetStream keeps it and brings it
@@ -1030,7 +1035,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 	pthread_mutex_lock(&cl->batch_lock);
 	for (size_t i = 0; id && i < cl->nbatch; i++) {
 		struct batch_entry *e = &cl->batch[i];
-		if (!e->answered && strcmp(e->out.m->msg_id, id) == 0) {
+		if (!e->answered && strcmp(e->msg_id, id) == 0) {
 			e->answered = true;
 			e->result = pa && !pae ? NATS_OK : pae ? pae->Err : NATS_ERR;
 			break;
@@ -1043,17 +1048,47 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 
 /* Publishes the claimed batch asynchronously and waits (--cluster-timeout) for every
  * ack. An entry with no answer by then is NATS_TIMEOUT: it was sent. */
-/* The NATS message of a queued one: its subject, the sending node, Nats-Msg-Id. */
-static natsStatus outgoing_msg(struct cluster *cl, const struct bus_outgoing *out, natsMsg **msg,
+/* The Nats-Msg-Id of a queued message: its msg_id, or for one sent with an
+ * idempotency key "<from>@<node>/<key>", so a retry is stored once in JetStream even
+ * when this node no longer remembers the key (SPEC §12). The key's bytes outside
+ * printable ASCII, and '%', are written %XX: a header holds no line breaks. */
+static void nats_msg_id(const struct cluster *cl, const struct bus_message *m, char *out,
+			size_t size)
+{
+	if (!m->idem_key) {
+		snprintf(out, size, "%s", m->msg_id);
+		return;
+	}
+	int n = snprintf(out, size, "%s@%s/", m->from, cl->node);
+	size_t at = n > 0 && (size_t)n < size ? (size_t)n : size - 1;
+	for (const unsigned char *k = (const unsigned char *)m->idem_key; *k && at + 4 < size; k++) {
+		if (*k > 0x20 && *k < 0x7f && *k != '%')
+			out[at++] = (char)*k;
+		else
+			at += (size_t)snprintf(out + at, size - at, "%%%02X", *k);
+	}
+	out[at] = '\0';
+}
+
+/* The NATS message of a queued one: its subject, the sending node, the end of its
+ * ttl (Busfs-Expires, microseconds since the epoch) and its Nats-Msg-Id (e->msg_id). */
+static natsStatus outgoing_msg(struct cluster *cl, struct batch_entry *e, natsMsg **msg,
 			       jsPubOptions *po)
 {
+	const struct bus_outgoing *out = &e->out;
 	char subject[2 * BUS_NAME_MAX + 16];
 	snprintf(subject, sizeof subject, "busfs.msg.%s.%s", out->node, out->agent);
+	nats_msg_id(cl, out->m, e->msg_id, sizeof e->msg_id);
 	jsPubOptions_Init(po);
-	po->MsgId = out->m->msg_id;
+	po->MsgId = e->msg_id;
 	natsStatus s = natsMsg_Create(msg, subject, NULL, out->m->envelope, (int)out->m->len);
 	if (s == NATS_OK)
 		s = natsMsgHeader_Set(*msg, "Busfs-Node", cl->node);
+	if (s == NATS_OK && out->m->expires_us) {
+		char v[24];
+		snprintf(v, sizeof v, "%" PRId64, out->m->expires_us);
+		s = natsMsgHeader_Set(*msg, "Busfs-Expires", v);
+	}
 	return s;
 }
 
@@ -1065,7 +1100,7 @@ static void publish_batch(struct cluster *cl)
 		struct batch_entry *e = &cl->batch[0];
 		natsMsg *msg = NULL;
 		jsPubOptions po;
-		natsStatus s = outgoing_msg(cl, &e->out, &msg, &po);
+		natsStatus s = outgoing_msg(cl, e, &msg, &po);
 		po.MaxWait = (int64_t)(cl->cfg.timeout_s * 1000);
 		jsPubAck *ack = NULL;
 		jsErrCode jerr = 0;
@@ -1084,7 +1119,7 @@ static void publish_batch(struct cluster *cl)
 		struct batch_entry *e = &cl->batch[i];
 		natsMsg *msg = NULL;
 		jsPubOptions po;
-		natsStatus s = sent == NATS_OK ? outgoing_msg(cl, &e->out, &msg, &po) : sent;
+		natsStatus s = sent == NATS_OK ? outgoing_msg(cl, e, &msg, &po) : sent;
 		if (s == NATS_OK)
 			s = js_PublishMsgAsync(cl->js, &msg, &po);
 		natsMsg_Destroy(msg);

@@ -42,6 +42,9 @@ struct bus_message {
 	const char *from;
 	const char *to;
 	const char *msg_id;
+	/* To another node with an idempotency key: that key (it names the message in
+	 * JetStream), else NULL. In the same allocation. */
+	const char *idem_key;
 	uint32_t corr_off;      /* raw correlation_id token inside envelope; 0 length = none */
 	uint32_t corr_len;
 	size_t len;             /* envelope bytes, trailing newline included */
@@ -78,6 +81,7 @@ struct envelope {
 	const char *corr_token;     /* JSON string token or NULL */
 	size_t corr_len;
 	int64_t expires_us;         /* ttl end, 0 for none: kept in the record, not the text */
+	const char *idem_key;       /* idempotency key of a message to another node, or NULL */
 	const char *msg_id;         /* a message from another node keeps its own; NULL: made */
 	const char *timestamp;      /* ... and its own timestamp text; NULL: from time_us */
 };
@@ -85,7 +89,7 @@ struct envelope {
 void message_id_format(char *out, uint32_t store_id, int64_t time_us, uint64_t number);
 
 /* The message record of the journal: header fields and the envelope text, then
- * (flag 2) the ttl's end. Appends to rec. */
+ * (flag 2) the ttl's end and (flag 4) the idempotency key. Appends to rec. */
 void message_encode(struct buf *rec, const struct envelope *env);
 
 /* The same record for a message that already exists (snapshots). */

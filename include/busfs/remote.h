@@ -45,11 +45,11 @@ bool bus_outgoing_queued(struct bus *bus, uint64_t number);
 size_t bus_outgoing_depth(struct bus *bus);
 
 /* Commits a message fetched from node from_node for the local agent `agent` (data is
- * the envelope its node stored): 0 delivered, 1 already delivered (the same msg_id
+ * the envelope its node stored, expires_us the end of its ttl or 0): 0 delivered, 1 already delivered (the same msg_id
  * within --dedupe-window), -ENOENT no such agent (an "undeliverable" message to the
  * sender is queued in the same commit), -EAGAIN its inbox is full or draining (fetch
  * it again later), -EINVAL not an envelope, else -ENOSPC, -ENOMEM, -EIO. */
 int bus_remote_receive(struct bus *bus, const char *agent, const char *from_node,
-		       const char *data, size_t len, struct bus_error *err);
+		       const char *data, size_t len, int64_t expires_us, struct bus_error *err);
 
 #endif

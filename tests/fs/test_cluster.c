@@ -114,6 +114,17 @@ static json_t *only_message(const char *dir)
     return m;
 }
 
+/* The payloads of bob's inbox, oldest first, as "p1 p2 ...". */
+static char *bob_payloads(void)
+{
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&node[1], &r, "cat agents/bob/inbox/* 2>/dev/null | jq -r .payload | "
+                                      "tr '\\n' ' '"), 0);
+    char *s = strdup(r.out);
+    bus_cmd_free(&r);
+    return s;
+}
+
 Test(cluster, messages_cross_nodes_both_ways_with_acks_and_health, .init = setup,
      .fini = teardown, .timeout = BUS_TEST_TIMEOUT)
 {
@@ -278,6 +289,78 @@ Test(cluster, a_node_cut_off_keeps_its_local_bus_and_resumes_without_a_restart,
                  0);
     cr_assert_str_eq(r.out, "before after ", "the timed-out send was not delivered");
     bus_cmd_free(&r);
+    stop_all();
+}
+
+/* The status of node `name` in node i's health/status, "" when it is not listed. */
+static char *node_status(int i, const char *name)
+{
+    json_t *st = bus_json_file(ON(i, "health/status"), 0);
+    cr_assert_not_null(st);
+    const char *v = json_string_value(
+        json_object_get(json_object_get(json_object_get(st, "nodes"), name), "status"));
+    char *out = strdup(v ? v : "");
+    json_decref(st);
+    return out;
+}
+
+static void await_node_status(int i, const char *name, const char *want, int ms)
+{
+    long long end = bus_now_ms() + ms;
+    for (;;) {
+        char *got = node_status(i, name);
+        bool done = strcmp(got, want) == 0;
+        if (!done && bus_now_ms() > end)
+            cr_assert_fail("node %s is \"%s\" on %s, not \"%s\"", name, got, names[i], want);
+        free(got);
+        if (done)
+            return;
+        bus_pause_ms(200);
+    }
+}
+
+Test(cluster, retries_are_stored_once_and_ttls_and_silence_cross_nodes, .init = setup,
+     .fini = teardown, .timeout = BUS_TEST_TIMEOUT)
+{
+    alice_and_bob();
+    /* A send with an idempotency key, retried after node a lost its whole store (a
+     * tmpfs store after a reboot): JetStream knows the key, bob gets it once. */
+    static const char once[] = "{\"to\":\"bob@b\",\"payload\":\"k1\",\"idempotency_key\":\"order 1\"}\n";
+    cr_assert_eq(bus_write(ON(0, "agents/alice/send"), once), 0);
+    cr_assert_eq(await_count(ON(1, "agents/bob/inbox"), 1, 10000), 1);
+    bus_terminate(&node[0]);
+    cr_assert_eq(bus_sh(&node[1], NULL, "rm -rf %s && mkdir %s", node[0].store, node[0].store),
+                 0);
+    node_launch(0, NULL);
+    cr_assert_eq(mkdir(ON(0, "agents/alice"), 0755), 0);
+    await_path(ON(0, "agents/bob@b"), 20000);
+    cr_assert_eq(bus_write(ON(0, "agents/alice/send"), once), 0, "the retry succeeds");
+    cr_assert_eq(bus_write(ON(0, "agents/alice/send"),
+                           "{\"to\":\"bob@b\",\"payload\":\"k2\",\"idempotency_key\":\"order 2\"}\n"),
+                 0);
+    cr_assert_eq(await_count(ON(1, "agents/bob/inbox"), 2, 10000), 2);
+    bus_pause_ms(1000);
+    char *got = bob_payloads();
+    cr_assert_str_eq(got, "k1 k2 ", "the retry was not delivered again");
+    free(got);
+
+    /* b stops: past --health-ttl (4 s) it is stale on a. A message with a ttl of 1 s
+     * waits in JetStream meanwhile; when b is back it is past its ttl there: a dead
+     * letter with reason "expired", not a pending message. */
+    await_node_status(0, "b", "up", 10000);
+    bus_terminate(&node[1]);
+    await_node_status(0, "b", "stale", 15000);
+    cr_assert_eq(bus_write(ON(0, "agents/alice/send"),
+                           "{\"to\":\"bob@b\",\"payload\":\"late\",\"ttl_s\":1}\n"), 0);
+    bus_pause_ms(2000);
+    node_launch(1, NULL);
+    await_count(ON(1, "agents/bob/dead"), 1, 15000);
+    json_t *m = only_message(ON(1, "agents/bob/dead"));
+    cr_assert_str_eq(bus_str(m, "payload"), "late");
+    cr_assert_str_eq(bus_str(json_object_get(m, "dead"), "reason"), "expired");
+    json_decref(m);
+    cr_assert_eq(bus_count(ON(1, "agents/bob/inbox")), 2);
+    await_node_status(0, "b", "up", 10000);
     stop_all();
 }
 
@@ -460,17 +543,6 @@ static void setup_small_inbox_on_b(void)
         bus_prepare(&node[i]);
         node_launch_with(i, NULL, "5", i == 1 ? "3" : "100000");
     }
-}
-
-/* The payloads of bob's inbox, oldest first, as "p1 p2 ...". */
-static char *bob_payloads(void)
-{
-    struct bus_cmd r;
-    cr_assert_eq(bus_sh(&node[1], &r, "cat agents/bob/inbox/* 2>/dev/null | jq -r .payload | "
-                                      "tr '\\n' ' '"), 0);
-    char *s = strdup(r.out);
-    bus_cmd_free(&r);
-    return s;
 }
 
 Test(cluster, a_full_inbox_on_the_other_node_delays_delivery_in_order, .init = setup_small_inbox_on_b,

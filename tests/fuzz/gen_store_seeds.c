@@ -287,11 +287,11 @@ static void remote(struct bus *bus)
 		"\"from\":\"bob\",\"to\":\"alice@a\",\"timestamp\":\"2026-11-23T05:05:12.000001Z\","
 		"\"sequence\":9,\"type\":\"message\",\"payload\":\"hi\",\"requires_ack\":true,"
 		"\"priority\":\"normal\"}\n";
-	ok(bus_remote_receive(bus, "alice", "b", env, sizeof env - 1, &err), &err, "receive");
+	ok(bus_remote_receive(bus, "alice", "b", env, sizeof env - 1, 0, &err), &err, "receive");
 	char other[sizeof env];
 	memcpy(other, env, sizeof env);
 	memcpy(strstr(other, "0009\""), "0010", 4);
-	ok(bus_remote_receive(bus, "nobody", "b", other, sizeof other - 1, &err) == -ENOENT ? 0
+	ok(bus_remote_receive(bus, "nobody", "b", other, sizeof other - 1, 0, &err) == -ENOENT ? 0
 											 : -1,
 	   &err, "undeliverable");
 	ack_first(bus, alice);

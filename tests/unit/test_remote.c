@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "busfs/buf.h"
+#include "busfs/clock.h"
 #include "busfs/bus.h"
 #include "busfs/remote.h"
 #include "unit.h"
@@ -193,12 +194,12 @@ REMOTE_TEST(a_fetched_message_is_delivered_once_and_its_ack_goes_back)
 {
     agent("bob");
     struct bus_error err = {0};
-    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, &err), 0,
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, 0, &err), 0,
                  "%s", err.reason);
-    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, &err), 1,
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, 0, &err), 1,
                  "the same msg_id again is not delivered again");
     reopen();
-    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, &err), 1,
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, 0, &err), 1,
                  "... also after a restart");
     json_t *in = inbox_of("bob");
     cr_assert_eq(json_array_size(in), 1);
@@ -239,9 +240,9 @@ REMOTE_TEST(a_fetched_message_is_delivered_once_and_its_ack_goes_back)
 REMOTE_TEST(a_message_for_no_such_agent_queues_undeliverable_once)
 {
     struct bus_error err = {0};
-    cr_assert_eq(bus_remote_receive(the_bus, "nobody", "b", ENVELOPE, sizeof ENVELOPE - 1, &err),
+    cr_assert_eq(bus_remote_receive(the_bus, "nobody", "b", ENVELOPE, sizeof ENVELOPE - 1, 0, &err),
                  -ENOENT);
-    cr_assert_eq(bus_remote_receive(the_bus, "nobody", "b", ENVELOPE, sizeof ENVELOPE - 1, &err),
+    cr_assert_eq(bus_remote_receive(the_bus, "nobody", "b", ENVELOPE, sizeof ENVELOPE - 1, 0, &err),
                  1, "fetched again: the reply is not sent twice");
     cr_assert_eq(bus_outgoing_depth(the_bus), 1);
     struct bus_outgoing out = {0};
@@ -262,7 +263,7 @@ REMOTE_TEST(a_message_for_no_such_agent_queues_undeliverable_once)
         "\"type\":\"t\",\"payload\":1,\"requires_ack\":false}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", bad[i], strlen(bad[i]), &err),
+        cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", bad[i], strlen(bad[i]), 0, &err),
                      -EINVAL, "%s", bad[i]);
 }
 
@@ -272,12 +273,12 @@ REMOTE_TEST(a_full_inbox_delays_a_fetched_message)
     reopen();
     agent("bob");
     struct bus_error err = {0};
-    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, &err), 0);
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1, 0, &err), 0);
     char other[sizeof ENVELOPE];
     memcpy(other, ENVELOPE, sizeof ENVELOPE);
     memcpy(strstr(other, "0007\""), "0008", 4);
-    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", other, strlen(other), &err), -EAGAIN);
-    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", other, strlen(other), &err), -EAGAIN,
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", other, strlen(other), 0, &err), -EAGAIN);
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", other, strlen(other), 0, &err), -EAGAIN,
                  "not remembered: it is delivered once there is room");
 }
 
@@ -297,4 +298,65 @@ REMOTE_TEST(a_gateway_is_no_agent_to_find_remove_or_report_for)
     reopen();
     cr_assert_eq(bus_outgoing_depth(the_bus), 1);
     free(sent.remote);
+}
+
+static int collect_dead(void *ctx, const struct bus_message *m)
+{
+    json_array_append_new(ctx, json_loadb(m->envelope, m->len, 0, NULL));
+    return 0;
+}
+
+REMOTE_TEST(a_queued_message_keeps_its_idempotency_key_and_ttl_through_restarts)
+{
+    struct bus_sent sent = {0};
+    struct bus_error err = {0};
+    int64_t t0 = bus_clock_now_us();
+    cr_assert_eq(send_record("{\"to\":\"bob@b\",\"payload\":1,\"idempotency_key\":\"job 7\\n\","
+                             "\"ttl_s\":60}\n{\"to\":\"bob@b\",\"payload\":2}", &sent, &err),
+                 0, "%s", err.reason);
+    cr_assert_eq(sent.n, 2);
+    for (int round = 0; round < 3; round++) {
+        /* 0: as sent; 1: replayed from the journal; 2: from a snapshot. */
+        struct bus_outgoing out = {0}, out2 = {0};
+        json_decref(claim_outgoing(&out));
+        cr_assert_str_eq(out.m->idem_key, "job 7\n", "round %d", round);
+        cr_assert(out.m->expires_us >= t0 + 60000000 && out.m->expires_us < t0 + 70000000,
+                  "round %d: the ttl's end is kept", round);
+        json_decref(claim_outgoing(&out2));
+        cr_assert_null(out2.m->idem_key);
+        cr_assert_eq(out2.m->expires_us, 0);
+        cr_assert_eq(bus_outgoing_retry(the_bus, out.number, out.token, 0), 0);
+        cr_assert_eq(bus_outgoing_retry(the_bus, out2.number, out2.token, 0), 0);
+        bus_outgoing_release(&out);
+        bus_outgoing_release(&out2);
+        if (round == 1)
+            cr_assert_eq(bus_compact(the_bus), 0);
+        reopen();
+    }
+    free(sent.remote);
+}
+
+REMOTE_TEST(a_fetched_message_past_its_ttl_becomes_a_dead_letter_here)
+{
+    agent("bob");
+    struct bus_error err = {0};
+    cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", ENVELOPE, sizeof ENVELOPE - 1,
+                                    bus_clock_now_us() - 1000, &err), 0, "%s", err.reason);
+    bus_tick_second(the_bus);
+    json_t *in = inbox_of("bob");
+    cr_assert_eq(json_array_size(in), 0, "not pending");
+    json_decref(in);
+    json_t *dead = json_array();
+    bus_place_list(the_bus, agent("bob"), BUS_DEAD, 0, collect_dead, dead);
+    cr_assert_eq(json_array_size(dead), 1, "in dead/");
+    json_decref(dead);
+    uint64_t number = 0;
+    cr_assert(bus_message_holder(the_bus, 1, BUS_DEAD) == agent("bob"), "number 1 is bob's");
+    number = 1;
+    struct buf text;
+    buf_init(&text);
+    cr_assert_eq(bus_place_render(the_bus, agent("bob"), BUS_DEAD, number, &text), 0);
+    buf_putc(&text, '\0');
+    cr_assert(strstr(text.data, "\"expired\""), "%s", text.data);
+    buf_free(&text);
 }
