@@ -141,6 +141,44 @@ void bus_set_node(struct bus *bus, const char *node)
 
 /* ---------- the outgoing queues ---------- */
 
+static struct agent *gateway_holding(struct bus *bus, uint64_t number)
+{
+	struct bus_message *m = msgindex_get(&bus->messages, number);
+	struct agent *g = m ? gateway_for(bus, m->to, false) : NULL;
+	return g && strchr(m->to, '@') ? g : NULL;
+}
+
+/* Leases m of gateway g for the caller (under the bus lock). */
+static int outgoing_lease(struct bus *bus, struct agent *g, struct bus_message *m, double lease_s,
+			  int64_t now, struct bus_outgoing *out)
+{
+	struct bus_error err;
+	int rc = lease_grant_locked(bus, g, m, lease_s, now, &err);
+	if (rc == 0) {
+		message_ref(m);
+		out->m = m;
+		out->number = m->number;
+		out->token = m->token;
+		snprintf(out->node, sizeof out->node, "%s", g->name + 1);
+		bus_remote_split(m->to, out->agent, NULL);
+	}
+	return rc;
+}
+
+int bus_outgoing_claim_only(struct bus *bus, uint64_t number, double lease_s,
+			    struct bus_outgoing *out)
+{
+	bus_lock(bus);
+	int64_t now = bus_clock_now_us();
+	struct agent *g = gateway_holding(bus, number);
+	struct bus_message *m = g ? inbox_find(&g->inbox, number) : NULL;
+	int rc = -EAGAIN;
+	if (m && agent_held(g) == 1 && (!m->ready_us || m->ready_us <= now))
+		rc = outgoing_lease(bus, g, m, lease_s, now, out);
+	pthread_mutex_unlock(&bus->lock);
+	return rc;
+}
+
 int bus_outgoing_claim(struct bus *bus, double lease_s, struct bus_outgoing *out)
 {
 	bus_lock(bus);
@@ -156,17 +194,9 @@ int bus_outgoing_claim(struct bus *bus, double lease_s, struct bus_outgoing *out
 				m = in->msgs[i];
 		if (!m)
 			continue;
-		struct bus_error err;
-		rc = lease_grant_locked(bus, g, m, lease_s, now, &err);
-		if (rc == 0) {
+		rc = outgoing_lease(bus, g, m, lease_s, now, out);
+		if (rc == 0)
 			bus->gateway_next = (bus->gateway_next + k + 1) % n;
-			message_ref(m);
-			out->m = m;
-			out->number = m->number;
-			out->token = m->token;
-			snprintf(out->node, sizeof out->node, "%s", g->name + 1);
-			bus_remote_split(m->to, out->agent, NULL);
-		}
 	}
 	pthread_mutex_unlock(&bus->lock);
 	return rc;
@@ -177,13 +207,6 @@ void bus_outgoing_release(struct bus_outgoing *out)
 	if (out->m)
 		message_unref(out->m);
 	out->m = NULL;
-}
-
-static struct agent *gateway_holding(struct bus *bus, uint64_t number)
-{
-	struct bus_message *m = msgindex_get(&bus->messages, number);
-	struct agent *g = m ? gateway_for(bus, m->to, false) : NULL;
-	return g && strchr(m->to, '@') ? g : NULL;
 }
 
 /* One REC_ACK without an ack message: the gateway's message leaves its queue. */
