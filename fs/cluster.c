@@ -898,7 +898,14 @@ static void await_redeliveries(struct cluster *cl)
 		log_msg(LOG_INFO, "cluster: %lld message(s) fetched before are unacknowledged: "
 			"waiting %d ms for them to come again, in order",
 			(long long)ci->NumAckPending, ACK_WAIT_MS);
-		nats_Sleep(ACK_WAIT_MS + 200);
+		for (int64_t end = now_us() + (ACK_WAIT_MS + 200) * 1000LL; now_us() < end;) {
+			pthread_mutex_lock(&cl->lock);
+			bool stop = cl->stop;
+			pthread_mutex_unlock(&cl->lock);
+			if (stop)
+				break; /* a stop does not wait for them */
+			nats_Sleep(100);
+		}
 	}
 	jsConsumerInfo_Destroy(ci);
 }
