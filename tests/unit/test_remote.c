@@ -259,8 +259,8 @@ REMOTE_TEST(a_message_for_no_such_agent_queues_undeliverable_once)
 
     static const char *const bad[] = {
         "not json", "{}", "{\"msg_id\":\"x\"}",
-        "{\"msg_id\":\"MSG-1\",\"from\":\"a b\",\"timestamp\":\"2026-12-07T12:00:00Z\","
-        "\"type\":\"t\",\"payload\":1,\"requires_ack\":false}",
+        ("{\"msg_id\":\"MSG-1\",\"from\":\"a b\",\"timestamp\":\"2026-12-07T12:00:00Z\","
+         "\"type\":\"t\",\"payload\":1,\"requires_ack\":false}"),
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         cr_assert_eq(bus_remote_receive(the_bus, "bob", "b", bad[i], strlen(bad[i]), 0, &err),
