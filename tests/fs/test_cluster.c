@@ -20,17 +20,21 @@ static struct nats_group nats;
 static struct bus_fixture node[NODES];
 static const char *const names[NODES] = {"a", "b", "c"};
 
-/* Starts node i's busfs with --cluster-timeout timeout (a string of seconds) and
- * --inbox-capacity capacity; urls NULL: every server of the cluster. */
-static void node_launch_with(int i, const char *urls, const char *timeout, const char *capacity)
+/* Starts node i's busfs with --cluster-timeout timeout, --inbox-capacity capacity and
+ * --health-ttl ttl (strings); urls NULL: every server of the cluster. */
+static void node_launch_with(int i, const char *urls, const char *timeout, const char *capacity,
+                             const char *ttl)
 {
     const char *args[] = {"--cluster", urls ? urls : nats.urls, "--node", names[i],
                           "--cluster-timeout", timeout, "--inbox-capacity", capacity,
-                          "--health-ttl", "4", NULL};
+                          "--health-ttl", ttl, NULL};
     bus_launch(&node[i], args);
 }
 
-static void node_launch(int i, const char *urls) { node_launch_with(i, urls, "2", "100000"); }
+static void node_launch(int i, const char *urls)
+{
+    node_launch_with(i, urls, "2", "100000", "30");
+}
 
 /* The cluster (with an edge server: a talks to it alone) and nodes a, b, c. */
 static void start_nodes(bool edge)
@@ -172,7 +176,7 @@ Test(cluster, messages_cross_nodes_both_ways_with_acks_and_health, .init = setup
     cr_assert_eq(bus_sh(&node[1], &r, "echo '{\"status\":\"healthy\"}' > agents/bob/health"),
                  0);
     bus_cmd_free(&r);
-    long long end = bus_now_ms() + 5000;
+    long long end = bus_now_ms() + 10000;
     json_t *st = NULL;
     for (;;) {
         json_decref(st);
@@ -180,7 +184,14 @@ Test(cluster, messages_cross_nodes_both_ways_with_acks_and_health, .init = setup
         cr_assert_not_null(st);
         const char *bob = json_string_value(
             json_object_get(json_object_get(json_object_get(st, "agents"), "bob@b"), "status"));
-        if ((bob && strcmp(bob, "healthy") == 0) || bus_now_ms() > end)
+        bool all_up = true;
+        for (int i = 0; i < NODES; i++) {
+            const char *ns = json_string_value(json_object_get(
+                json_object_get(json_object_get(st, "nodes"), names[i]), "status"));
+            all_up = all_up && ns && strcmp(ns, "up") == 0;
+        }
+        /* Each node's own record too comes back through its KV watcher. */
+        if ((bob && strcmp(bob, "healthy") == 0 && all_up) || bus_now_ms() > end)
             break;
         bus_pause_ms(100);
     }
@@ -319,7 +330,17 @@ static void await_node_status(int i, const char *name, const char *want, int ms)
     }
 }
 
-Test(cluster, retries_are_stored_once_and_ttls_and_silence_cross_nodes, .init = setup,
+/* --health-ttl 4, so that a node's silence shows within seconds. */
+static void setup_short_health_ttl(void)
+{
+    nats_start(&nats, false);
+    for (int i = 0; i < NODES; i++) {
+        bus_prepare(&node[i]);
+        node_launch_with(i, NULL, "2", "100000", "4");
+    }
+}
+
+Test(cluster, retries_are_stored_once_and_ttls_and_silence_cross_nodes, .init = setup_short_health_ttl,
      .fini = teardown, .timeout = BUS_TEST_TIMEOUT)
 {
     alice_and_bob();
@@ -331,7 +352,7 @@ Test(cluster, retries_are_stored_once_and_ttls_and_silence_cross_nodes, .init = 
     bus_terminate(&node[0]);
     cr_assert_eq(bus_sh(&node[1], NULL, "rm -rf %s && mkdir %s", node[0].store, node[0].store),
                  0);
-    node_launch(0, NULL);
+    node_launch_with(0, NULL, "2", "100000", "4");
     cr_assert_eq(mkdir(ON(0, "agents/alice"), 0755), 0);
     await_path(ON(0, "agents/bob@b"), 20000);
     cr_assert_eq(bus_write(ON(0, "agents/alice/send"), once), 0, "the retry succeeds");
@@ -353,7 +374,7 @@ Test(cluster, retries_are_stored_once_and_ttls_and_silence_cross_nodes, .init = 
     cr_assert_eq(bus_write(ON(0, "agents/alice/send"),
                            "{\"to\":\"bob@b\",\"payload\":\"late\",\"ttl_s\":1}\n"), 0);
     bus_pause_ms(2000);
-    node_launch(1, NULL);
+    node_launch_with(1, NULL, "2", "100000", "4");
     await_count(ON(1, "agents/bob/dead"), 1, 15000);
     json_t *m = only_message(ON(1, "agents/bob/dead"));
     cr_assert_str_eq(bus_str(m, "payload"), "late");
@@ -495,7 +516,7 @@ static void setup_long_timeout(void)
     nats_start(&nats, false);
     for (int i = 0; i < NODES; i++) {
         bus_prepare(&node[i]);
-        node_launch_with(i, NULL, "30", "100000");
+        node_launch_with(i, NULL, "30", "100000", "30");
     }
 }
 
@@ -541,7 +562,7 @@ static void setup_small_inbox_on_b(void)
     nats_start(&nats, false);
     for (int i = 0; i < NODES; i++) {
         bus_prepare(&node[i]);
-        node_launch_with(i, NULL, "5", i == 1 ? "3" : "100000");
+        node_launch_with(i, NULL, "5", i == 1 ? "3" : "100000", "30");
     }
 }
 
