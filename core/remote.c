@@ -165,20 +165,6 @@ static int outgoing_lease(struct bus *bus, struct agent *g, struct bus_message *
 	return rc;
 }
 
-int bus_outgoing_claim_only(struct bus *bus, uint64_t number, double lease_s,
-			    struct bus_outgoing *out)
-{
-	bus_lock(bus);
-	int64_t now = bus_clock_now_us();
-	struct agent *g = gateway_holding(bus, number);
-	struct bus_message *m = g ? inbox_find(&g->inbox, number) : NULL;
-	int rc = -EAGAIN;
-	if (m && agent_held(g) == 1 && (!m->ready_us || m->ready_us <= now))
-		rc = outgoing_lease(bus, g, m, lease_s, now, out);
-	pthread_mutex_unlock(&bus->lock);
-	return rc;
-}
-
 int bus_outgoing_claim(struct bus *bus, double lease_s, struct bus_outgoing *out)
 {
 	bus_lock(bus);

@@ -7,9 +7,9 @@
  * Two threads, each with one job:
  *   the publisher leases the oldest message queued for another node (core/remote.c),
  *   publishes it with Nats-Msg-Id = its msg_id and acks it in the store once JetStream
- *   stored it; a send waiting for that (cluster_park) is answered then. (A send of one
- *   message that is alone in its node's queue is published by the FUSE thread that
- *   committed it, the same way: publish_now.) A message no
+ *   stored it; a send waiting for that (cluster_park) is answered then. (Never the
+ *   FUSE thread: busfs serves every request from one dispatch thread, which must not
+ *   wait for JetStream.) A message no
  *   one waits for (an ack, an undeliverable notice) is retried until it is stored; a
  *   send that cannot be stored within --cluster-timeout is taken back out of the
  *   queue and answered ETIMEDOUT.
@@ -48,7 +48,6 @@
 #define RETRY_DELAY_MS 1000
 #define PUBLISH_BATCH 64
 #define ACK_WAIT_MS 5000
-#define FAST_PUBLISHERS 2
 /* A delayed message not seen again for this long is gone from the stream or this
  * consumer (a new store, an operator's purge): later ones stop waiting for it. */
 #define DELAYED_FORGET_US (60 * 1000000LL)
@@ -151,7 +150,6 @@ struct cluster {
 	bool synced;             /* local was read back from busfs_agents once */
 	bool stop;
 	atomic_bool reconnected;  /* set by on_reconnected, taken by the receiver */
-	atomic_int fast;          /* FUSE threads in publish_now */
 	pthread_t publisher, receiver;
 	bool publisher_started, receiver_started;
 };
@@ -220,36 +218,6 @@ static void answer(struct cluster *cl, struct parked_send *p)
 	free(p);
 }
 
-/* One message alone in its node's queue is published by the thread that committed it,
- * at once: no hand-over to the publisher, whose batches are for queues that grew. True
- * when p was answered (and freed): stored, or sent and never acknowledged (ETIMEDOUT,
- * not sent again). False: p waits for the publisher as any other send. */
-static bool publish_now(struct cluster *cl, struct parked_send *p)
-{
-	struct batch_entry e = {0};
-	/* A FUSE thread waits here for JetStream: at most FAST_PUBLISHERS at a time, so a
-	 * slow cluster never holds every thread of the mount. */
-	if (atomic_fetch_add(&cl->fast, 1) >= FAST_PUBLISHERS || !cluster_connected(cl) ||
-	    bus_outgoing_claim_only(cl->bus, p->numbers[0], cl->cfg.timeout_s + 30, &e.out) < 0) {
-		atomic_fetch_sub(&cl->fast, 1);
-		return false;
-	}
-	natsStatus s = publish_one(cl, &e);
-	atomic_fetch_sub(&cl->fast, 1);
-	if (s == NATS_OK || s == NATS_TIMEOUT) {
-		bus_outgoing_done(cl->bus, e.out.number, e.out.token);
-		bus_outgoing_release(&e.out);
-		p->err = s == NATS_OK ? 0 : ETIMEDOUT;
-		answer(cl, p);
-		return true;
-	}
-	log_msg(LOG_INFO, "cluster: publish to %s@%s: %s", e.out.agent, e.out.node,
-		natsStatus_GetText(s));
-	bus_outgoing_retry(cl->bus, e.out.number, e.out.token, 0.1);
-	bus_outgoing_release(&e.out);
-	return false;
-}
-
 void cluster_park(struct cluster *cl, fuse_req_t req, const uint64_t *numbers, size_t n,
 		  size_t write_size, uint64_t agent_id, const char *path)
 {
@@ -270,8 +238,6 @@ void cluster_park(struct cluster *cl, fuse_req_t req, const uint64_t *numbers, s
 				  .write_size = write_size, .agent_id = agent_id,
 				  .deadline_us = now_us() + (int64_t)(cl->cfg.timeout_s * 1e6)};
 	snprintf(p->path, sizeof p->path, "%s", path);
-	if (n == 1 && publish_now(cl, p))
-		return;
 	pthread_mutex_lock(&cl->lock);
 	p->next = cl->parked;
 	cl->parked = p;

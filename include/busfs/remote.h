@@ -30,10 +30,6 @@ struct bus_outgoing {
 /* Leases the oldest queued message of some node (round robin) for lease_s seconds:
  * 0, or -EAGAIN when none is ready. */
 int bus_outgoing_claim(struct bus *bus, double lease_s, struct bus_outgoing *out);
-/* Leases message `number` when it is all its node's queue holds (so publishing it now
- * passes no earlier message): 0, or -EAGAIN. */
-int bus_outgoing_claim_only(struct bus *bus, uint64_t number, double lease_s,
-			    struct bus_outgoing *out);
 void bus_outgoing_release(struct bus_outgoing *out);
 /* The message is stored on the other side: it leaves the queue. -ESTALE when that
  * lease is no longer its own. */

@@ -4,16 +4,20 @@
 # loopback (each server its own ports and store dir under a temp dir, stopped by pid).
 #
 # Two busfs nodes, a and b; alice on a sends to bob@b. Per round, interleaved:
-#   js sync      jspub: N x js_Publish of 200 bytes, each waiting for its ack
+#   js sync      jspub: N x js_Publish of 200 bytes, each waiting for its ack, while
+#                `jspub consume` (another process, on any server) fetches and acks them
 #   busfs one    client outbox: N x (open + write 200 B + close) of outbox/bob@b; the
 #                close returns once JetStream stored the message
+#   busfs local  client outbox: the same to carol, an agent on node a: what the FUSE
+#                side of a send costs without NATS
 #   js async     jspub: N x js_PublishAsync, at most BATCH unacknowledged
 #   busfs batch  client batch: N records to bob@b, BATCH per write() to `send`; a write
 #                returns once JetStream stored all its records
 # and, for the busfs rounds, the time until every message is in b's inbox (committed
-# on b, then acked to JetStream). Both publish to a stream of 3 replicas on file
-# storage, with a Nats-Msg-Id per message: "acknowledged" means the same thing on both
-# sides (stored on a quorum of the servers).
+# on b, then acked to JetStream). Both publish to the same stream, BUSFS (3 replicas,
+# file storage), through the same server, with a Nats-Msg-Id per message, and have a
+# consumer acking on the other side: "acknowledged" means the same thing on both sides
+# (stored on a quorum of the servers).
 #
 # Environment: BENCH_CLUSTER_N (messages per round, 2000), BENCH_CLUSTER_BATCH (64),
 # BENCH_ROUNDS (5), BENCH_SKIP (containing "cluster": skip).
@@ -103,9 +107,14 @@ PIDS+=($!)
 	"$WORK/mb" >"$WORK/b.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 200); do [ -e "$WORK/ma/README" ] && [ -e "$WORK/mb/README" ] && break; sleep 0.05; done
-mkdir "$WORK/ma/agents/alice" "$WORK/mb/agents/bob"
+mkdir "$WORK/ma/agents/alice" "$WORK/ma/agents/carol" "$WORK/mb/agents/bob"
 for _ in $(seq 200); do [ -e "$WORK/ma/agents/bob@b" ] && break; sleep 0.1; done
 [ -e "$WORK/ma/agents/bob@b" ] || { log "cluster: a never learned bob@b ($WORK/a.log)"; exit 1; }
+
+# The bare side's consumer, on the other side as node b is to busfs: it fetches and
+# acks what jspub publishes, so JetStream does the same work per message for both.
+"$OUT/jspub" "$URLS" consume >"$WORK/consumer.out" 2>"$WORK/consumer.err" &
+PIDS+=($!)
 
 rate() { sed -n 's/^\([0-9.]*\) msgs\/s.*/\1/p'; }
 now() { date +%s.%N; }
@@ -129,6 +138,8 @@ for r in $(seq "$ROUNDS"); do
 	s=$(delivered "$N" "$t0")
 	R[busfs_one_e2e]+=" $(awk -v n="$N" -v s="$s" 'BEGIN { printf "%.0f", n / s }')"
 	clear_inbox
+	R[busfs_local]+=" $("$OUT/client" outbox "$WORK/ma/agents/alice/outbox/carol" "$N" | rate)"
+	find "$WORK/ma/agents/carol/inbox" -maxdepth 1 -type f -delete
 	R[js_async]+=" $("$OUT/jspub" "$SENDER_URL" async "$N" "$BATCH" | rate)"
 	t0=$(now)
 	R[busfs_batch]+=" $("$OUT/client" batch "$WORK/ma/agents/alice/send" "$BATCH" "$N" bob@b | rate)"
@@ -150,6 +161,8 @@ printf '| workload | busfs | bare JetStream | busfs / bare |\n|---|---|---|---|\
 printf '| one send at a time, each waiting for its ack | %s us/send (%s msgs/s) | %s us/publish (js_Publish; %s msgs/s) | %.2fx latency |\n' \
 	"$(us "$(M busfs_one)")" "$(S busfs_one)" "$(us "$(M js_sync)")" "$(S js_sync)" \
 	"$(awk -v a="$(M js_sync)" -v b="$(M busfs_one)" 'BEGIN { print a / b }')"
+printf '| the same send to an agent on node a itself (no NATS) | %s us/send (%s msgs/s) | | |\n' \
+	"$(us "$(M busfs_local)")" "$(S busfs_local)"
 printf '| batched: %d records per write / %d publishes in flight | %s msgs/s (%s) | %s msgs/s (js_PublishAsync; %s) | %.2fx throughput |\n' \
 	"$BATCH" "$BATCH" "$(M busfs_batch)" "$(S busfs_batch)" "$(M js_async)" "$(S js_async)" \
 	"$(awk -v a="$(M busfs_batch)" -v b="$(M js_async)" 'BEGIN { print a / b }')"

@@ -360,35 +360,3 @@ REMOTE_TEST(a_fetched_message_past_its_ttl_becomes_a_dead_letter_here)
     cr_assert(strstr(text.data, "\"expired\""), "%s", text.data);
     buf_free(&text);
 }
-
-REMOTE_TEST(a_message_is_claimed_by_number_only_when_its_queue_holds_nothing_else)
-{
-    struct bus_sent first = {0}, second = {0};
-    struct bus_error err = {0};
-    cr_assert_eq(send_record("{\"to\":\"bob@b\",\"payload\":1}", &first, &err), 0, "%s",
-                 err.reason);
-    struct bus_outgoing out = {0}, none = {0};
-    cr_assert_eq(bus_outgoing_claim_only(the_bus, first.remote[0], 5, &out), 0, "alone");
-    cr_assert_eq(out.number, first.remote[0]);
-    cr_assert_eq(bus_outgoing_claim(the_bus, 5, &none), -EAGAIN, "being published");
-    cr_assert_eq(bus_outgoing_claim_only(the_bus, first.remote[0], 5, &none), -EAGAIN);
-    /* A second message while the first is out: it would pass nothing, but it must
-     * not be published beside one still under way to the same node. */
-    cr_assert_eq(send_record("{\"to\":\"bob@b\",\"payload\":2}", &second, &err), 0);
-    cr_assert_eq(bus_outgoing_claim_only(the_bus, second.remote[0], 5, &none), -EAGAIN);
-    cr_assert_eq(bus_outgoing_retry(the_bus, out.number, out.token, 0), 0);
-    bus_outgoing_release(&out);
-    cr_assert_eq(bus_outgoing_claim_only(the_bus, second.remote[0], 5, &none), -EAGAIN,
-                 "the first is queued before it");
-    cr_assert_eq(bus_outgoing_claim_only(the_bus, 999999, 5, &none), -EAGAIN, "no such message");
-    json_decref(claim_outgoing(&out));
-    cr_assert_eq(out.number, first.remote[0], "the oldest goes first");
-    cr_assert_eq(bus_outgoing_done(the_bus, out.number, out.token), 0);
-    bus_outgoing_release(&out);
-    cr_assert_eq(bus_outgoing_claim_only(the_bus, second.remote[0], 5, &out), 0, "alone now");
-    cr_assert_eq(bus_outgoing_done(the_bus, out.number, out.token), 0);
-    bus_outgoing_release(&out);
-    cr_assert_eq(bus_outgoing_depth(the_bus), 0);
-    free(first.remote);
-    free(second.remote);
-}
