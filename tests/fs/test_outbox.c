@@ -165,6 +165,33 @@ BUS_TEST(outbox, noclobber_shell_can_send)
     cr_assert_eq(bus_count(AT("agents/bob/inbox")), 2);
 }
 
+BUS_TEST(outbox, a_pair_name_looked_up_and_sent_to_never_exists)
+{
+    /* The kernel may remember that outbox/bob is not there (a negative entry): probes,
+     * sends, O_EXCL and noclobber must all still agree with ls. */
+    bus_agents(&bus, "alice", "bob", NULL);
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&bus, &r,
+                        "cd agents/alice/outbox; for i in 1 2 3; do [ -e bob ] && exit 1; "
+                        "stat bob 2>/dev/null && exit 2; echo $i > bob || exit 3; done; "
+                        "set -C; echo 4 > bob || exit 4; [ -e bob ] && exit 5; "
+                        "ls | grep -qx bob && exit 6; exit 0"),
+                 0, "%s", r.err);
+    bus_cmd_free(&r);
+    int fd = open(AT("agents/alice/outbox/bob"), O_WRONLY | O_CREAT | O_EXCL, 0644);
+    cr_assert_geq(fd, 0, "O_EXCL of outbox/bob: %s", strerror(errno));
+    cr_assert_eq(write(fd, "5\n", 2), 2);
+    cr_assert_eq(close(fd), 0);
+    errno = 0;
+    cr_assert(open(AT("agents/alice/outbox/bob"), O_RDONLY) < 0 && errno == ENOENT,
+              "opening outbox/bob to read: %s", strerror(errno));
+    json_t *in = bus_inbox("bob");
+    cr_assert_eq(json_array_size(in), 5);
+    for (size_t i = 0; i < 5; i++)
+        cr_assert_eq(bus_int(json_array_get(in, i), "payload"), (json_int_t)i + 1);
+    json_decref(in);
+}
+
 BUS_TEST(outbox, sequences_count_per_pair_without_gaps_and_msg_ids_are_unique)
 {
     bus_agents(&bus, "alice", "bob", "carol", NULL);
