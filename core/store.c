@@ -161,9 +161,13 @@ static int write_file_atomic(int dirfd, const char *name, const void *p, size_t 
 	if (fd < 0)
 		return fd;
 	int rc = write_all(fd, p, n);
+	if (rc == 0 && fsync(fd) < 0)
+		rc = -errno;
 	close(fd);
 	if (rc == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
 		rc = -errno;
+	if (rc == 0)
+		fsync(dirfd);
 	if (rc < 0)
 		unlinkat(dirfd, tmp, 0);
 	return rc;
@@ -997,7 +1001,12 @@ int store_snapshot_commit(struct store *st)
 	put_le32(frame, 0);
 	put_le32(frame + 4, 0); /* the CRC-32 of no bytes */
 	buf_append(&st->snapbuf, frame, FRAME_SIZE);
+	/* On a disk, each step is on stable storage before the next one names it, so a
+	 * power cut leaves one of the states a kill -9 can (the old snapshot and journal,
+	 * or the new snapshot with the old or the new journal): free on tmpfs. */
 	int rc = buf_ok(&st->snapbuf) ? snap_flush(st) : -ENOMEM;
+	if (rc == 0 && fsync(st->snapfd) < 0)
+		rc = -errno;
 	if (rc == 0 && close(st->snapfd) < 0)
 		rc = -errno;
 	st->snapfd = -1;
@@ -1009,8 +1018,12 @@ int store_snapshot_commit(struct store *st)
 	uint64_t jalloc = HEADER_SIZE;
 	if (rc == 0)
 		rc = allocate_to(st, jfd, &jalloc, HEADER_SIZE + st->reserved);
+	if (rc == 0 && fsync(jfd) < 0)
+		rc = -errno;
 	if (rc == 0 && renameat(st->dirfd, "snapshot.tmp", st->dirfd, "snapshot") < 0)
 		rc = -errno;
+	if (rc == 0)
+		fsync(st->dirfd);
 	if (rc < 0) {
 		unlinkat(st->dirfd, "snapshot.tmp", 0);
 		if (jfd >= 0) {
@@ -1027,6 +1040,7 @@ int store_snapshot_commit(struct store *st)
 		st->journalfd = -1;
 		return rc;
 	}
+	fsync(st->dirfd);
 	use_journal(st, jfd, st->generation + 1);
 	st->allocated = jalloc;
 	return 0;
