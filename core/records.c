@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bus_impl.h"
 
@@ -285,3 +286,21 @@ int bus_compact(struct bus *bus)
 }
 
 void bus_compact_locked(struct bus *bus) { compact_locked(bus); }
+
+uint64_t bus_journal_written(struct bus *bus) { return store_appended(bus->store); }
+
+int bus_journal_sync(struct bus *bus, uint64_t *synced)
+{
+	bus_lock(bus);
+	uint64_t covers = 0;
+	int fd = store_sync_handle(bus->store, &covers);
+	pthread_mutex_unlock(&bus->lock);
+	if (fd < 0)
+		return fd;
+	/* Outside the lock: commits go on meanwhile, and the next sync covers them. */
+	int rc = fdatasync(fd) < 0 ? -errno : 0;
+	close(fd);
+	if (rc == 0)
+		*synced = covers;
+	return rc;
+}

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@ struct store {
 	uint64_t snap_written;     /* during compaction */
 	uint64_t reserved;         /* journal bytes promised to writes not yet committed */
 	uint64_t allocated;        /* the journal's bytes known allocated (fallocate) */
+	_Atomic uint64_t appended; /* bytes ever appended, over every journal: --sync's clock */
 	struct buf snapbuf;
 	/* What DIR/mark says: the journal (generation) held at least `length` bytes of
 	 * whole records. A journal found shorter than that lost acknowledged records. */
@@ -922,9 +924,24 @@ int store_append(struct store *st, const void *rec, size_t len)
 		st->allocated = st->journal_bytes;
 	} else {
 		st->journal_bytes += total;
+		atomic_fetch_add(&st->appended, total);
 	}
 	flock(st->journalfd, LOCK_UN);
 	return rc;
+}
+
+uint64_t store_appended(const struct store *st) { return atomic_load(&st->appended); }
+
+int store_sync_handle(struct store *st, uint64_t *covers)
+{
+	if (st->journalfd < 0)
+		return -EIO;
+	int fd = fcntl(st->journalfd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	/* A compaction since put what came before into a snapshot it synced itself. */
+	*covers = atomic_load(&st->appended);
+	return fd;
 }
 
 int store_unappend(struct store *st, size_t len)

@@ -11,6 +11,7 @@
 #define FUSE_USE_VERSION 34
 #include <fuse_lowlevel.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <syslog.h>
 
@@ -102,6 +103,19 @@ struct handle {
 
 struct parked;
 
+/* --sync: replies held until the journal behind them is on stable storage (sync.c). */
+struct held_reply;
+struct syncer {
+	bool on;                      /* --sync */
+	bool installed, started, stop;
+	_Atomic uint64_t synced;      /* journal bytes written that a sync covered */
+	pthread_mutex_t lock;         /* the queue, stop */
+	pthread_cond_t cond;
+	struct held_reply *head, *tail;
+	pthread_t thread;
+	uint64_t syncs, replies;      /* the syncer's, for its last log line */
+};
+
 struct fs {
 	struct bus *bus;
 	struct fuse_session *se;
@@ -132,6 +146,7 @@ struct fs {
 	struct buf cached_doc;
 
 	struct cluster *cluster;      /* --cluster: the other nodes (cluster.c), else NULL */
+	struct syncer sync;           /* --sync (sync.c) */
 
 	/* The ticker evaluates alert rules every --alert-interval. */
 	pthread_t ticker;
@@ -139,6 +154,16 @@ struct fs {
 	pthread_mutex_t ticker_lock;
 	pthread_cond_t ticker_cond;
 };
+
+/* Starts a helper thread with every signal blocked: signals must land on the dispatch
+ * thread, whose read of /dev/fuse they end. 0 or -errno. */
+int fs_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+
+/* sync.c: install after the mount (before any request), start after daemonizing,
+ * stop after the last reply (it sends what it holds). */
+int syncer_install(struct fs *fs);
+int syncer_start(struct fs *fs);
+void syncer_stop(struct fs *fs);
 
 /* tree.c */
 struct fuse_lowlevel_ops busfs_make_ops(void);

@@ -73,6 +73,10 @@ static void usage(FILE *out)
 		"  --cluster-replicas N       replicas of the stream and KV buckets (3)\n"
 		"  --cluster-timeout SECONDS  a send to another node fails with ETIMEDOUT when\n"
 		"                             JetStream has not stored it in this time (5)\n"
+		"  --sync                     a commit is answered once its journal bytes are on\n"
+		"                             stable storage (fdatasync, shared by the commits\n"
+		"                             made meanwhile): sends survive a power cut on a\n"
+		"                             disk store (off)\n"
 		"  --check                    verify the store offline; exit 0 when consistent,\n"
 		"                             2 when it is damaged or holds a non-regular file\n"
 		"  --salvage                  rebuild a damaged store from its intact records; the\n"
@@ -205,6 +209,7 @@ enum {
 	OPT_NODE,
 	OPT_CLUSTER_REPLICAS,
 	OPT_CLUSTER_TIMEOUT,
+	OPT_SYNC,
 };
 
 int main(int argc, char **argv)
@@ -231,6 +236,7 @@ int main(int argc, char **argv)
 		{"node", required_argument, NULL, OPT_NODE},
 		{"cluster-replicas", required_argument, NULL, OPT_CLUSTER_REPLICAS},
 		{"cluster-timeout", required_argument, NULL, OPT_CLUSTER_TIMEOUT},
+		{"sync", no_argument, NULL, OPT_SYNC},
 		{"check", no_argument, NULL, 'k'},
 		{"salvage", no_argument, NULL, 'S'},
 		{"clear-stale", no_argument, NULL, 'C'},
@@ -249,6 +255,7 @@ int main(int argc, char **argv)
 				 .summary_window_s = 60, .metrics_retention_s = 3600,
 				 .alert_interval_s = 5, .lease_s = 60, .max_deliver = 5};
 	bool check = false, salvage = false, clear_stale = false, foreground = false, debug = false;
+	bool sync_on = false;
 	struct cluster_config ccfg = {.replicas = 3, .timeout_s = 5};
 	const char *mount_opts[64];
 	size_t nopts = 0;
@@ -364,6 +371,7 @@ int main(int argc, char **argv)
 			}
 			ccfg.replicas = (int)v;
 			break;
+		case OPT_SYNC: sync_on = true; break;
 		case OPT_CLUSTER_TIMEOUT:
 			if (parse_seconds("--cluster-timeout", optarg, &ccfg.timeout_s) < 0 ||
 			    ccfg.timeout_s > 3600) {
@@ -457,6 +465,7 @@ int main(int argc, char **argv)
 	fs.mountpoint = mountpoint;
 	fs.uid = getuid();
 	fs.gid = getgid();
+	fs.sync.on = sync_on;
 	waiters_init(&fs);
 	struct bus_error err = {0};
 	if (bus_open(&cfg, &fs.bus, &err) < 0) {
@@ -497,13 +506,18 @@ int main(int argc, char **argv)
 		fprintf(stderr, "busfs: cannot mount at %s\n", mountpoint);
 		goto out_signals;
 	}
+	if (syncer_install(&fs) != 0) {
+		fprintf(stderr, "busfs: --sync: cannot take over the replies of the session\n");
+		goto out_unmount;
+	}
 	if (fuse_daemonize(foreground) != 0)
 		goto out_unmount;
 	if (!foreground)
 		log_use_syslog();
 	bus_write_pid(fs.bus);
-	if (waiters_start(&fs) < 0 || ticker_start(&fs, bus_config(fs.bus)->alert_interval_s) < 0) {
-		fprintf(stderr, "busfs: cannot start the notifier and ticker threads\n");
+	if (waiters_start(&fs) < 0 || ticker_start(&fs, bus_config(fs.bus)->alert_interval_s) < 0 ||
+	    syncer_start(&fs) < 0) {
+		fprintf(stderr, "busfs: cannot start the notifier, ticker and syncer threads\n");
 		goto out_unmount;
 	}
 	if (ccfg.urls) {
@@ -511,8 +525,8 @@ int main(int argc, char **argv)
 		if (!(fs.cluster = cluster_start(fs.bus, &ccfg)))
 			goto out_unmount;
 	}
-	log_msg(LOG_INFO, "serving %s from store %s (pid %ld)", mountpoint, cfg.store_dir,
-		(long)getpid());
+	log_msg(LOG_INFO, "serving %s from store %s (pid %ld)%s", mountpoint, cfg.store_dir,
+		(long)getpid(), sync_on ? ", --sync" : "");
 	status = fuse_session_loop(fs.se) < 0 ? 1 : 0;
 	log_msg(LOG_INFO, "stopping: readers get end-of-file, %s is unmounted", mountpoint);
 	cluster_stop(fs.cluster);
@@ -521,6 +535,7 @@ int main(int argc, char **argv)
 	waiters_shutdown(&fs);
 	serve_until_closed(&fs, 2.0);
 out_unmount:
+	syncer_stop(&fs); /* sends what it holds: the last replies */
 	fuse_session_unmount(fs.se);
 out_signals:
 	fuse_remove_signal_handlers(fs.se);

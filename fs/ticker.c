@@ -56,13 +56,9 @@ int ticker_start(struct fs *fs, double interval_s)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&fs->ticker_cond, &ca);
 	pthread_condattr_destroy(&ca);
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int rc = pthread_create(&fs->ticker, NULL, ticker_main, fs);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int rc = fs_thread_start(&fs->ticker, ticker_main, fs);
 	fs->ticker_started = rc == 0;
-	return rc == 0 ? 0 : -rc;
+	return rc;
 }
 
 void ticker_stop(struct fs *fs)

@@ -401,18 +401,13 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		break;
 	case N_INBOX:
 	case N_OUTBOX: {
-		/* outbox/B never exists as a file: creating it starts a message. */
+		/* outbox/B never exists as a file: creating it starts a message. Its ENOENT
+		 * is not cached (no negative entry): Linux 6.x opens O_CREAT without the
+		 * directory lock when a valid dentry is found, and a valid negative one that
+		 * a concurrent CREATE turns positive is then opened as an existing file,
+		 * which refuses it (EACCES, measured with 8 writers to one outbox/B). */
 		char id[BUS_MSG_ID_LEN + 1];
 		r.number = message_parse_any_file_name(name, id);
-		if (!r.number && p.node == N_OUTBOX) {
-			/* outbox/B, never a file: the kernel may remember that (a negative
-			 * entry), while message file names may appear at any time. */
-			struct fuse_entry_param neg;
-			memset(&neg, 0, sizeof neg);
-			neg.entry_timeout = LONG_TIMEOUT;
-			fuse_reply_entry(req, &neg);
-			return;
-		}
 		if (!r.number)
 			break;
 		/* The whole name must match: the right number with another msg_id is not it. */

@@ -310,17 +310,21 @@ static void *notifier_main(void *arg)
 	return NULL;
 }
 
-int waiters_start(struct fs *fs)
+int fs_thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
 {
-	/* Signals must land on the dispatch thread, whose read of /dev/fuse they end. */
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int rc = pthread_create(&fs->notifier, NULL, notifier_main, fs);
+	int rc = pthread_create(t, NULL, fn, arg);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (rc == 0)
-		fs->notifier_started = true;
 	return -rc;
+}
+
+int waiters_start(struct fs *fs)
+{
+	int rc = fs_thread_start(&fs->notifier, notifier_main, fs);
+	fs->notifier_started = rc == 0;
+	return rc;
 }
 
 /* After the session loop ends: every parked reader gets end-of-file, the notifier

@@ -279,6 +279,12 @@ size_t bus_errors_size(struct bus *bus, uint64_t agent_id);
 /* Writes a snapshot now and restarts the journal. */
 int bus_compact(struct bus *bus);
 
+/* --sync (SPEC §13). How many journal bytes commits have written so far (any thread,
+ * no lock), and a sync of the journal to stable storage: *synced is then the count
+ * it covers. The bus lock is held only to take the journal, not across the sync. */
+uint64_t bus_journal_written(struct bus *bus);
+int bus_journal_sync(struct bus *bus, uint64_t *synced);
+
 /* Offline check of a store (busfs --check): loads it read-only and verifies that
  * counters cover every id and sequence. Writes a report; returns 0 when consistent. */
 int bus_check_store(const char *dir, struct buf *report);

@@ -68,6 +68,12 @@ int store_append(struct store *st, const void *rec, size_t len);
 /* Takes back the record of `len` bytes the last store_append wrote, for a change the
  * bus could not apply after all: the journal is cut back to before it. 0 or -errno. */
 int store_unappend(struct store *st, size_t len);
+/* Bytes ever appended to the journals (no lock needed): --sync compares it with what a
+ * sync covered. */
+uint64_t store_appended(const struct store *st);
+/* A duplicate of the journal's descriptor, to sync without the caller's lock, and the
+ * appended count a sync of it covers (*covers); -errno. */
+int store_sync_handle(struct store *st, uint64_t *covers);
 
 /* Space promised to a write before it commits: the journal's blocks for bytes more
  * (beyond the journal and what is already promised) are allocated now (fallocate,
