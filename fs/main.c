@@ -73,10 +73,10 @@ static void usage(FILE *out)
 		"  --cluster-replicas N       replicas of the stream and KV buckets (3)\n"
 		"  --cluster-timeout SECONDS  a send to another node fails with ETIMEDOUT when\n"
 		"                             JetStream has not stored it in this time (5)\n"
-		"  --sync                     a commit is answered once its journal bytes are on\n"
+		"  --sync, --no-sync          a commit is answered once its journal bytes are on\n"
 		"                             stable storage (fdatasync, shared by the commits\n"
-		"                             made meanwhile): sends survive a power cut on a\n"
-		"                             disk store (off)\n"
+		"                             made meanwhile): sends survive a power cut (on for\n"
+		"                             a store on a disk, off on tmpfs)\n"
 		"  --check                    verify the store offline; exit 0 when consistent,\n"
 		"                             2 when it is damaged or holds a non-regular file\n"
 		"  --salvage                  rebuild a damaged store from its intact records; the\n"
@@ -93,6 +93,16 @@ static void usage(FILE *out)
 		"\n"
 		"Stop it with SIGTERM or Ctrl-C (parked readers get end-of-file), or with\n"
 		"`fusermount3 -u MOUNTPOINT` when no file is open.\n");
+}
+
+/* --sync's default: on for a store on a disk, off on tmpfs and ramfs (memory, gone at
+ * reboot anyway) and where the filesystem cannot be told. */
+static bool store_on_disk(const char *dir)
+{
+	struct statfs sf;
+	if (statfs(dir, &sf) < 0)
+		return true;
+	return sf.f_type != 0x01021994 /* TMPFS_MAGIC */ && sf.f_type != 0x858458f6 /* RAMFS */;
 }
 
 /* After SIGTERM: parked readers have their end-of-file; keep answering for a moment
@@ -210,6 +220,7 @@ enum {
 	OPT_CLUSTER_REPLICAS,
 	OPT_CLUSTER_TIMEOUT,
 	OPT_SYNC,
+	OPT_NO_SYNC,
 };
 
 int main(int argc, char **argv)
@@ -237,6 +248,7 @@ int main(int argc, char **argv)
 		{"cluster-replicas", required_argument, NULL, OPT_CLUSTER_REPLICAS},
 		{"cluster-timeout", required_argument, NULL, OPT_CLUSTER_TIMEOUT},
 		{"sync", no_argument, NULL, OPT_SYNC},
+		{"no-sync", no_argument, NULL, OPT_NO_SYNC},
 		{"check", no_argument, NULL, 'k'},
 		{"salvage", no_argument, NULL, 'S'},
 		{"clear-stale", no_argument, NULL, 'C'},
@@ -255,7 +267,7 @@ int main(int argc, char **argv)
 				 .summary_window_s = 60, .metrics_retention_s = 3600,
 				 .alert_interval_s = 5, .lease_s = 60, .max_deliver = 5};
 	bool check = false, salvage = false, clear_stale = false, foreground = false, debug = false;
-	bool sync_on = false;
+	int sync_mode = -1; /* --sync 1, --no-sync 0, else by the store's filesystem */
 	struct cluster_config ccfg = {.replicas = 3, .timeout_s = 5};
 	const char *mount_opts[64];
 	size_t nopts = 0;
@@ -371,7 +383,8 @@ int main(int argc, char **argv)
 			}
 			ccfg.replicas = (int)v;
 			break;
-		case OPT_SYNC: sync_on = true; break;
+		case OPT_SYNC: sync_mode = 1; break;
+		case OPT_NO_SYNC: sync_mode = 0; break;
 		case OPT_CLUSTER_TIMEOUT:
 			if (parse_seconds("--cluster-timeout", optarg, &ccfg.timeout_s) < 0 ||
 			    ccfg.timeout_s > 3600) {
@@ -465,7 +478,6 @@ int main(int argc, char **argv)
 	fs.mountpoint = mountpoint;
 	fs.uid = getuid();
 	fs.gid = getgid();
-	fs.sync.on = sync_on;
 	waiters_init(&fs);
 	struct bus_error err = {0};
 	if (bus_open(&cfg, &fs.bus, &err) < 0) {
@@ -478,6 +490,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	bus_set_wake(fs.bus, waiters_wake, &fs);
+	fs.sync.on = sync_mode >= 0 ? sync_mode == 1 : store_on_disk(cfg.store_dir);
 
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	fuse_opt_add_arg(&args, argv[0]);
@@ -526,7 +539,7 @@ int main(int argc, char **argv)
 			goto out_unmount;
 	}
 	log_msg(LOG_INFO, "serving %s from store %s (pid %ld)%s", mountpoint, cfg.store_dir,
-		(long)getpid(), sync_on ? ", --sync" : "");
+		(long)getpid(), fs.sync.on ? ", --sync" : ", --no-sync");
 	status = fuse_session_loop(fs.se) < 0 ? 1 : 0;
 	log_msg(LOG_INFO, "stopping: readers get end-of-file, %s is unmounted", mountpoint);
 	cluster_stop(fs.cluster);

@@ -42,6 +42,9 @@ if [ -z "$NATS_SERVER" ]; then
 fi
 
 WORK=$(mktemp -d /tmp/busfs-bench-cluster-XXXXXX)
+# The nodes' stores on tmpfs, as the default store is (no --sync): JetStream's file
+# storage does not fsync each message either (sync_interval, 2 min by default).
+SHM=$(mktemp -d /dev/shm/busfs-bench-cluster-XXXXXX)
 PIDS=()
 cleanup() {
 	for m in "$WORK/ma" "$WORK/mb"; do
@@ -49,7 +52,7 @@ cleanup() {
 	done
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$WORK"
+	rm -rf "$WORK" "$SHM"
 }
 trap cleanup EXIT
 
@@ -100,10 +103,10 @@ for i in 0 1 2; do
 done
 
 mkdir -p "$WORK/ma" "$WORK/mb"
-"$BUSFS" -f --store "$WORK/sa" --cluster "$SENDER_URL" --node a --inbox-capacity 1000000 \
+"$BUSFS" -f --store "$SHM/sa" --cluster "$SENDER_URL" --node a --inbox-capacity 1000000 \
 	"$WORK/ma" >"$WORK/a.log" 2>&1 &
 PIDS+=($!)
-"$BUSFS" -f --store "$WORK/sb" --cluster "$URLS" --node b --inbox-capacity 1000000 \
+"$BUSFS" -f --store "$SHM/sb" --cluster "$URLS" --node b --inbox-capacity 1000000 \
 	"$WORK/mb" >"$WORK/b.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 200); do [ -e "$WORK/ma/README" ] && [ -e "$WORK/mb/README" ] && break; sleep 0.05; done

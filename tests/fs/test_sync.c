@@ -94,10 +94,51 @@ Test(sync, a_send_is_on_the_disk_when_it_returns, .fini = bus_teardown,
     }
     cr_assert_eq(bus_count(AT("agents/bob/inbox")), 20);
     struct bus_cmd r;
-    cr_assert_eq(bus_sh(&bus, &r, "grep -c -- --sync %s", bus.log), 0,
+    cr_assert_eq(bus_sh(&bus, &r, "grep -c 'pid [0-9]*), --sync$' %s", bus.log), 0,
                  "the server says it runs with --sync");
     bus_cmd_free(&r);
     bus_terminate(&bus);
+}
+
+/* The server's start line ends with its choice: ", --sync" or ", --no-sync". */
+static void expect_mode(const char *mode)
+{
+    struct bus_cmd r;
+    cr_assert_eq(bus_sh(&bus, &r, "grep -c 'pid [0-9]*), %s$' %s", mode, bus.log), 0,
+                 "a start with %s: %s", mode, r.out);
+    bus_cmd_free(&r);
+}
+
+Test(sync, on_by_default_for_a_disk_store_and_off_on_tmpfs, .fini = bus_teardown,
+     .timeout = BUS_TEST_TIMEOUT)
+{
+    char image[PATH_MAX];
+    store_on_its_own_disk(image, sizeof image);
+    bus_launch(&bus, NULL);
+    expect_mode("--sync");
+    cr_assert_eq(mkdir(AT("agents/alice"), 0755), 0);
+    cr_assert_eq(mkdir(AT("agents/bob"), 0755), 0);
+    char mark[64], text[80];
+    snprintf(mark, sizeof mark, "by-default-%d-%lld", (int)getpid(), bus_now_ms());
+    snprintf(text, sizeof text, "%s\n", mark);
+    cr_assert_eq(bus_write(AT("agents/alice/outbox/bob"), text), 0);
+    cr_assert(image_holds(image, mark), "the default on a disk store syncs");
+    bus_terminate(&bus);
+    const char *off[] = {"--no-sync", NULL};
+    bus_launch(&bus, off);
+    expect_mode("--no-sync");
+    bus_terminate(&bus);
+
+    /* A store on tmpfs (/dev/shm): nothing to sync for. */
+    char shm[] = "/dev/shm/busfs-sync-test-XXXXXX";
+    cr_assert(mkdtemp(shm), "mkdtemp: %s", strerror(errno));
+    snprintf(bus.store, sizeof bus.store, "%s", shm);
+    bus_launch(&bus, NULL);
+    expect_mode("--no-sync");
+    bus_terminate(&bus);
+    struct bus_cmd r;
+    bus_sh(&bus, &r, "rm -rf %s", shm);
+    bus_cmd_free(&r);
 }
 
 Test(sync, eight_writers_to_one_recipient_all_succeed, .fini = bus_teardown,
