@@ -16,6 +16,8 @@ PKGS      := fuse3 jansson libnats
 # Prometheus clients it checks busfs.prom with (promtool, node_exporter).
 DEB_PKGS  := libfuse3-dev fuse3 libjansson-dev libnats-dev pkg-config jq
 TEST_PKGS := libcriterion-dev prometheus prometheus-node-exporter nats-server
+# The peers `make bench` measures busfs against (its own servers, ports and dirs).
+BENCH_PKGS := redis-server redis-tools
 WARN      := -Wall -Wextra -Wshadow -Wformat=2 -Wvla -Wno-unused-parameter
 CFLAGS    ?= -O2 -g
 CPPFLAGS  += -Iinclude -D_GNU_SOURCE -DBUSFS_VERSION='"$(VERSION)"'
@@ -137,6 +139,7 @@ asan:
 	$(MAKE) BUILD=build-asan BIN=build-asan/busfs SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" CFLAGS="-O1 -g" test
 
 bench: deps-test
+	@$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(BENCH_PKGS)"
 	@$(MAKE) --no-print-directory busfs
 	@$(MAKE) --no-print-directory -C tests/bench BUSFS=$(CURDIR)/busfs
 

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# durable.sh BUSFS — sends that survive a power cut, for `make bench`: busfs --sync
+# against Redis with `appendfsync always`, side by side on the same disk filesystem.
+#
+# Both acknowledge a send only once it is on stable storage: busfs after an fdatasync
+# of its journal covered it (one for every commit made meanwhile), Redis after the
+# fsync of its append-only file that ends the event-loop round the command was in.
+# Per round, interleaved, 200-byte messages, each sender waiting for every answer:
+#   busfs  W writers: client outbox-procs W (open, write, close of outbox/bob)
+#   redis  W clients: redis-benchmark -t lpush -c W -P 1 (one LPUSH at a time each)
+# for W = 1 and 8, and busfs --no-sync on the same disk for reference. Each server has
+# its own port, temp dir and store and is stopped by pid.
+#
+# Environment: BENCH_DURABLE_N (sends per round per target, 4000), BENCH_ROUNDS (5),
+# BENCH_DURABLE_DIR (a directory on the disk to measure, /var/tmp), BENCH_SKIP
+# (containing "durable": skip).
+set -euo pipefail
+
+BUSFS=${1:?usage: durable.sh BUSFS}
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=$HERE/out
+N=${BENCH_DURABLE_N:-4000}
+ROUNDS=${BENCH_ROUNDS:-5}
+BASE=${BENCH_DURABLE_DIR:-/var/tmp}
+log() { printf '%s\n' "$*" >&2; }
+
+if [[ " ${BENCH_SKIP:-} " == *" durable "* ]]; then
+	log "durable: skipped (BENCH_SKIP)"
+	exit 0
+fi
+REDIS=$(command -v redis-server || true)
+REDIS_BENCH=$(command -v redis-benchmark || true)
+REDIS_CLI=$(command -v redis-cli || true)
+if [ -z "$REDIS" ] || [ -z "$REDIS_BENCH" ] || [ -z "$REDIS_CLI" ]; then
+	log "durable: redis-server is not installed (make bench installs it): skipped"
+	exit 0
+fi
+FSTYPE=$(stat -f -c %T "$BASE")
+if [ "$FSTYPE" = tmpfs ] || [ "$FSTYPE" = ramfs ]; then
+	log "durable: $BASE is $FSTYPE, not a disk; set BENCH_DURABLE_DIR: skipped"
+	exit 0
+fi
+
+WORK=$(mktemp -d "$BASE/busfs-bench-durable-XXXXXX")
+PIDS=()
+cleanup() {
+	for m in "$WORK/mnt-sync" "$WORK/mnt-nosync"; do
+		fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || true
+	done
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 12000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"
+			return
+		fi
+	done
+}
+PORT=$(free_port)
+mkdir -p "$WORK/redis"
+"$REDIS" --port "$PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
+	--appendfsync always --save "" --daemonize no --logfile "$WORK/redis.log" &
+PIDS+=($!)
+for _ in $(seq 100); do
+	[ "$(timeout 2 "$REDIS_CLI" -p "$PORT" ping 2>/dev/null)" = PONG ] && break
+	sleep 0.1
+done
+
+for mode in sync nosync; do
+	mkdir -p "$WORK/mnt-$mode"
+	"$BUSFS" -f --"${mode/nosync/no-sync}" --store "$WORK/store-$mode" \
+		--inbox-capacity 10000000 "$WORK/mnt-$mode" >"$WORK/$mode.log" 2>&1 &
+	PIDS+=($!)
+done
+for _ in $(seq 200); do
+	[ -e "$WORK/mnt-sync/README" ] && [ -e "$WORK/mnt-nosync/README" ] && break
+	sleep 0.05
+done
+for mode in sync nosync; do mkdir "$WORK/mnt-$mode/agents/alice" "$WORK/mnt-$mode/agents/bob"; done
+
+rate() { sed -n 's/^\([0-9.]*\) msgs\/s.*/\1/p'; }
+redis_rate() { tr '\r' '\n' | sed -n 's/^LPUSH: \([0-9.]*\) requests per second.*/\1/p' | tail -1; }
+busfs_round() { # busfs_round MODE WRITERS
+	local r
+	r=$("$OUT/client" outbox-procs "$2" "$WORK/mnt-$1/agents/alice/outbox/bob" "$N" | rate)
+	find "$WORK/mnt-$1/agents/bob/inbox" -maxdepth 1 -type f -delete
+	echo "$r"
+}
+
+declare -A R
+for r in $(seq "$ROUNDS"); do
+	for w in 1 8; do
+		R[busfs_$w]+=" $(busfs_round sync "$w")"
+		R[redis_$w]+=" $("$REDIS_BENCH" -p "$PORT" -c "$w" -n "$N" -P 1 -d 200 -t lpush -q | redis_rate)"
+		R[nosync_$w]+=" $(busfs_round nosync "$w")"
+	done
+	log "durable: round $r/$ROUNDS: 1 writer busfs ${R[busfs_1]##* } redis ${R[redis_1]##* }; 8 writers busfs ${R[busfs_8]##* } redis ${R[redis_8]##* } sends/s"
+done
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+spread() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f-%.0f", lo, hi }'; }
+M() { echo "${R[$1]}" | median; }
+S() { echo "${R[$1]}" | spread; }
+
+printf '\nsends that survive a power cut: busfs --sync vs Redis appendfsync always, on %s (%s);\n' "$BASE" "$FSTYPE"
+printf 'medians of %d interleaved rounds of %d sends of 200 bytes, each waiting for its answer (spread)\n\n' "$ROUNDS" "$N"
+printf '| writers | busfs --sync | Redis appendfsync always | busfs / Redis | busfs --no-sync (reference) |\n|---|---|---|---|---|\n'
+for w in 1 8; do
+	printf '| %d | %.0f sends/s (%s) | %.0f sends/s (%s) | %.2fx | %.0f sends/s (%s) |\n' "$w" \
+		"$(M "busfs_$w")" "$(S "busfs_$w")" "$(M "redis_$w")" "$(S "redis_$w")" \
+		"$(awk -v a="$(M "busfs_$w")" -v b="$(M "redis_$w")" 'BEGIN { print a / b }')" \
+		"$(M "nosync_$w")" "$(S "nosync_$w")"
+done
+for mode in sync nosync; do fusermount3 -u "$WORK/mnt-$mode" 2>/dev/null || true; done
+sleep 0.5
+grep -h -- 'fdatasyncs answered' "$WORK/sync.log" | sed 's/^busfs: /busfs: /' || true
