@@ -59,6 +59,8 @@
 set -u
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 OUTDIR="$HERE/out"
 NULLFS="$OUTDIR/nullfs"
 CLIENT="$OUTDIR/client"
@@ -472,8 +474,6 @@ measure() {
 	done
 }
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END {
-	if (NR == 0) exit 1; if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 jobs_for() { local k=$1 t; for t in "${TARGETS[@]}"; do echo "$k:$t"; done; }
 

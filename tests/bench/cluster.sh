@@ -30,6 +30,8 @@ N=${BENCH_CLUSTER_N:-2000}
 BATCH=${BENCH_CLUSTER_BATCH:-64}
 ROUNDS=${BENCH_ROUNDS:-5}
 log() { printf '%s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 
 if [[ " ${BENCH_SKIP:-} " == *" cluster "* ]]; then
 	log "cluster: skipped (BENCH_SKIP)"
@@ -56,17 +58,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Three free loopback ports per server, below the ephemeral range.
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 12000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return
-		fi
-	done
-}
+# Three free loopback ports per server.
 declare -a CP RP HP
 for i in 0 1 2; do CP[i]=$(free_port); RP[i]=$(free_port); HP[i]=$(free_port); done
 URLS="nats://127.0.0.1:${CP[0]},nats://127.0.0.1:${CP[1]},nats://127.0.0.1:${CP[2]}"
@@ -119,7 +111,6 @@ for _ in $(seq 200); do [ -e "$WORK/ma/agents/bob@b" ] && break; sleep 0.1; done
 "$OUT/jspub" "$URLS" consume >"$WORK/consumer.out" 2>"$WORK/consumer.err" &
 PIDS+=($!)
 
-rate() { sed -n 's/^\([0-9.]*\) msgs\/s.*/\1/p'; }
 now() { date +%s.%N; }
 # Waits until b's inbox holds WANT files; prints the seconds since START.
 delivered() { # delivered WANT START
@@ -152,10 +143,6 @@ for r in $(seq "$ROUNDS"); do
 	log "cluster: round $r/$ROUNDS: js sync ${R[js_sync]##* }, busfs one ${R[busfs_one]##* }, js async ${R[js_async]##* }, busfs batch ${R[busfs_batch]##* } msgs/s"
 done
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-spread() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'; }
-M() { echo "${R[$1]}" | median; }
-S() { echo "${R[$1]}" | spread; }
 us() { awk -v r="$1" 'BEGIN { printf "%.0f", 1e6 / r }'; }
 
 printf '\ncross-node send: busfs --cluster vs bare NATS JetStream, 3 servers on loopback, R3,\n'

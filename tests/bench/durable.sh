@@ -23,6 +23,8 @@ N=${BENCH_DURABLE_N:-4000}
 ROUNDS=${BENCH_ROUNDS:-5}
 BASE=${BENCH_DURABLE_DIR:-/var/tmp}
 log() { printf '%s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 
 if [[ " ${BENCH_SKIP:-} " == *" durable "* ]]; then
 	log "durable: skipped (BENCH_SKIP)"
@@ -53,16 +55,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 12000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return
-		fi
-	done
-}
 PORT=$(free_port)
 mkdir -p "$WORK/redis"
 "$REDIS" --port "$PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
@@ -85,7 +77,6 @@ for _ in $(seq 200); do
 done
 for mode in sync nosync; do mkdir "$WORK/mnt-$mode/agents/alice" "$WORK/mnt-$mode/agents/bob"; done
 
-rate() { sed -n 's/^\([0-9.]*\) msgs\/s.*/\1/p'; }
 redis_rate() { tr '\r' '\n' | sed -n 's/^LPUSH: \([0-9.]*\) requests per second.*/\1/p' | tail -1; }
 busfs_round() { # busfs_round MODE WRITERS
 	local r
@@ -104,19 +95,15 @@ for r in $(seq "$ROUNDS"); do
 	log "durable: round $r/$ROUNDS: 1 writer busfs ${R[busfs_1]##* } redis ${R[redis_1]##* }; 8 writers busfs ${R[busfs_8]##* } redis ${R[redis_8]##* } sends/s"
 done
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-spread() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f-%.0f", lo, hi }'; }
-M() { echo "${R[$1]}" | median; }
-S() { echo "${R[$1]}" | spread; }
 
 printf '\nsends that survive a power cut: busfs --sync vs Redis appendfsync always, on %s (%s);\n' "$BASE" "$FSTYPE"
 printf 'medians of %d interleaved rounds of %d sends of 200 bytes, each waiting for its answer (spread)\n\n' "$ROUNDS" "$N"
 printf '| writers | busfs --sync | Redis appendfsync always | busfs / Redis | busfs --no-sync (reference) |\n|---|---|---|---|---|\n'
 for w in 1 8; do
 	printf '| %d | %.0f sends/s (%s) | %.0f sends/s (%s) | %.2fx | %.0f sends/s (%s) |\n' "$w" \
-		"$(M "busfs_$w")" "$(S "busfs_$w")" "$(M "redis_$w")" "$(S "redis_$w")" \
+		"$(M "busfs_$w")" "$(S "busfs_$w" %.0f)" "$(M "redis_$w")" "$(S "redis_$w" %.0f)" \
 		"$(awk -v a="$(M "busfs_$w")" -v b="$(M "redis_$w")" 'BEGIN { print a / b }')" \
-		"$(M "nosync_$w")" "$(S "nosync_$w")"
+		"$(M "nosync_$w")" "$(S "nosync_$w" %.0f)"
 done
 for mode in sync nosync; do fusermount3 -u "$WORK/mnt-$mode" 2>/dev/null || true; done
 sleep 0.5
