@@ -141,30 +141,6 @@ void bus_set_node(struct bus *bus, const char *node)
 
 /* ---------- the outgoing queues ---------- */
 
-static struct agent *gateway_holding(struct bus *bus, uint64_t number)
-{
-	struct bus_message *m = msgindex_get(&bus->messages, number);
-	struct agent *g = m ? gateway_for(bus, m->to, false) : NULL;
-	return g && strchr(m->to, '@') ? g : NULL;
-}
-
-/* Leases m of gateway g for the caller (under the bus lock). */
-static int outgoing_lease(struct bus *bus, struct agent *g, struct bus_message *m, double lease_s,
-			  int64_t now, struct bus_outgoing *out)
-{
-	struct bus_error err;
-	int rc = lease_grant_locked(bus, g, m, lease_s, now, &err);
-	if (rc == 0) {
-		message_ref(m);
-		out->m = m;
-		out->number = m->number;
-		out->token = m->token;
-		snprintf(out->node, sizeof out->node, "%s", g->name + 1);
-		bus_remote_split(m->to, out->agent, NULL);
-	}
-	return rc;
-}
-
 int bus_outgoing_claim(struct bus *bus, double lease_s, struct bus_outgoing *out)
 {
 	bus_lock(bus);
@@ -180,9 +156,17 @@ int bus_outgoing_claim(struct bus *bus, double lease_s, struct bus_outgoing *out
 				m = in->msgs[i];
 		if (!m)
 			continue;
-		rc = outgoing_lease(bus, g, m, lease_s, now, out);
-		if (rc == 0)
+		struct bus_error err;
+		rc = lease_grant_locked(bus, g, m, lease_s, now, &err);
+		if (rc == 0) {
 			bus->gateway_next = (bus->gateway_next + k + 1) % n;
+			message_ref(m);
+			out->m = m;
+			out->number = m->number;
+			out->token = m->token;
+			snprintf(out->node, sizeof out->node, "%s", g->name + 1);
+			bus_remote_split(m->to, out->agent, NULL);
+		}
 	}
 	pthread_mutex_unlock(&bus->lock);
 	return rc;
@@ -193,6 +177,13 @@ void bus_outgoing_release(struct bus_outgoing *out)
 	if (out->m)
 		message_unref(out->m);
 	out->m = NULL;
+}
+
+static struct agent *gateway_holding(struct bus *bus, uint64_t number)
+{
+	struct bus_message *m = msgindex_get(&bus->messages, number);
+	struct agent *g = m ? gateway_for(bus, m->to, false) : NULL;
+	return g && strchr(m->to, '@') ? g : NULL;
 }
 
 /* One REC_ACK without an ack message: the gateway's message leaves its queue. */

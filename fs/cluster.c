@@ -187,6 +187,15 @@ bool cluster_node_valid(const char *node)
 	return true;
 }
 
+/* Whether cluster_stop has begun. */
+static bool stopping(struct cluster *cl)
+{
+	pthread_mutex_lock(&cl->lock);
+	bool stop = cl->stop;
+	pthread_mutex_unlock(&cl->lock);
+	return stop;
+}
+
 bool cluster_connected(struct cluster *cl)
 {
 	return cl && natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED;
@@ -195,7 +204,6 @@ bool cluster_connected(struct cluster *cl)
 /* ---------- parked sends ---------- */
 
 static bool settle(struct cluster *cl, uint64_t number, int err);
-static natsStatus publish_one(struct cluster *cl, struct batch_entry *e);
 
 static void answer(struct cluster *cl, struct parked_send *p)
 {
@@ -864,14 +872,10 @@ static void await_redeliveries(struct cluster *cl)
 		log_msg(LOG_INFO, "cluster: %lld message(s) fetched before are unacknowledged: "
 			"waiting %d ms for them to come again, in order",
 			(long long)ci->NumAckPending, ACK_WAIT_MS);
-		for (int64_t end = now_us() + (ACK_WAIT_MS + 200) * 1000LL; now_us() < end;) {
-			pthread_mutex_lock(&cl->lock);
-			bool stop = cl->stop;
-			pthread_mutex_unlock(&cl->lock);
-			if (stop)
-				break; /* a stop does not wait for them */
+		/* A stop does not wait for them. */
+		for (int64_t end = now_us() + (ACK_WAIT_MS + 200) * 1000LL;
+		     now_us() < end && !stopping(cl);)
 			nats_Sleep(100);
-		}
 	}
 	jsConsumerInfo_Destroy(ci);
 }
@@ -983,12 +987,7 @@ static void *receiver_main(void *arg)
 	int64_t last_sync = 0, last_reconcile = 0;
 	natsStatus last_fetch = NATS_OK;
 	bool ready = false;
-	for (;;) {
-		pthread_mutex_lock(&cl->lock);
-		bool stop = cl->stop;
-		pthread_mutex_unlock(&cl->lock);
-		if (stop)
-			break;
+	while (!stopping(cl)) {
 		if (!cluster_connected(cl)) {
 			nats_Sleep(100);
 			continue;
@@ -1056,8 +1055,6 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 	natsMsg_Destroy(msg);
 }
 
-/* Publishes the claimed batch asynchronously and waits (--cluster-timeout) for every
- * ack. An entry with no answer by then is NATS_TIMEOUT: it was sent. */
 /* The Nats-Msg-Id of a queued message: its msg_id, or for one sent with an
  * idempotency key "<from>@<node>/<key>", so a retry is stored once in JetStream even
  * when this node no longer remembers the key (SPEC §12). The key's bytes outside
@@ -1119,6 +1116,9 @@ static natsStatus publish_one(struct cluster *cl, struct batch_entry *e)
 	return s;
 }
 
+/* Publishes the claimed batch (asynchronously when it holds more than one) and waits
+ * (--cluster-timeout) for every ack. An entry with no answer by then is NATS_TIMEOUT:
+ * it was sent. */
 static void publish_batch(struct cluster *cl)
 {
 	if (cl->nbatch == 1) {

@@ -6,7 +6,6 @@
  * blocks every signal so SIGTERM lands on the dispatch thread. ticker_stop() ends
  * it; the struct fs owns it. */
 #include <errno.h>
-#include <signal.h>
 #include <time.h>
 
 #include "busfs/clock.h"
