@@ -166,6 +166,7 @@ struct bus {
 	uint64_t rejected_total;
 	uint64_t rejected_by[BUS_ERRNO_MAX]; /* per errno; [0] holds codes beyond the table */
 	uint64_t compacted_at;       /* journal bytes after the last compaction attempt */
+	uint64_t compacted_live;     /* messages.bytes when the last snapshot was written */
 
 	struct errlog errors;
 	struct buf rec;              /* scratch record */
@@ -343,9 +344,9 @@ void dedupe_free(struct dedupe *d);
 /* events.c: one line in `events`, of kind, about agent (or NULL), with fields (JSON
  * members, each starting with a comma, or NULL). Only from applying a record. */
 void event_emit(struct bus *bus, const char *kind, const char *agent, const char *fields);
-/* The same with the message's msg_id, from and to first. */
+/* The same with the message's msg_id, from and to first, and its "bytes" unless 0. */
 void event_message(struct bus *bus, const char *kind, const char *agent,
-		   const struct bus_message *m, const char *more);
+		   const struct bus_message *m, uint64_t bytes, const char *more);
 /* Appends the lines the record just applied made (bus_apply_record), or forgets
  * them and gives the counter back (seq) for a record that did not apply. */
 void events_flush(struct bus *bus);

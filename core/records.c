@@ -166,6 +166,18 @@ void bus_records_report(const struct bus *bus, struct buf *report)
 
 static int compact_locked(struct bus *bus);
 
+/* Whether a snapshot now would at least halve the store. Its size is foreseen from
+ * the bytes of the messages held, scaled as the last snapshot's were (that scale holds
+ * the records' framing and the rest of the state): a store that only grew, a backlog
+ * filling up, would be rewritten whole for nothing, again and again. */
+static bool compaction_pays(struct bus *bus, uint64_t journal, uint64_t snap)
+{
+	if (!bus->compacted_live)
+		return true;
+	double foreseen = (double)snap * (double)bus->messages.bytes / (double)bus->compacted_live;
+	return (double)(journal + snap) > 2 * foreseen;
+}
+
 bool bus_space_for(struct bus *bus, uint64_t need)
 {
 	uint64_t max = bus->cfg.store_max_bytes;
@@ -238,7 +250,7 @@ int bus_commit(struct bus *bus, struct bus_error *err)
 	uint64_t snap = store_snapshot_bytes(bus->store);
 	uint64_t big = bus->cfg.store_max_bytes / 4 < (64u << 20) ? bus->cfg.store_max_bytes / 4
 								 : (64u << 20);
-	if (journal > big && journal > 2 * snap)
+	if (journal > big && journal > 2 * snap && compaction_pays(bus, journal, snap))
 		compact_locked(bus);
 	return 0;
 }
@@ -274,7 +286,10 @@ static int compact_locked(struct bus *bus)
 		store_snapshot_abort(bus->store);
 		return rc;
 	}
-	return store_snapshot_commit(bus->store);
+	rc = store_snapshot_commit(bus->store);
+	if (rc == 0)
+		bus->compacted_live = bus->messages.bytes;
+	return rc;
 }
 
 int bus_compact(struct bus *bus)

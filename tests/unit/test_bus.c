@@ -13,10 +13,12 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1011,6 +1013,57 @@ BUS_TEST(consumed_messages_do_not_fill_the_store_for_good)
     cr_assert_eq(m->sequence, SENDS + 1);
     cr_assert_eq(m->number, SENDS + 1);
     message_unref(m);
+}
+
+/* The snapshot's inode: each compaction writes a new file in its place. */
+static ino_t snapshot_ino(void)
+{
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/snapshot", store_dir);
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_ino : 0;
+}
+
+BUS_TEST(a_growing_backlog_is_not_rewritten_but_a_consumed_one_is_compacted)
+{
+    /* Compacting a store whose messages are all still pending gives nothing back and
+     * costs a rewrite of all of them: with the journal's threshold at 2 MiB (a quarter
+     * of --store-max-bytes), 7 MiB of pending messages are snapshotted at most once. */
+    start(100000, 0, UINT64_C(8) << 20);
+    agent("alice");
+    agent("bob");
+    struct bus_error err = {0};
+    char body[300];
+    memset(body, 'x', sizeof body - 1);
+    body[sizeof body - 1] = '\0';
+    int rewrites = 0, sent = 0;
+    ino_t ino = snapshot_ino();
+    struct bus_stats st;
+    do {
+        cr_assert_eq(send_text("alice", "bob", body, &err), 0, "send %d: %s", sent, err.reason);
+        sent++;
+        if (snapshot_ino() != ino) {
+            ino = snapshot_ino();
+            rewrites++;
+        }
+        bus_stats(the_bus, &st);
+    } while (st.store_bytes < (UINT64_C(7) << 20));
+    cr_assert_leq(rewrites, 1, "%d snapshots written for %d pending messages", rewrites, sent);
+    /* Consumed, the same messages are dead weight: the commits past the threshold
+     * compact them away (what stays: alice's outbox, the journal since). */
+    uint64_t bob = id_of("bob");
+    for (int i = 1; i <= sent; i++) {
+        struct bus_message *m = newest_in("bob");
+        cr_assert_not_null(m);
+        cr_assert_eq(bus_ack(the_bus, bob, m->number, NULL, OWNER, &err), 0, "%s", err.reason);
+        message_unref(m);
+    }
+    send_ok("alice", "bob", "one more");
+    bus_stats(the_bus, &st);
+    cr_assert_lt(st.store_bytes, UINT64_C(5) << 20, "%" PRIu64 " bytes after all was consumed",
+                 st.store_bytes);
+    cr_assert_neq(snapshot_ino(), ino, "no compaction after all was consumed");
+    cr_assert_eq(st.pending, 1);
 }
 
 /* ========== broadcast ========== */
