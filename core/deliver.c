@@ -180,9 +180,7 @@ static int deliver(struct bus *bus, struct bus_message *m, bool count)
 		to->delivered_total++;
 		bus->delivered_total++;
 	}
-	char bytes[32];
-	snprintf(bytes, sizeof bytes, ",\"bytes\":%zu", m->len);
-	event_message(bus, "delivered", to->name, m, bytes);
+	event_message(bus, "delivered", to->name, m, m->len, NULL);
 	want_wake(bus, to->id);
 	return set_sequence(bus, m->from, m->to, m->sequence);
 }
@@ -251,7 +249,7 @@ int ack_apply(struct bus *bus, struct reader *r)
 	}
 	if (!m)
 		return -EINVAL;
-	event_message(bus, "acked", a->name, m, token);
+	event_message(bus, "acked", a->name, m, 0, token);
 	m->token = 0;
 	bus_uncharge(bus, m);
 	size_t freed = m->len;

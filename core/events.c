@@ -106,27 +106,51 @@ static void trim(struct bus *bus)
 	}
 }
 
-void event_emit(struct bus *bus, const char *kind, const char *agent, const char *fields)
+/* The head of an event's line, `{"seq":N,"timestamp":"...","event":"KIND"` and its
+ * agent; NULL when this event is not written (its seq is counted all the same). On
+ * the send path once per delivery: plain appends, no printf. */
+static struct buf *event_open(struct bus *bus, const char *kind, const char *agent)
 {
 	struct events *ev = &bus->events;
 	if (bus->restating || (agent && agent[0] == '@'))
-		return; /* a gateway's queue (remote.c) is no agent's business */
+		return NULL; /* a gateway's queue (remote.c) is no agent's business */
 	uint64_t seq = ++ev->seq;
 	if (!ev->log || seq <= ev->logged || ev->stalled)
-		return;
+		return NULL;
 	char ts[BUS_TIME_LEN + 1];
 	struct buf *line = &ev->lines;
 	bus_time_format(bus_clock_now_us(), ts);
 	if (!line->len)
 		ev->lines_first = seq;
-	buf_printf(line, "{\"seq\":%" PRIu64 ",\"timestamp\":\"%s\",\"event\":\"%s\"", seq, ts,
-		   kind);
-	if (agent)
-		buf_printf(line, ",\"agent\":\"%s\"", agent);
+	buf_puts(line, "{\"seq\":");
+	buf_put_uint(line, seq);
+	buf_puts(line, ",\"timestamp\":\"");
+	buf_puts(line, ts);
+	buf_puts(line, "\",\"event\":\"");
+	buf_puts(line, kind);
+	buf_putc(line, '"');
+	if (agent) {
+		buf_puts(line, ",\"agent\":\"");
+		buf_puts(line, agent);
+		buf_putc(line, '"');
+	}
+	return line;
+}
+
+static void event_close(struct bus *bus, struct buf *line)
+{
+	buf_puts(line, "}\n");
+	bus->events.lines_last = bus->events.seq;
+}
+
+void event_emit(struct bus *bus, const char *kind, const char *agent, const char *fields)
+{
+	struct buf *line = event_open(bus, kind, agent);
+	if (!line)
+		return;
 	if (fields)
 		buf_puts(line, fields);
-	buf_puts(line, "}\n");
-	ev->lines_last = seq;
+	event_close(bus, line);
 }
 
 void events_flush(struct bus *bus)
@@ -200,14 +224,28 @@ bool events_behind(struct bus *bus)
 	return bus->events.stalled || bus->events.lines.len;
 }
 
-/* `,"msg_id":...,"from":...,"to":...` of a message, then what follows (or NULL). */
+/* `,"msg_id":...,"from":...,"to":...` of a message, then `,"bytes":N` when bytes is
+ * not 0, then what follows (or NULL). */
 void event_message(struct bus *bus, const char *kind, const char *agent,
-		   const struct bus_message *m, const char *more)
+		   const struct bus_message *m, uint64_t bytes, const char *more)
 {
-	char f[512];
-	snprintf(f, sizeof f, ",\"msg_id\":\"%s\",\"from\":\"%s\",\"to\":\"%s\"%s", m->msg_id,
-		 m->from, m->to, more ? more : "");
-	event_emit(bus, kind, agent, f);
+	struct buf *line = event_open(bus, kind, agent);
+	if (!line)
+		return;
+	buf_puts(line, ",\"msg_id\":\"");
+	buf_puts(line, m->msg_id);
+	buf_puts(line, "\",\"from\":\"");
+	buf_puts(line, m->from);
+	buf_puts(line, "\",\"to\":\"");
+	buf_puts(line, m->to);
+	buf_putc(line, '"');
+	if (bytes) {
+		buf_puts(line, ",\"bytes\":");
+		buf_put_uint(line, bytes);
+	}
+	if (more)
+		buf_puts(line, more);
+	event_close(bus, line);
 }
 
 ssize_t bus_events_read(struct bus *bus, uint64_t *off, char *buf, size_t n)

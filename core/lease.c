@@ -161,7 +161,7 @@ int lease_apply(struct bus *bus, struct reader *r)
 		char f[64];
 		snprintf(f, sizeof f, ",\"token\":%" PRIu64 ",\"delivery\":%" PRIu32, token,
 			 delivery);
-		event_message(bus, "leased", a->name, m, f);
+		event_message(bus, "leased", a->name, m, 0, f);
 	} else if (!(m = inbox_find(&a->inflight, number)) || m->token != token ||
 		   delivery != m->deliveries) {
 		return -EINVAL;
@@ -210,7 +210,7 @@ int release_apply(struct bus *bus, struct reader *r)
 	char f[80];
 	snprintf(f, sizeof f, ",\"token\":%" PRIu64 ",\"delivery\":%" PRIu32 ",\"reason\":\"%s\"",
 		 token, m->deliveries, why == RELEASE_NAK ? "nak" : "expired");
-	event_message(bus, "redelivered", a->name, m, f);
+	event_message(bus, "redelivered", a->name, m, 0, f);
 	lease_timers_of(bus, m);
 	want_wake(bus, a->id);
 	return 0;
@@ -259,7 +259,7 @@ int dead_apply(struct bus *bus, struct reader *r)
 	char f[80];
 	snprintf(f, sizeof f, ",\"delivery\":%" PRIu32 ",\"reason\":\"%s\"", m->deliveries,
 		 bus_dead_reason_name(reason));
-	event_message(bus, "dead", a->name, m, f);
+	event_message(bus, "dead", a->name, m, 0, f);
 	want_wake(bus, a->id); /* a draining agent's claimers may have nothing left now */
 	return 0;
 }
