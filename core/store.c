@@ -53,45 +53,6 @@ struct store {
 	uint64_t marked_generation, marked_length;
 };
 
-/* CRC-32 (the zlib polynomial), eight bytes a step: table k holds the CRC of a byte
- * followed by k zero bytes ("slicing by 8"). */
-static uint32_t crc_table[8][256];
-
-static void crc_init(void)
-{
-	for (uint32_t i = 0; i < 256; i++) {
-		uint32_t c = i;
-		for (int k = 0; k < 8; k++)
-			c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-		crc_table[0][i] = c;
-	}
-	for (uint32_t i = 0; i < 256; i++)
-		for (int t = 1; t < 8; t++)
-			crc_table[t][i] = crc_table[0][crc_table[t - 1][i] & 0xff] ^
-					  (crc_table[t - 1][i] >> 8);
-}
-
-uint32_t crc32_compute(const void *p, size_t n)
-{
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	pthread_once(&once, crc_init);
-	const uint8_t *b = p;
-	uint32_t c = 0xffffffffu;
-	for (; n >= 8; n -= 8, b += 8) {
-		uint32_t lo = c ^ ((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-				   (uint32_t)b[3] << 24);
-		uint32_t hi = (uint32_t)b[4] | (uint32_t)b[5] << 8 | (uint32_t)b[6] << 16 |
-			      (uint32_t)b[7] << 24;
-		c = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
-		    crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^
-		    crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff] ^
-		    crc_table[1][(hi >> 16) & 0xff] ^ crc_table[0][hi >> 24];
-	}
-	for (; n; n--, b++)
-		c = crc_table[0][(c ^ *b) & 0xff] ^ (c >> 8);
-	return c ^ 0xffffffffu;
-}
-
 static void put_le32(uint8_t *p, uint32_t v)
 {
 	p[0] = (uint8_t)v;

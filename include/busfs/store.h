@@ -109,6 +109,9 @@ int store_salvage(struct store *st, store_apply_fn fn, void *ctx, struct store_s
 
 void store_close(struct store *st);
 
+/* CRC-32 of the zlib polynomial (core/crc32.c); _portable never uses PCLMULQDQ, for
+ * the tests that compare the two. */
 uint32_t crc32_compute(const void *p, size_t n);
+uint32_t crc32_compute_portable(const void *p, size_t n);
 
 #endif
