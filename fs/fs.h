@@ -168,6 +168,8 @@ void syncer_stop(struct fs *fs);
 /* tree.c */
 struct fuse_lowlevel_ops busfs_make_ops(void);
 int node_attr(struct fs *fs, const struct node_ref *r, struct stat *st);
+/* How long the kernel may keep a node's attributes. */
+double attr_timeout(enum node n);
 void node_path(struct fs *fs, const struct node_ref *r, const char *name, char *out, size_t n);
 void readme_render(struct fs *fs, struct buf *out);
 /* Renders a generated document (README, ctl, health, health/status, summary.json,
