@@ -2,7 +2,12 @@
  * client — load generator for `make bench`.
  *
  *   client outbox       PATH N          N x (open(O_WRONLY|O_CREAT|O_TRUNC) + write 200 B + close)
- *   client outbox-procs P PATH N        the same from P processes in parallel, N/P each
+ *   client outbox-procs P PATH N        the same from P processes in parallel, N/P each;
+ *                                       a "%d" in PATH is the writer's number, 1..P
+ *   client send-procs P PATH N          P processes, N/P each, each with one
+ *                                       open(O_WRONLY|O_APPEND) of PATH (a `send` file)
+ *                                       writing one record with a 200-byte payload to
+ *                                       bob per write(); PATH may hold "%d" too
  *   client batch        PATH LINES N [TO]
  *                                       one open(O_WRONLY|O_APPEND), N messages written
  *                                       LINES newline-terminated JSON records per write(),
@@ -175,10 +180,26 @@ static int cmd_outbox(int argc, char **argv)
 	return 0;
 }
 
-static int cmd_outbox_procs(int argc, char **argv)
+/* One open `send` file, one record (a 200-byte payload, to bob) per write(), each
+ * write answered before the next: a sender that keeps its file open as a Redis client
+ * keeps its connection. */
+static void send_loop(const char *path, long n)
+{
+	char rec[256];
+	int rlen = snprintf(rec, sizeof rec, "{\"to\":\"bob\",\"payload\":\"%0200d\"}\n", 0);
+	int fd = open(path, O_WRONLY | O_APPEND);
+	if (fd < 0)
+		die("open", path, -1);
+	for (long i = 0; i < n; i++)
+		write_all(fd, rec, (size_t)rlen, path, i);
+	if (close(fd) != 0)
+		die("close", path, n);
+}
+
+static int cmd_procs(int argc, char **argv, void (*loop)(const char *, long))
 {
 	if (argc != 5) {
-		fprintf(stderr, "usage: %s outbox-procs P PATH N\n", prog);
+		fprintf(stderr, "usage: %s %s P PATH N\n", prog, argv[1]);
 		return 2;
 	}
 	long p = parse_count(argv[2], "P");
@@ -207,7 +228,15 @@ static int cmd_outbox_procs(int argc, char **argv)
 				r = read(go[0], &c, 1);
 			while (r < 0 && errno == EINTR);
 			close(go[0]);
-			outbox_loop(path, each);
+			char own[4096];
+			if (strstr(path, "%d")) {
+				/* %d: this writer's number, 1..P (its own agent, say) */
+				const char *at = strstr(path, "%d");
+				snprintf(own, sizeof own, "%.*s%ld%s", (int)(at - path), path, k + 1,
+					 at + 2);
+				path = own;
+			}
+			loop(path, each);
 			_exit(0);
 		}
 		pids[k] = pid;
@@ -937,7 +966,9 @@ int main(int argc, char **argv)
 		if (strcmp(argv[1], "outbox") == 0)
 			return cmd_outbox(argc, argv);
 		if (strcmp(argv[1], "outbox-procs") == 0)
-			return cmd_outbox_procs(argc, argv);
+			return cmd_procs(argc, argv, outbox_loop);
+		if (strcmp(argv[1], "send-procs") == 0)
+			return cmd_procs(argc, argv, send_loop);
 		if (strcmp(argv[1], "batch") == 0)
 			return cmd_batch(argc, argv);
 		if (strcmp(argv[1], "read") == 0)
@@ -958,6 +989,7 @@ int main(int argc, char **argv)
 	fprintf(stderr,
 		"usage: %s outbox PATH N\n"
 		"       %s outbox-procs P PATH N\n"
+		"       %s send-procs P PATH N\n"
 		"       %s batch PATH LINES N [TO]\n"
 		"       %s read PATH N\n"
 		"       %s append PATH LINES N [METRICS]\n"
@@ -967,6 +999,6 @@ int main(int argc, char **argv)
 		"       %s startup PATH TIMEOUT RESULT -- PROGRAM ARGS...\n"
 		"       %s shell SHELL PATH N\n"
 		"       %s consume next|claim DIR N\n",
-		prog, prog, prog, prog, prog, prog, prog, prog, prog, prog, prog);
+		prog, prog, prog, prog, prog, prog, prog, prog, prog, prog, prog, prog);
 	return 2;
 }
