@@ -290,7 +290,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	}
 	struct fuse_entry_param e;
 	memset(&e, 0, sizeof e);
-	struct node_ref r = {N_PAIR, p.agent_id, to.id, 0};
+	struct node_ref r = {N_PAIR, p.agent_id, to.id, fs->pair_next++};
 	node_attr(fs, &r, &e.attr);
 	e.ino = e.attr.st_ino;
 	e.generation = 1;

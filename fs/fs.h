@@ -21,7 +21,9 @@
  * The kind is in the top 4 bits; below it:
  *   INO_FIXED   2 + the node's row in the table of fixed nodes (1 is the root)
  *   INO_AGENT   agent id << 8 | the file's row in the agent table
- *   INO_PAIR    the sender's agent id: an outbox file being written (one per sender)
+ *   INO_PAIR    the sender's agent id << 8 | the create's number mod 256: an outbox
+ *               file being written. The kernel lets one WRITE at a time into one
+ *               inode, so a sender's concurrent messages get inodes of their own
  *   INO_INBOX   the message's store-wide number; the bus knows whose inbox holds it
  *   INO_OUTBOX  the same number, for the copy in the sender's outbox
  *   INO_LEASE   a lease's token: an inflight/ file is one lease, so a file of an old
@@ -58,7 +60,7 @@ struct node_ref {
 				* agent's id for N_REMOTE_* */
 	uint64_t number;       /* messages; recipient id for N_PAIR (0 = all, PAIR_UNKNOWN
 				* when only the inode number is known) */
-	uint64_t token;        /* N_LEASE_MSG: the lease */
+	uint64_t token;        /* N_LEASE_MSG: the lease; N_PAIR: 0..255, which inode */
 };
 #define PAIR_UNKNOWN UINT64_MAX
 
@@ -121,6 +123,7 @@ struct fs {
 	struct fuse_session *se;
 	const char *mountpoint;
 	uid_t uid;                    /* the server's: owns the fixed files, edits alert rules */
+	uint8_t pair_next;            /* the N_PAIR token of the next create */
 	gid_t gid;
 	size_t open_files;            /* handles alive; only the dispatch thread changes it */
 	struct handle *open_list;     /* every open handle, freed at RELEASE or at exit */

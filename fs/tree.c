@@ -83,7 +83,8 @@ fuse_ino_t ino_of(const struct node_ref *r)
 		return (uint64_t)INO_REMOTE << INO_KIND_SHIFT | (r->agent_id & INO_AGENT_ID_MAX) << 8 |
 		       (r->node == N_REMOTE_HEALTH);
 	case N_PAIR:
-		return (uint64_t)INO_PAIR << INO_KIND_SHIFT | (r->agent_id & kind_mask);
+		return (uint64_t)INO_PAIR << INO_KIND_SHIFT | (r->agent_id & INO_AGENT_ID_MAX) << 8 |
+		       (r->token & 0xff);
 	case N_INBOX_MSG:
 		return (uint64_t)INO_INBOX << INO_KIND_SHIFT | (r->number & kind_mask);
 	case N_OUTBOX_MSG:
@@ -117,8 +118,9 @@ struct node_ref ref_of(struct fs *fs, fuse_ino_t ino)
 		break;
 	case INO_PAIR:
 		r.node = N_PAIR;
-		r.agent_id = low;
+		r.agent_id = low >> 8;
 		r.number = PAIR_UNKNOWN;
+		r.token = low & 0xff;
 		break;
 	case INO_INBOX:
 	case INO_OUTBOX:

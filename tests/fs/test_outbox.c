@@ -153,6 +153,39 @@ BUS_TEST(outbox, outbox_name_never_exists_even_while_being_written)
     json_decref(in);
 }
 
+BUS_TEST(outbox, messages_written_at_once_by_one_sender_are_files_of_their_own)
+{
+    /* The kernel lets one WRITE at a time into one inode: a sender's messages being
+     * written side by side are inodes of their own, so none waits for another. */
+    bus_agents(&bus, "alice", "bob", "carol", NULL);
+    int fd[3];
+    struct stat st[3];
+    const char *to[3] = {"agents/alice/outbox/bob", "agents/alice/outbox/bob",
+                         "agents/alice/outbox/carol"};
+    for (int i = 0; i < 3; i++) {
+        fd[i] = open(AT("%s", to[i]), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        cr_assert_geq(fd[i], 0, "open %s: %s", to[i], strerror(errno));
+        cr_assert_eq(fstat(fd[i], &st[i]), 0);
+        cr_assert(S_ISREG(st[i].st_mode));
+        cr_assert_eq(st[i].st_mode & 0777, 0200);
+        cr_assert_eq(st[i].st_size, 0);
+    }
+    cr_assert_neq(st[0].st_ino, st[1].st_ino, "two messages to bob share an inode");
+    cr_assert_neq(st[1].st_ino, st[2].st_ino, "messages to bob and carol share an inode");
+    for (int i = 2; i >= 0; i--) {
+        char body[16];
+        int len = snprintf(body, sizeof body, "m%d\n", i);
+        cr_assert_eq(write(fd[i], body, (size_t)len), len);
+        cr_assert_eq(close(fd[i]), 0);
+    }
+    json_t *in = bus_inbox("bob");
+    cr_assert_eq(json_array_size(in), 2);
+    cr_assert_str_eq(payload_str(in, 0), "m1");
+    cr_assert_str_eq(payload_str(in, 1), "m0");
+    json_decref(in);
+    cr_assert_eq(bus_count(AT("agents/carol/inbox")), 1);
+}
+
 BUS_TEST(outbox, noclobber_shell_can_send)
 {
     bus_agents(&bus, "alice", "bob", NULL);
