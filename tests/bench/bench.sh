@@ -112,8 +112,8 @@ esac
 
 for w in $SKIP; do
 	case $w in
-	outbox | batch | wake | shell | reads | append | summary | memory | consume | cluster) ;;
-	*) echo "bench: BENCH_SKIP: unknown workload '$w' (outbox batch wake shell reads append summary memory consume cluster)" >&2; exit 2 ;;
+	outbox | batch | wake | shell | reads | append | summary | memory | consume | cluster | durable | peers) ;;
+	*) echo "bench: BENCH_SKIP: unknown workload '$w' (outbox batch wake shell reads append summary memory consume cluster durable peers)" >&2; exit 2 ;;
 	esac
 done
 [ -x "$SHELL_BIN" ] || { echo "bench: BENCH_SHELL=$SHELL_BIN is not an executable" >&2; exit 2; }
