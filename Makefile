@@ -17,7 +17,7 @@ PKGS      := fuse3 jansson libnats
 DEB_PKGS  := libfuse3-dev fuse3 libjansson-dev libnats-dev pkg-config jq
 TEST_PKGS := libcriterion-dev prometheus prometheus-node-exporter nats-server
 # The peers `make bench` measures busfs against (its own servers, ports and dirs).
-BENCH_PKGS := redis-server redis-tools
+BENCH_PKGS := redis-server redis-tools libhiredis-dev
 WARN      := -Wall -Wextra -Wshadow -Wformat=2 -Wvla -Wno-unused-parameter
 CFLAGS    ?= -O2 -g
 CPPFLAGS  += -Iinclude -D_GNU_SOURCE -DBUSFS_VERSION='"$(VERSION)"'
