@@ -114,6 +114,9 @@ struct syncer {
 	pthread_mutex_t lock;         /* the queue, stop */
 	pthread_cond_t cond;
 	struct held_reply *head, *tail;
+	size_t held;                  /* replies in the queue */
+	size_t last_group;            /* replies the last fdatasync answered */
+	int64_t last_sync_us;         /* how long it took */
 	pthread_t thread;
 	uint64_t syncs, replies;      /* the syncer's, for its last log line */
 };

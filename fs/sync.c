@@ -8,7 +8,10 @@
  * at once; the dispatch thread serves the next request. The syncer thread takes the
  * journal, calls fdatasync outside the bus lock, and sends every held reply the sync
  * covered, in the order they were made. What piled up during one fdatasync goes out
- * after the next: the busier the bus, the more replies one sync answers.
+ * after the next: the busier the bus, the more replies one sync answers. When the last
+ * sync answered several, the next waits (at most as long as that sync took) until as
+ * many replies are held: the writers it just answered are writing again, and one
+ * fdatasync then covers all of them instead of the first one alone.
  *
  * Only the replies of requests during which something was committed wait: a CREATE,
  * a read or a RELEASE that commits nothing goes straight out, as do notifications
@@ -25,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fs.h"
@@ -83,6 +87,7 @@ static ssize_t sync_writev(int fd, struct iovec *iov, int count, void *userdata)
 	else
 		sy->head = h;
 	sy->tail = h;
+	sy->held++;
 	pthread_cond_signal(&sy->cond);
 	pthread_mutex_unlock(&sy->lock);
 	return (ssize_t)len;
@@ -104,6 +109,30 @@ static void send_held(struct fs *fs, struct held_reply *h, int err)
 	free(h);
 }
 
+static int64_t monotonic_us(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+}
+
+/* Under sy->lock, with a reply held: waits for the group the last sync answered to
+ * gather again, at most as long as that sync took (and never above a millisecond). */
+static void gather(struct syncer *sy)
+{
+	if (sy->last_group < 2)
+		return;
+	int64_t wait_us = sy->last_sync_us < 1000 ? sy->last_sync_us : 1000;
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += (long)(wait_us * 1000);
+	until.tv_sec += until.tv_nsec / 1000000000;
+	until.tv_nsec %= 1000000000;
+	while (sy->held < sy->last_group && !sy->stop &&
+	       pthread_cond_timedwait(&sy->cond, &sy->lock, &until) == 0)
+		;
+}
+
 static void *syncer_main(void *arg)
 {
 	struct fs *fs = arg;
@@ -114,9 +143,12 @@ static void *syncer_main(void *arg)
 			pthread_cond_wait(&sy->cond, &sy->lock);
 		if (!sy->head)
 			break;
+		gather(sy);
 		pthread_mutex_unlock(&sy->lock);
 		uint64_t synced = 0;
+		int64_t t0 = monotonic_us();
 		int rc = bus_journal_sync(fs->bus, &synced);
+		sy->last_sync_us = monotonic_us() - t0;
 		sy->syncs++;
 		if (rc < 0)
 			log_msg(LOG_ERR, "--sync: fdatasync of the journal failed: %s; the replies it "
@@ -126,13 +158,17 @@ static void *syncer_main(void *arg)
 		pthread_mutex_lock(&sy->lock);
 		/* Written counts only grow along the queue: take the head while covered. */
 		struct held_reply *done = NULL, **tail = &done;
+		size_t group = 0;
 		while (sy->head && (rc < 0 || sy->head->written <= synced)) {
 			struct held_reply *h = sy->head;
 			sy->head = h->next;
 			h->next = NULL;
 			*tail = h;
 			tail = &h->next;
+			group++;
 		}
+		sy->held -= group;
+		sy->last_group = group;
 		if (!sy->head)
 			sy->tail = NULL;
 		pthread_mutex_unlock(&sy->lock);
@@ -151,7 +187,11 @@ int syncer_install(struct fs *fs)
 {
 	struct syncer *sy = &fs->sync;
 	pthread_mutex_init(&sy->lock, NULL);
-	pthread_cond_init(&sy->cond, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&sy->cond, &ca);
+	pthread_condattr_destroy(&ca);
 	atomic_init(&sy->synced, 0);
 	sy->installed = true;
 	if (!sy->on)
@@ -195,4 +235,5 @@ void syncer_stop(struct fs *fs)
 		free(h);
 	}
 	sy->head = sy->tail = NULL;
+	sy->held = 0;
 }
