@@ -20,8 +20,9 @@
 #       alone (Maildir) or with a consumer draining (mq: the queue holds only msg_max).
 #   W4  SHELL_N sends from one bash loop: busfs `echo x > outbox/bob` (in agents/alice),
 #       the same echo into a plain file on /dev/shm (the bare tmpfs loop, the
-#       reference), `redis-cli -p PORT LPUSH q x`, Maildir `printf x > tmp/$i &&
-#       mv tmp/$i new/$i`. µs per send and the ratio to the bare tmpfs loop.
+#       reference) and into bench.sh's null FUSE file system (out/nullfs: the floor
+#       of any send through FUSE), `redis-cli -p PORT LPUSH q x`, Maildir `printf x >
+#       tmp/$i && mv tmp/$i new/$i`. µs per send and the ratio to the bare tmpfs loop.
 #   W5  wake-up: a consumer blocked in its receive (busfs read() of claim, BRPOP,
 #       XREADGROUP BLOCK, JetStream NextMsg, mq_receive, poll() of inotify on new/);
 #       once it sleeps, the producer sends one message; latency from just before the
@@ -218,6 +219,17 @@ SYSTEMS+=(maildir)
 PSYS[maildir]=maildir
 TGT[maildir]=$SHM/maildir
 
+# The FUSE floor of W4: bench.sh's null file system (out/nullfs), whose msg answers
+# the requests of an outbox/B send at once and keeps nothing.
+NULLFS=$OUT/nullfs
+if [ -x "$NULLFS" ]; then
+	mkdir -p "$WORK/null"
+	"$NULLFS" -f "$WORK/null" >"$WORK/nullfs.log" 2>&1 &
+	BPID[null]=$!
+	for _ in $(seq 200); do mountpoint -q "$WORK/null" && break; sleep 0.05; done
+	mountpoint -q "$WORK/null" || { log "peers: nullfs did not mount ($WORK/nullfs.log)"; exit 1; }
+fi
+
 # ---------- runs ----------
 
 # One run of out/peers: its result line. A failure (a wrong count: "FAIL") ends the
@@ -261,6 +273,7 @@ shell_run() { # shell_run SYSTEM: W4 on it, "<us per send>"
 	local res
 	case $1 in
 	tmpfs) res=$(cd "$SHM" && shell_loop echo null-target "$SHELL_N") ;;
+	nullfs) res=$(cd "$WORK/null" && shell_loop echo msg "$SHELL_N") ;;
 	busfs) res=$(cd "$WORK/sink/agents/alice" && shell_loop echo outbox/bob "$SHELL_N") ;;
 	redis-list)
 		res=$(shell_loop redis "$RPORT" "$SHELL_N")
@@ -277,6 +290,7 @@ shell_run() { # shell_run SYSTEM: W4 on it, "<us per send>"
 	echo "${res% *}"
 }
 SHELL_SYSTEMS=(tmpfs busfs)
+[ -z "${BPID[null]:-}" ] || SHELL_SYSTEMS+=(nullfs)
 [ -z "${TGT[redis-list]:-}" ] || SHELL_SYSTEMS+=(redis-list)
 SHELL_SYSTEMS+=(maildir)
 
@@ -395,6 +409,8 @@ for s in "${SYSTEMS[@]}"; do
 		"$(rate_cell w3 "$s")" "$(shell_cell "$s")" "$(lat_cell w5 "$s")"
 done
 printf '| bare tmpfs: echo x > /dev/shm/FILE | (none: a plain file) | | | | | %s | |\n' "$(shell_cell tmpfs)"
+[ -z "${R[w4_nullfs]:-}" ] ||
+	printf '| null FUSE file system (the floor): echo x > msg | (none: it keeps nothing) | | | | | %s | |\n' "$(shell_cell nullfs)"
 cat <<EOF
 
 W1: $N sends, each waiting for its ack, while one consumer receives one message per call and acks it.
@@ -407,7 +423,8 @@ Redis stream pipelined XADDs, JetStream js_PublishAsync in flight. POSIX mq and 
 batching: one send at a time, their W1 producer (mq with a consumer draining its $MQ_MAX-message queue,
 Maildir alone).
 W4: $SHELL_N sends from one bash loop: busfs echo x > outbox/bob, redis-cli LPUSH, Maildir
-printf > tmp/N && mv tmp/N new/N; Redis stream, JetStream and mq have no command of their own to
+printf > tmp/N && mv tmp/N new/N, and echo x into the null FUSE file system (its 7 requests
+answered at once: the floor of a send through FUSE); Redis stream, JetStream and mq have no command of their own to
 loop (not run), and the appendfsync always server is not run (redis-cli's start-up dominates).
 W5: $WAKE_N samples per round: just before the send to the blocked receive returning with it.
 Latency cells: p50 / p99 medians, the spread of the p50, the ratio of the p50s.
