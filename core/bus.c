@@ -207,6 +207,7 @@ int bus_open(const struct bus_config *cfg, struct bus **out, struct bus_error *e
 		return rc;
 	}
 	bus->compacted_at = store_journal_bytes(bus->store);
+	bus_compaction_baseline(bus);
 	*out = bus;
 	return 0;
 }

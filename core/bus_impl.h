@@ -166,7 +166,8 @@ struct bus {
 	uint64_t rejected_total;
 	uint64_t rejected_by[BUS_ERRNO_MAX]; /* per errno; [0] holds codes beyond the table */
 	uint64_t compacted_at;       /* journal bytes after the last compaction attempt */
-	uint64_t compacted_live;     /* messages.bytes when the last snapshot was written */
+	uint64_t compacted_part;     /* what its messages took of the last snapshot written
+				      * (records.c: messages_part) */
 
 	struct errlog errors;
 	struct buf rec;              /* scratch record */
@@ -309,6 +310,9 @@ bool bus_space_for(struct bus *bus, uint64_t need);
 int bus_space_reserve(struct bus *bus, uint64_t *held, uint64_t want, struct bus_error *err);
 void bus_space_release(struct bus *bus, uint64_t *held);
 void bus_compact_locked(struct bus *bus);
+/* After loading: the snapshot on disk is taken to hold the messages loaded (at most
+ * its size), as if this run had written it. */
+void bus_compaction_baseline(struct bus *bus);
 /* The records applied since the bus was opened, per kind, one line each. */
 void bus_records_report(const struct bus *bus, struct buf *report);
 

@@ -166,16 +166,22 @@ void bus_records_report(const struct bus *bus, struct buf *report)
 
 static int compact_locked(struct bus *bus);
 
-/* Whether a snapshot now would at least halve the store. Its size is foreseen from
- * the bytes of the messages held, scaled as the last snapshot's were (that scale holds
- * the records' framing and the rest of the state): a store that only grew, a backlog
- * filling up, would be rewritten whole for nothing, again and again. */
+/* What the messages held take in a snapshot, near enough: each envelope and, for the
+ * rest of its record (names, msg_id, numbers, framing), 128 bytes. */
+static uint64_t messages_part(const struct bus *bus)
+{
+	return bus->messages.bytes + 128 * (uint64_t)bus->messages.count;
+}
+
+/* Whether a snapshot now would at least halve the store. Its size is foreseen as the
+ * last snapshot's, with the part its messages took replaced by what the messages held
+ * now take: a store that only grew, a backlog filling up, would be rewritten whole for
+ * nothing, again and again. */
 static bool compaction_pays(struct bus *bus, uint64_t journal, uint64_t snap)
 {
-	if (!bus->compacted_live)
-		return true;
-	double foreseen = (double)snap * (double)bus->messages.bytes / (double)bus->compacted_live;
-	return (double)(journal + snap) > 2 * foreseen;
+	uint64_t rest = snap > bus->compacted_part ? snap - bus->compacted_part : 0;
+	uint64_t foreseen = rest + messages_part(bus);
+	return journal + snap > 2 * foreseen;
 }
 
 bool bus_space_for(struct bus *bus, uint64_t need)
@@ -288,7 +294,7 @@ static int compact_locked(struct bus *bus)
 	}
 	rc = store_snapshot_commit(bus->store);
 	if (rc == 0)
-		bus->compacted_live = bus->messages.bytes;
+		bus->compacted_part = messages_part(bus);
 	return rc;
 }
 
@@ -301,6 +307,12 @@ int bus_compact(struct bus *bus)
 }
 
 void bus_compact_locked(struct bus *bus) { compact_locked(bus); }
+
+void bus_compaction_baseline(struct bus *bus)
+{
+	uint64_t snap = store_snapshot_bytes(bus->store), part = messages_part(bus);
+	bus->compacted_part = part < snap ? part : snap;
+}
 
 uint64_t bus_journal_written(struct bus *bus) { return store_appended(bus->store); }
 

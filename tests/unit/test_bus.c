@@ -1066,6 +1066,43 @@ BUS_TEST(a_growing_backlog_is_not_rewritten_but_a_consumed_one_is_compacted)
     cr_assert_eq(st.pending, 1);
 }
 
+BUS_TEST(a_large_state_with_few_messages_still_compacts_what_is_consumed)
+{
+    /* A snapshot made mostly of agents, then a few hundred pending messages and a
+     * stream of messages sent and consumed: the consumed ones are compacted away as the
+     * journal passes its threshold (2 MiB here), long before the store is full. */
+    start(100000, 0, UINT64_C(8) << 20);
+    char name[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(name, sizeof name, "agent-with-a-long-name-%04d", i);
+        agent(name);
+    }
+    agent("alice");
+    agent("bob");
+    agent("carol");
+    send_ok("alice", "bob", "the one message of the first snapshot");
+    cr_assert_eq(bus_compact(the_bus), 0);
+    char body[300];
+    memset(body, 'y', sizeof body - 1);
+    body[sizeof body - 1] = '\0';
+    for (int i = 0; i < 200; i++)
+        send_ok("alice", "bob", body);
+    struct bus_error err = {0};
+    struct bus_stats st;
+    uint64_t most = 0, carol = id_of("carol");
+    for (int i = 0; i < 15000; i++) {
+        cr_assert_eq(send_text("alice", "carol", body, &err), 0, "send %d: %s", i, err.reason);
+        struct bus_message *m = newest_in("carol");
+        cr_assert_eq(bus_ack(the_bus, carol, m->number, NULL, OWNER, &err), 0, "%s", err.reason);
+        message_unref(m);
+        bus_stats(the_bus, &st);
+        if (st.store_bytes > most)
+            most = st.store_bytes;
+    }
+    cr_assert_lt(most, UINT64_C(4) << 20, "the store reached %" PRIu64 " bytes", most);
+    cr_assert_eq(st.pending, 201);
+}
+
 /* ========== broadcast ========== */
 
 BUS_TEST(a_broadcast_delivers_one_envelope_per_other_agent)
