@@ -94,39 +94,7 @@
 
 static const char *prog = "client";
 
-static void die(const char *what, const char *path, long i)
-{
-	int e = errno;
-	if (i >= 0)
-		fprintf(stderr, "%s: %s(%s) failed at op %ld: %s (errno %d)\n",
-			prog, what, path, i, strerror(e), e);
-	else
-		fprintf(stderr, "%s: %s(%s) failed: %s (errno %d)\n",
-			prog, what, path, strerror(e), e);
-	exit(1);
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
-		perror("clock_gettime");
-		exit(1);
-	}
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long parse_count(const char *s, const char *what)
-{
-	char *end;
-	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (errno || *end || v <= 0) {
-		fprintf(stderr, "%s: bad %s '%s' (a positive integer)\n", prog, what, s);
-		exit(2);
-	}
-	return v;
-}
+#include "tools.h"
 
 static void report(long count, double secs)
 {
@@ -138,18 +106,6 @@ static void report(long count, double secs)
 }
 
 /* write() all of buf, treating a short write as an error (a message would be split). */
-static void write_all(int fd, const char *buf, size_t len, const char *path, long i)
-{
-	ssize_t w = write(fd, buf, len);
-	if (w < 0)
-		die("write", path, i);
-	if ((size_t)w != len) {
-		fprintf(stderr, "%s: write(%s) at op %ld: short write %zd of %zu bytes\n",
-			prog, path, i, w, len);
-		exit(1);
-	}
-}
-
 static void outbox_loop(const char *path, long n)
 {
 	char body[OUTBOX_BODY];
@@ -454,52 +410,6 @@ struct wake_shared {
 	double lat[];        /* per sample, set by the reader */
 };
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double pct(const double *sorted, long n, double p)
-{
-	long k = (long)(p * (double)n + 0.999999) - 1; /* nearest rank */
-	if (k < 0)
-		k = 0;
-	if (k >= n)
-		k = n - 1;
-	return sorted[k];
-}
-
-/* The reader's state letter from /proc/PID/stat ('S': asleep, i.e. blocked in read()). */
-static char proc_state(int fd)
-{
-	char buf[512];
-	ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
-	if (r <= 0)
-		return '?';
-	buf[r] = '\0';
-	char *p = strrchr(buf, ')');
-	return p && p[1] == ' ' ? p[2] : '?';
-}
-
-/* Wait for one byte from the reader; 0 on EOF/timeout. */
-static char wait_byte(int fd)
-{
-	struct pollfd pf = {.fd = fd, .events = POLLIN};
-	int r;
-	do
-		r = poll(&pf, 1, WAKE_WAIT_MS);
-	while (r < 0 && errno == EINTR);
-	if (r <= 0)
-		return 0;
-	char c;
-	ssize_t n;
-	do
-		n = read(fd, &c, 1);
-	while (n < 0 && errno == EINTR);
-	return n == 1 ? c : 0;
-}
-
 static void wake_reader_next(const char *next, const char *ctl, long n,
 			     struct wake_shared *sh, int ready, int sent)
 {
@@ -524,7 +434,7 @@ static void wake_reader_next(const char *next, const char *ctl, long n,
 		}
 		buf[r] = '\0';
 		/* Consume only after the sender's close() returned: its send stays undisturbed. */
-		if (wait_byte(sent) != 's') {
+		if (wait_byte(sent, WAKE_WAIT_MS) != 's') {
 			fprintf(stderr, "%s: the sender did not finish sample %ld\n", prog, i);
 			exit(1);
 		}
@@ -567,7 +477,7 @@ static void wake_reader_inotify(const char *dir, const char *file, long n,
 		if (r <= 0)
 			die("read", "inotify fd", i);
 		sh->lat[i] = t1 - atomic_load(&sh->t0);
-		if (wait_byte(sent) != 's') {
+		if (wait_byte(sent, WAKE_WAIT_MS) != 's') {
 			fprintf(stderr, "%s: the sender did not finish sample %ld\n", prog, i);
 			exit(1);
 		}
@@ -650,7 +560,7 @@ static int cmd_wake(int argc, char **argv)
 	long unparked = 0;
 	double tstart = now();
 	for (long i = 0; i < n; i++) {
-		if (wait_byte(rp[0]) != 'r') {
+		if (wait_byte(rp[0], WAKE_WAIT_MS) != 'r') {
 			fprintf(stderr, "%s: the reader did not get ready for sample %ld (it failed or "
 					"hung for %d s)\n", prog, i, WAKE_WAIT_MS / 1000);
 			failed = 1;
@@ -677,7 +587,7 @@ static int cmd_wake(int argc, char **argv)
 		if (write(sp[1], "s", 1) != 1)
 			die("write", "sent pipe", i);
 	}
-	if (!failed && wait_byte(rp[0]) != 'd') {
+	if (!failed && wait_byte(rp[0], WAKE_WAIT_MS) != 'd') {
 		fprintf(stderr, "%s: the reader did not finish (it failed or hung for %d s)\n",
 			prog, WAKE_WAIT_MS / 1000);
 		failed = 1;

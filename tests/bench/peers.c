@@ -89,6 +89,8 @@
 
 static const char *prog = "peers";
 
+#include "tools.h"
+
 /* ---------- helpers ---------- */
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -101,21 +103,6 @@ static void fail(const char *fmt, ...)
 	fputc('\n', stderr);
 	va_end(ap);
 	exit(1);
-}
-
-static void die(const char *what, const char *arg, long i)
-{
-	int e = errno;
-	if (i >= 0)
-		fail("%s(%s) failed at op %ld: %s (errno %d)", what, arg, i, strerror(e), e);
-	fail("%s(%s) failed: %s (errno %d)", what, arg, strerror(e), e);
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static struct timespec deadline_rt(int ms)
@@ -131,33 +118,12 @@ static struct timespec deadline_rt(int ms)
 	return ts;
 }
 
-static long parse_count(const char *s, const char *what)
-{
-	char *end;
-	errno = 0;
-	long v = strtol(s, &end, 10);
-	if (errno || *end || v <= 0) {
-		fprintf(stderr, "%s: bad %s '%s' (a positive integer)\n", prog, what, s);
-		exit(2);
-	}
-	return v;
-}
-
 static void *xmalloc(size_t n)
 {
 	void *p = calloc(1, n ? n : 1);
 	if (!p)
 		die("calloc", "-", -1);
 	return p;
-}
-
-static void write_all(int fd, const char *buf, size_t len, const char *path, long i)
-{
-	ssize_t w = write(fd, buf, len);
-	if (w < 0)
-		die("write", path, i);
-	if ((size_t)w != len)
-		fail("write(%s) at op %ld: short write %zd of %zu bytes", path, i, w, len);
 }
 
 /* "P03 S000000042 " and letters up to BODY bytes: no quote, backslash or newline, and
@@ -190,52 +156,6 @@ static int parse_body(const char *p, size_t len, long *prod, long *seq)
 	*prod = a;
 	*seq = b;
 	return 1;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double pct(const double *sorted, long n, double p)
-{
-	long k = (long)(p * (double)n + 0.999999) - 1; /* nearest rank */
-	if (k < 0)
-		k = 0;
-	if (k >= n)
-		k = n - 1;
-	return sorted[k];
-}
-
-/* The state letter of a process from /proc/PID/stat ('S': asleep). */
-static char proc_state(int fd)
-{
-	char buf[512];
-	ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
-	if (r <= 0)
-		return '?';
-	buf[r] = '\0';
-	char *p = strrchr(buf, ')');
-	return p && p[1] == ' ' ? p[2] : '?';
-}
-
-/* One byte from fd within RECV_WAIT_MS; 0 on end-of-file or timeout. */
-static char wait_byte(int fd)
-{
-	struct pollfd pf = {.fd = fd, .events = POLLIN};
-	int r;
-	do
-		r = poll(&pf, 1, RECV_WAIT_MS);
-	while (r < 0 && errno == EINTR);
-	if (r <= 0)
-		return 0;
-	char c;
-	ssize_t n;
-	do
-		n = read(fd, &c, 1);
-	while (n < 0 && errno == EINTR);
-	return n == 1 ? c : 0;
 }
 
 static void put_byte(int fd, char c)
@@ -1132,7 +1052,7 @@ static int cmd_flow(const struct sysops *sys, const char *target, long n, long p
 		struct conn *c = new_conn(target);
 		sys->open_cons(c);
 		put_byte(ready[1], 'c');
-		wait_byte(go[0]); /* end-of-file: go */
+		wait_byte(go[0], RECV_WAIT_MS); /* end-of-file: go */
 		unsigned char *seen = xmalloc((size_t)total);
 		long got = 0;
 		while (sh->distinct < total) {
@@ -1161,7 +1081,7 @@ static int cmd_flow(const struct sysops *sys, const char *target, long n, long p
 	pids[0] = pid;
 	roles[0] = "consumer";
 	/* The producers start once the consumer made (or emptied) the queue. */
-	if (wait_byte(ready[0]) != 'c') {
+	if (wait_byte(ready[0], RECV_WAIT_MS) != 'c') {
 		kill(pid, SIGKILL);
 		reap(pids, 1, roles);
 		fail("FAIL: %s: the consumer did not get ready", sys->name);
@@ -1177,7 +1097,7 @@ static int cmd_flow(const struct sysops *sys, const char *target, long n, long p
 			struct conn *c = new_conn(target);
 			sys->open_prod(c);
 			put_byte(ready[1], 'p');
-			wait_byte(go[0]);
+			wait_byte(go[0], RECV_WAIT_MS);
 			char body[BODY];
 			for (long i = 0; i < each; i++) {
 				make_body(body, k, i);
@@ -1195,7 +1115,7 @@ static int cmd_flow(const struct sysops *sys, const char *target, long n, long p
 	close(go[0]);
 	int failed = 0;
 	for (long k = 0; k < p; k++)
-		if (wait_byte(ready[0]) != 'p') {
+		if (wait_byte(ready[0], RECV_WAIT_MS) != 'p') {
 			fprintf(stderr, "%s: a producer did not get ready\n", prog);
 			failed = 1;
 			for (long j = 0; j < p + 1; j++)
@@ -1258,7 +1178,7 @@ static int cmd_batch(const struct sysops *sys, const char *target, long n, long 
 			_exit(0);
 		}
 		close(ready[1]);
-		if (!wait_byte(ready[0]))
+		if (!wait_byte(ready[0], RECV_WAIT_MS))
 			fail("the mq drainer did not get ready");
 	}
 	struct conn *c = new_conn(target);
@@ -1338,7 +1258,7 @@ static int cmd_wake(const struct sysops *sys, const char *target, long n)
 			sys->recv(c, &len, i);
 			sh->lat[i] = c->t_have - atomic_load(&sh->t0);
 			/* Acknowledge only once the send returned: it stays undisturbed. */
-			if (wait_byte(sp[0]) != 's')
+			if (wait_byte(sp[0], RECV_WAIT_MS) != 's')
 				fail("the sender did not finish sample %ld", i);
 			sys->ack(c, i);
 		}
@@ -1365,7 +1285,7 @@ static int cmd_wake(const struct sysops *sys, const char *target, long n)
 	long unparked = 0;
 	double tstart = now();
 	for (long i = 0; i < n; i++) {
-		if (wait_byte(rp[0]) != 'r') {
+		if (wait_byte(rp[0], RECV_WAIT_MS) != 'r') {
 			fprintf(stderr, "%s: the consumer did not get ready for sample %ld\n", prog, i);
 			failed = 1;
 			break;
@@ -1388,7 +1308,7 @@ static int cmd_wake(const struct sysops *sys, const char *target, long n)
 		send[i] = now() - t0;
 		put_byte(sp[1], 's');
 	}
-	if (!failed && wait_byte(rp[0]) != 'd') {
+	if (!failed && wait_byte(rp[0], RECV_WAIT_MS) != 'd') {
 		fprintf(stderr, "%s: the consumer did not finish\n", prog);
 		failed = 1;
 	}
