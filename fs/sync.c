@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "busfs/clock.h"
 #include "fs.h"
 
 struct held_reply {
@@ -109,13 +110,6 @@ static void send_held(struct fs *fs, struct held_reply *h, int err)
 	free(h);
 }
 
-static int64_t monotonic_us(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
-}
-
 /* Under sy->lock, with a reply held: waits for the group the last sync answered to
  * gather again, at most as long as that sync took (and never above a millisecond). */
 static void gather(struct syncer *sy)
@@ -146,9 +140,9 @@ static void *syncer_main(void *arg)
 		gather(sy);
 		pthread_mutex_unlock(&sy->lock);
 		uint64_t synced = 0;
-		int64_t t0 = monotonic_us();
+		double t0 = bus_clock_monotonic();
 		int rc = bus_journal_sync(fs->bus, &synced);
-		sy->last_sync_us = monotonic_us() - t0;
+		sy->last_sync_us = (int64_t)((bus_clock_monotonic() - t0) * 1e6);
 		sy->syncs++;
 		if (rc < 0)
 			log_msg(LOG_ERR, "--sync: fdatasync of the journal failed: %s; the replies it "
