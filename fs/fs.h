@@ -126,8 +126,8 @@ struct fs {
 	struct fuse_session *se;
 	const char *mountpoint;
 	uid_t uid;                    /* the server's: owns the fixed files, edits alert rules */
-	uint8_t pair_next;            /* the N_PAIR token of the next create */
 	gid_t gid;
+	uint8_t pair_next;            /* the N_PAIR token of the next create */
 	size_t open_files;            /* handles alive; only the dispatch thread changes it */
 	struct handle *open_list;     /* every open handle, freed at RELEASE or at exit */
 	bool stopping;                /* after SIGTERM: `next` answers end-of-file at once */
