@@ -81,14 +81,6 @@ EOF
 	"$NATS_SERVER" -c "$WORK/n$i.conf" >"$WORK/n$i.log" 2>&1 &
 	PIDS+=($!)
 done
-healthy() { # healthy PORT: GET /healthz answers ok
-	local reply
-	exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
-	printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3
-	reply=$(cat <&3)
-	exec 3>&-
-	[[ $reply == *'"ok"'* ]]
-}
 for i in 0 1 2; do
 	for _ in $(seq 300); do healthy "${HP[i]}" 2>/dev/null && break; sleep 0.1; done
 	healthy "${HP[i]}" 2>/dev/null || { log "cluster: nats-server $i did not start ($WORK/n$i.log)"; exit 1; }

@@ -66,10 +66,7 @@ mkdir -p "$WORK/redis"
 "$REDIS" --port "$PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
 	--appendfsync always --save "" --daemonize no --logfile "$WORK/redis.log" &
 PIDS+=($!)
-for _ in $(seq 100); do
-	[ "$(timeout 2 "$REDIS_CLI" -p "$PORT" ping 2>/dev/null)" = PONG ] && break
-	sleep 0.1
-done
+redis_up "$REDIS_CLI" "$PORT" || { log "durable: redis-server did not start ($WORK/redis.log)"; exit 1; }
 
 for mode in sync nosync; do
 	mkdir -p "$WORK/mnt-$mode"

@@ -1,5 +1,5 @@
-# lib.sh — what the benchmark scripts share (sourced by bench.sh, cluster.sh and
-# durable.sh).
+# lib.sh — what the benchmark scripts share (sourced by bench.sh, cluster.sh,
+# durable.sh and peers.sh).
 
 # A free loopback port below the ephemeral range.
 free_port() {
@@ -11,6 +11,26 @@ free_port() {
 			return
 		fi
 	done
+}
+
+# healthy PORT: whether the nats-server monitoring port PORT answers GET /healthz ok.
+healthy() {
+	local reply
+	exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+	printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3
+	reply=$(cat <&3)
+	exec 3>&-
+	[[ $reply == *'"ok"'* ]]
+}
+
+# redis_up CLI PORT: whether the redis-server on PORT answers PING within about 10 s
+# (CLI: the redis-cli to ask with).
+redis_up() {
+	for _ in $(seq 100); do
+		[ "$(timeout 2 "$1" -p "$2" ping 2>/dev/null)" = PONG ] && return 0
+		sleep 0.1
+	done
+	return 1
 }
 
 # The rate of a `client` or `jspub` result line ("<rate> msgs/s (...)").

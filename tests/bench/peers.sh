@@ -143,14 +143,6 @@ start_busfs main
 
 REDIS=$(command -v redis-server || true)
 REDIS_CLI=$(command -v redis-cli || true)
-redis_up() { # redis_up PORT
-	for _ in $(seq 100); do
-		[ "$(timeout 2 "$REDIS_CLI" -p "$1" ping 2>/dev/null)" = PONG ] && return 0
-		sleep 0.1
-	done
-	log "peers: redis-server on port $1 did not start"
-	exit 1
-}
 if [ -z "$REDIS" ] || [ -z "$REDIS_CLI" ]; then
 	log "peers: redis-server is not installed (make bench installs it): Redis rows skipped"
 else
@@ -159,7 +151,7 @@ else
 	"$REDIS" --port "$RPORT" --bind 127.0.0.1 --dir "$WORK/redis" --save "" --appendonly no \
 		--daemonize no --logfile "$WORK/redis.log" &
 	PIDS+=($!)
-	redis_up "$RPORT"
+	redis_up "$REDIS_CLI" "$RPORT" || { log "peers: redis-server on port $RPORT did not start"; exit 1; }
 	SYSTEMS+=(redis-list redis-stream)
 	PSYS[redis-list]=redis-list
 	TGT[redis-list]=$RPORT
@@ -175,7 +167,7 @@ else
 		"$REDIS" --port "$APORT" --bind 127.0.0.1 --dir "$DUR" --appendonly yes \
 			--appendfsync always --save "" --daemonize no --logfile "$WORK/redis-aof.log" &
 		PIDS+=($!)
-		redis_up "$APORT"
+		redis_up "$REDIS_CLI" "$APORT" || { log "peers: redis-server on port $APORT did not start"; exit 1; }
 		SYSTEMS+=(redis-aof)
 		PSYS[redis-aof]=redis-list
 		TGT[redis-aof]=$APORT
@@ -183,14 +175,6 @@ else
 fi
 
 NATS_SERVER=$(command -v nats-server || true)
-healthy() { # healthy PORT: GET /healthz answers ok
-	local reply
-	exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
-	printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3
-	reply=$(cat <&3)
-	exec 3>&-
-	[[ $reply == *'"ok"'* ]]
-}
 if [ -z "$NATS_SERVER" ]; then
 	log "peers: nats-server is not installed (make deps-test installs it): JetStream row skipped"
 else
