@@ -48,6 +48,13 @@
 #define RETRY_DELAY_MS 1000
 #define PUBLISH_BATCH 64
 #define ACK_WAIT_MS 5000
+/* The longest a stream, consumer or KV request waits for its answer. These run on the
+ * receiver's thread and are retried, so a request lost while the cluster elects its
+ * leaders costs this, not --cluster-timeout, which bounds a send (and may be long). */
+#define API_WAIT_MS 5000
+/* The stream request opens every join. Sent while the servers are still electing a
+ * leader it is never answered, so it is given up soon and sent again. */
+#define JOIN_WAIT_MS 1000
 /* A delayed message not seen again for this long is gone from the stream or this
  * consumer (a new store, an operator's purge): later ones stop waiting for it. */
 #define DELAYED_FORGET_US (60 * 1000000LL)
@@ -148,6 +155,7 @@ struct cluster {
 	struct delayed *delayed; /* messages waiting for room (receiver only) */
 	size_t ndelayed, delayed_cap;
 	bool synced;             /* local was read back from busfs_agents once */
+	natsStatus join_status;  /* the last failed stream request (receiver only) */
 	bool stop;
 	atomic_bool reconnected;  /* set by on_reconnected, taken by the receiver */
 	pthread_t publisher, receiver;
@@ -388,15 +396,22 @@ static bool stream_ready(struct cluster *cl)
 	sc.Storage = js_FileStorage;
 	sc.Replicas = cl->cfg.replicas;
 	sc.Duplicates = (int64_t)(cl->cfg.dedupe_window_s * 1e9);
+	jsOptions o;
+	jsOptions_Init(&o);
+	o.Wait = JOIN_WAIT_MS;
 	jsStreamInfo *si = NULL;
 	jsErrCode jerr = 0;
-	natsStatus s = js_AddStream(&si, cl->js, &sc, NULL, &jerr);
+	natsStatus s = js_AddStream(&si, cl->js, &sc, &o, &jerr);
 	if (s == NATS_OK || jerr == JSStreamNameExistErr) {
 		jsStreamInfo_Destroy(si);
+		cl->join_status = NATS_OK;
 		return true;
 	}
-	log_msg(LOG_WARNING, "cluster: cannot create stream %s: %s (%d)", STREAM,
-		natsStatus_GetText(s), (int)jerr);
+	/* Once per kind of failure: it is retried every JOIN_WAIT_MS or so. */
+	if (s != cl->join_status)
+		log_msg(LOG_WARNING, "cluster: cannot create stream %s yet: %s (%d); retrying",
+			STREAM, natsStatus_GetText(s), (int)jerr);
+	cl->join_status = s;
 	return false;
 }
 
@@ -1329,6 +1344,8 @@ struct cluster *cluster_start(struct bus *bus, const struct cluster_config *cfg)
 	jsOptions jo;
 	jsOptions_Init(&jo);
 	jo.Wait = (int64_t)(cfg->timeout_s * 1000);
+	if (jo.Wait > API_WAIT_MS)
+		jo.Wait = API_WAIT_MS;
 	jo.PublishAsync.AckHandler = on_pub_ack;
 	jo.PublishAsync.AckHandlerClosure = cl;
 	jo.PublishAsync.MaxPending = PUBLISH_BATCH;

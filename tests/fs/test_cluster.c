@@ -640,3 +640,39 @@ Test(cluster, a_node_starts_and_stops_while_nats_is_unreachable, .init = setup_n
     bus_stop(&node[0]); /* SIGTERM: exit 0, no mount left */
     cr_assert_lt(bus_now_ms() - t0, 5000, "the stop does not wait for NATS");
 }
+
+/* ---- joining a cluster that has no leader yet ------------------------------- */
+
+static void setup_without_quorum(void)
+{
+    nats_start(&nats, false);
+    /* Two of three servers down: the one left cannot elect a JetStream leader, and a
+     * stream request sent to it now is never answered. */
+    nats_kill9(&nats, 1);
+    nats_kill9(&nats, 2);
+    for (int i = 0; i < 2; i++) {
+        bus_prepare(&node[i]);
+        node_launch_with(i, nats_url(&nats, 0), "30", "100000", "30");
+    }
+}
+
+Test(cluster, nodes_join_soon_after_the_cluster_has_a_leader_whatever_the_cluster_timeout,
+     .init = setup_without_quorum, .fini = teardown, .timeout = 120)
+{
+    /* --cluster-timeout (30 s) bounds a send; it must not also be how long a node that
+     * asked while the servers were electing waits before it asks again. */
+    cr_assert_eq(mkdir(ON(1, "agents/bob"), 0755), 0);
+    bus_pause_ms(2000);
+    cr_assert(!exists(ON(0, "agents/bob@b")), "no JetStream yet, so no directory of agents");
+    nats_restart(&nats, 1);
+    nats_restart(&nats, 2);
+    long long t0 = bus_now_ms();
+    await_path(ON(0, "agents/bob@b"), 60000);
+    long long took = bus_now_ms() - t0;
+    cr_assert_lt(took, 20000, "a learned of bob@b %lld ms after the cluster was whole again", took);
+    cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/bob@b"), "hi\n"), ENOENT, "no alice yet");
+    cr_assert_eq(mkdir(ON(0, "agents/alice"), 0755), 0);
+    cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/bob@b"), "hi\n"), 0);
+    cr_assert_eq(await_count(ON(1, "agents/bob/inbox"), 1, 20000), 1);
+    stop_all();
+}
