@@ -31,8 +31,8 @@ CORE_SRC := $(wildcard core/*.c)
 FS_SRC   := $(wildcard fs/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 FS_OBJ   := $(FS_SRC:%.c=$(BUILD)/%.o)
-UNIT_SRC := $(wildcard tests/unit/*.c)
-FST_SRC  := $(wildcard tests/fs/*.c)
+UNIT_SRC := $(wildcard tests/unit/*.c) tests/runner.c
+FST_SRC  := $(wildcard tests/fs/*.c) tests/runner.c
 
 MNT ?= bus
 
