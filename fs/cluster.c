@@ -158,6 +158,7 @@ struct cluster {
 	natsStatus join_status;  /* the last failed stream request (receiver only) */
 	bool stop;
 	atomic_bool reconnected;  /* set by on_reconnected, taken by the receiver */
+	atomic_uint_fast64_t kicks; /* sends parked so far: the publisher's wake-up */
 	pthread_t publisher, receiver;
 	bool publisher_started, receiver_started;
 };
@@ -267,8 +268,10 @@ void cluster_park(struct cluster *cl, fuse_req_t req, const uint64_t *numbers, s
 			left--;
 			settle(cl, numbers[i], 0); /* the last one answers and frees p */
 		}
-	if (left)
+	if (left) {
+		atomic_fetch_add(&cl->kicks, 1);
 		pthread_cond_signal(&cl->cond);
+	}
 	pthread_mutex_unlock(&cl->lock);
 }
 
@@ -337,6 +340,7 @@ struct cluster_verdict *cluster_park_write(struct cluster *cl, fuse_req_t req, s
 	pthread_mutex_lock(&cl->lock);
 	w->next = cl->writes;
 	cl->writes = w;
+	atomic_fetch_add(&cl->kicks, 1);
 	pthread_cond_signal(&cl->cond);
 	pthread_mutex_unlock(&cl->lock);
 	return v;
@@ -1223,6 +1227,7 @@ static void *publisher_main(void *arg)
 		expire_parked(cl, false);
 		answer_writes(cl, false);
 		pthread_mutex_unlock(&cl->lock);
+		uint_fast64_t seen = atomic_load(&cl->kicks);
 
 		/* Up to PUBLISH_BATCH queued messages, published together. */
 		pthread_mutex_lock(&cl->batch_lock);
@@ -1237,7 +1242,8 @@ static void *publisher_main(void *arg)
 			memset(&e, 0, sizeof e);
 		}
 		if (!cl->nbatch) {
-			/* Nothing ready (or no connection): sleep until a send is parked. */
+			/* Nothing ready (or no connection): sleep until a send is parked (unless
+			 * one was since `seen`: its signal came before this wait). */
 			struct timespec until;
 			clock_gettime(CLOCK_REALTIME, &until);
 			until.tv_nsec += 50 * 1000000L;
@@ -1246,7 +1252,7 @@ static void *publisher_main(void *arg)
 				until.tv_nsec -= 1000000000L;
 			}
 			pthread_mutex_lock(&cl->lock);
-			if (!cl->stop)
+			if (!cl->stop && atomic_load(&cl->kicks) == seen)
 				pthread_cond_timedwait(&cl->cond, &cl->lock, &until);
 			pthread_mutex_unlock(&cl->lock);
 			continue;
