@@ -144,7 +144,7 @@ bench: deps-test
 	@$(MAKE) --no-print-directory -C tests/bench BUSFS=$(CURDIR)/busfs
 
 format:
-	clang-format -i core/*.c fs/*.c include/busfs/*.h tests/*/*.c
+	clang-format -i core/*.c fs/*.c include/busfs/*.h tests/*.c tests/*/*.c
 
 # Fails (exit 1) when cppcheck reports anything.
 lint:
