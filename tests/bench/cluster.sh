@@ -8,6 +8,9 @@
 #                `jspub consume` (another process, on any server) fetches and acks them
 #   busfs one    client outbox: N x (open + write 200 B + close) of outbox/bob@b; the
 #                close returns once JetStream stored the message
+#   busfs rec    client batch with 1 record per write: one `send` file kept open, as a
+#                NATS client keeps its connection, N x write() of one record to bob@b;
+#                each write returns once JetStream stored its record
 #   busfs local  client outbox: the same to carol, an agent on node a: what the FUSE
 #                side of a send costs without NATS
 #   js async     jspub: N x js_PublishAsync, at most BATCH unacknowledged
@@ -124,6 +127,10 @@ for r in $(seq "$ROUNDS"); do
 	s=$(delivered "$N" "$t0")
 	R[busfs_one_e2e]+=" $(awk -v n="$N" -v s="$s" 'BEGIN { printf "%.0f", n / s }')"
 	clear_inbox
+	t0=$(now)
+	R[busfs_rec]+=" $("$OUT/client" batch "$WORK/ma/agents/alice/send" 1 "$N" bob@b | rate)"
+	delivered "$N" "$t0" >/dev/null
+	clear_inbox
 	R[busfs_local]+=" $("$OUT/client" outbox "$WORK/ma/agents/alice/outbox/carol" "$N" | rate)"
 	find "$WORK/ma/agents/carol/inbox" -maxdepth 1 -type f -delete
 	R[js_async]+=" $("$OUT/jspub" "$SENDER_URL" async "$N" "$BATCH" | rate)"
@@ -132,7 +139,7 @@ for r in $(seq "$ROUNDS"); do
 	s=$(delivered "$N" "$t0")
 	R[busfs_batch_e2e]+=" $(awk -v n="$N" -v s="$s" 'BEGIN { printf "%.0f", n / s }')"
 	clear_inbox
-	log "cluster: round $r/$ROUNDS: js sync ${R[js_sync]##* }, busfs one ${R[busfs_one]##* }, js async ${R[js_async]##* }, busfs batch ${R[busfs_batch]##* } msgs/s"
+	log "cluster: round $r/$ROUNDS: js sync ${R[js_sync]##* }, busfs one ${R[busfs_one]##* }, busfs rec ${R[busfs_rec]##* }, js async ${R[js_async]##* }, busfs batch ${R[busfs_batch]##* } msgs/s"
 done
 
 us() { awk -v r="$1" 'BEGIN { printf "%.0f", 1e6 / r }'; }
@@ -143,6 +150,9 @@ printf '| workload | busfs | bare JetStream | busfs / bare |\n|---|---|---|---|\
 printf '| one send at a time, each waiting for its ack | %s us/send (%s msgs/s) | %s us/publish (js_Publish; %s msgs/s) | %.2fx latency |\n' \
 	"$(us "$(M busfs_one)")" "$(S busfs_one)" "$(us "$(M js_sync)")" "$(S js_sync)" \
 	"$(awk -v a="$(M js_sync)" -v b="$(M busfs_one)" 'BEGIN { print a / b }')"
+printf '| one record per write() to a send file kept open, each waiting for its ack | %s us/send (%s msgs/s) | %s us/publish (js_Publish) | %.2fx latency |\n' \
+	"$(us "$(M busfs_rec)")" "$(S busfs_rec)" "$(us "$(M js_sync)")" \
+	"$(awk -v a="$(M js_sync)" -v b="$(M busfs_rec)" 'BEGIN { print a / b }')"
 printf '| the same send to an agent on node a itself (no NATS) | %s us/send (%s msgs/s) | | |\n' \
 	"$(us "$(M busfs_local)")" "$(S busfs_local)"
 printf '| batched: %d records per write / %d publishes in flight | %s msgs/s (%s) | %s msgs/s (js_PublishAsync; %s) | %.2fx throughput |\n' \
