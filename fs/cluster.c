@@ -74,6 +74,7 @@ struct parked_send {
 struct remote {
 	char *name;              /* NAME@NODE */
 	uint64_t id;
+	int64_t known_us;        /* when this node learned of it */
 };
 
 struct health_rec {
@@ -669,7 +670,7 @@ static void remote_set(struct cluster *cl, const char *name, bool present)
 			free(copy); /* no memory: the next full listing adds it */
 			return;
 		}
-		cl->remote[cl->nremote++] = (struct remote){copy, cl->next_remote_id++};
+		cl->remote[cl->nremote++] = (struct remote){copy, cl->next_remote_id++, now_us()};
 		bus_remote_known(cl->bus, name, true);
 		log_msg(LOG_INFO, "cluster: %s is known", name);
 	} else if (!present && r) {
@@ -786,7 +787,8 @@ bool cluster_remote_name(struct cluster *cl, uint64_t id, char *name)
 
 /* The health document of a remote agent as its node put it ("agent": NAME@NODE), or
  * "unknown" when none came yet; "stale" when its node has been silent past
- * --health-ttl. Under cl->lock. */
+ * --health-ttl, or was not heard from in that long since the agent was learned of.
+ * Under cl->lock. */
 static json_t *remote_health(struct cluster *cl, const struct remote *r)
 {
 	char agent[BUS_NAME_MAX + 1], node[BUS_NAME_MAX + 1], key[2 * BUS_NAME_MAX + 2];
@@ -804,7 +806,10 @@ static json_t *remote_health(struct cluster *cl, const struct remote *r)
 	const char *last = json_string_value(json_object_get(doc, "last_seen"));
 	if (last && bus_time_parse(last, &seen)) /* its age now, not when it was put */
 		json_object_set_new(doc, "age_s", json_real((double)((now_us() - seen) / 1000) / 1000.0));
-	if (!n || now_us() - n->seen_us > (int64_t)(cl->health_ttl_s * 1e6)) {
+	/* Stale: its node's record is older than --health-ttl, or none came in that long
+	 * since the agent was learned of (a moment after, it may just not be here yet). */
+	int64_t ttl_us = (int64_t)(cl->health_ttl_s * 1e6);
+	if (n ? now_us() - n->seen_us > ttl_us : now_us() - r->known_us > ttl_us) {
 		json_object_set_new(doc, "status", json_string("stale"));
 		json_object_set_new(doc, "reason", json_string("its node has been silent past "
 							       "--health-ttl"));

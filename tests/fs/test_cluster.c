@@ -670,6 +670,13 @@ Test(cluster, nodes_join_soon_after_the_cluster_has_a_leader_whatever_the_cluste
     await_path(ON(0, "agents/bob@b"), 60000);
     long long took = bus_now_ms() - t0;
     cr_assert_lt(took, 20000, "a learned of bob@b %lld ms after the cluster was whole again", took);
+    /* Node b is up and has been for a moment only: what a does not know yet is not
+     * silence past --health-ttl (30 s). */
+    json_t *h = bus_json_file(ON(0, "agents/bob@b/health"), 0);
+    cr_assert_not_null(h);
+    cr_assert_str_neq(bus_str(h, "status"), "stale", "bob@b is stale the moment it is known: %s",
+                      bus_str(h, "reason"));
+    json_decref(h);
     cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/bob@b"), "hi\n"), ENOENT, "no alice yet");
     cr_assert_eq(mkdir(ON(0, "agents/alice"), 0755), 0);
     cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/bob@b"), "hi\n"), 0);
