@@ -166,6 +166,7 @@ struct bus {
 	uint64_t rejected_total;
 	uint64_t rejected_by[BUS_ERRNO_MAX]; /* per errno; [0] holds codes beyond the table */
 	uint64_t compacted_at;       /* journal bytes after the last compaction attempt */
+	uint64_t space_version;      /* version when bus_space_for last made room */
 	uint64_t compacted_part;     /* what its messages took of the last snapshot written
 				      * (records.c: messages_part) */
 
@@ -277,6 +278,10 @@ int inbox_put(struct bus *bus, struct agent *to, struct bus_message *m);
 /* Takes the message out of the inbox; the caller owns the inbox's reference. */
 struct bus_message *inbox_remove(struct bus *bus, struct agent *a, uint64_t number);
 void outbox_put(struct bus *bus, struct agent *from, struct bus_message *m);
+/* Every outbox (agents' and gateways') lets go of its copies of messages no other
+ * place holds: the sent history, given up when the store is full. Returns the bytes
+ * those messages took, counted as messages_part counts them. */
+uint64_t outbox_trim(struct bus *bus);
 /* The agent's sorted array for a place other than BUS_OUTBOX. */
 struct inbox *agent_place(struct agent *a, enum bus_place p);
 /* Puts m in a sorted place, handing it the caller's reference; place_take gives the

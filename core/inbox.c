@@ -263,6 +263,39 @@ void outbox_put(struct bus *bus, struct agent *from, struct bus_message *m)
 	}
 }
 
+/* Drops from one outbox the copies of messages no other place holds; the bytes they
+ * took (as messages_part counts them). */
+static uint64_t outbox_drop_consumed(struct bus *bus, struct outbox *o)
+{
+	uint64_t freed = 0;
+	size_t kept = 0;
+	for (size_t i = 0; i < o->count; i++) {
+		struct bus_message *m = outbox_at(o, i);
+		if (m->in_inbox || m->in_inflight || m->in_dead) {
+			o->ring[(o->start + kept++) % BUS_OUTBOX_KEEP] = m;
+			continue;
+		}
+		m->in_outbox = false;
+		index_leave(bus, m);
+		freed += m->len + 128;
+		message_unref(m);
+	}
+	for (size_t i = kept; i < o->count; i++)
+		o->ring[(o->start + i) % BUS_OUTBOX_KEEP] = NULL;
+	o->count = kept;
+	return freed;
+}
+
+uint64_t outbox_trim(struct bus *bus)
+{
+	uint64_t freed = 0;
+	for (size_t i = 0; i < bus->nagents; i++)
+		freed += outbox_drop_consumed(bus, &bus->by_id[i]->outbox);
+	for (size_t i = 0; i < bus->ngateways; i++)
+		freed += outbox_drop_consumed(bus, &bus->gateways[i]->outbox);
+	return freed;
+}
+
 /* Before an agent goes: its messages leave the index (agent_free drops them). */
 void agent_forget_messages(struct bus *bus, struct agent *a)
 {

@@ -190,11 +190,26 @@ bool bus_space_for(struct bus *bus, uint64_t need)
 	need += store_reserved(bus->store);
 	if (store_bytes(bus->store) + need <= max)
 		return true;
-	/* Acked messages still take journal space; a snapshot may give it back. */
-	if (store_journal_bytes(bus->store) > bus->compacted_at + 4096) {
+	/* Consumed messages still take space, in the journal or in the last snapshot; a
+	 * snapshot gives it back. Once per change of the bus (or 4 KiB of journal), so a
+	 * flood of refused sends does not rewrite the store for each. */
+	uint64_t journal = store_journal_bytes(bus->store), snap = store_snapshot_bytes(bus->store);
+	bool grown = journal > bus->compacted_at + 4096;
+	if (!grown && bus->version == bus->space_version)
+		return false;
+	bus->space_version = bus->version;
+	uint64_t rest = snap > bus->compacted_part ? snap - bus->compacted_part : 0;
+	if (grown || journal + snap > rest + messages_part(bus) + 4096) {
 		compact_locked(bus);
 		bus->compacted_at = store_journal_bytes(bus->store);
+		if (store_bytes(bus->store) + need <= max)
+			return true;
 	}
+	/* What is left may be outboxes' copies of messages consumed long ago, which would
+	 * refuse every send from now on (and stall every message from other nodes). That
+	 * history gives way to new messages. */
+	if (outbox_trim(bus) > 0 && compact_locked(bus) == 0)
+		bus->compacted_at = store_journal_bytes(bus->store);
 	return store_bytes(bus->store) + need <= max;
 }
 
@@ -312,6 +327,9 @@ void bus_compaction_baseline(struct bus *bus)
 {
 	uint64_t snap = store_snapshot_bytes(bus->store), part = messages_part(bus);
 	bus->compacted_part = part < snap ? part : snap;
+	/* A store opened full of what a snapshot would give back makes room at the first
+	 * send, before any change. */
+	bus->space_version = bus->version - 1;
 }
 
 uint64_t bus_journal_written(struct bus *bus) { return store_appended(bus->store); }

@@ -33,6 +33,14 @@ static void node_launch_with(int i, const char *urls, const char *timeout, const
     bus_launch(&node[i], args);
 }
 
+/* Node i with --store-max-bytes max (a string) and the usual rest. */
+static void node_launch_small_store(int i, const char *max)
+{
+    const char *args[] = {"--cluster", nats.urls, "--node", names[i], "--cluster-timeout", "5",
+                          "--store-max-bytes", max, "--no-sync", NULL};
+    bus_launch(&node[i], args);
+}
+
 static void node_launch(int i, const char *urls)
 {
     node_launch_with(i, urls, "2", "100000", "30");
@@ -681,5 +689,60 @@ Test(cluster, nodes_join_soon_after_the_cluster_has_a_leader_whatever_the_cluste
     cr_assert_eq(mkdir(ON(0, "agents/alice"), 0755), 0);
     cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/bob@b"), "hi\n"), 0);
     cr_assert_eq(await_count(ON(1, "agents/bob/inbox"), 1, 20000), 1);
+    stop_all();
+}
+
+/* ---- a full store on the receiving node ------------------------------------ */
+
+static void setup_small_store_on_b(void)
+{
+    nats_start(&nats, false);
+    for (int i = 0; i < 2; i++) {
+        bus_prepare(&node[i]);
+        if (i == 1)
+            node_launch_small_store(i, "256K");
+        else
+            node_launch(i, NULL);
+    }
+}
+
+Test(cluster, a_full_store_on_the_other_node_delays_delivery_until_it_is_consumed,
+     .init = setup_small_store_on_b, .fini = teardown, .timeout = 180)
+{
+    /* Sixty 12 KB messages to bob, whose node's store holds about twenty: the rest wait
+     * in JetStream and come, in order, as bob consumes; none is lost. */
+    alice_and_bob();
+    enum { N = 60, BODY = 12000 };
+    char *text = malloc(BODY + 16);
+    cr_assert_not_null(text);
+    for (int i = 1; i <= N; i++) {
+        int n = snprintf(text, BODY + 16, "m%d ", i);
+        memset(text + n, 'y', BODY);
+        text[n + BODY] = '\n';
+        text[n + BODY + 1] = '\0';
+        cr_assert_eq(bus_write(ON(0, "agents/alice/outbox/bob@b"), text), 0, "send %d", i);
+    }
+    free(text);
+    int next = 1;
+    long long end = bus_now_ms() + 90000;
+    while (next <= N) {
+        cr_assert_lt(bus_now_ms(), end, "only %d of %d arrived", next - 1, N);
+        size_t n;
+        char **files = bus_ls(ON(1, "agents/bob/inbox"), &n);
+        for (size_t k = 0; k < n; k++) {
+            json_t *m = bus_json_file(ON(1, "agents/bob/inbox/%s", files[k]), 0);
+            cr_assert_not_null(m);
+            int got = atoi(bus_str(m, "payload") + 1);
+            cr_assert_eq(got, next, "m%d arrived where m%d was due", got, next);
+            json_decref(m);
+            cr_assert_eq(unlink(ON(1, "agents/bob/inbox/%s", files[k])), 0);
+            next++;
+        }
+        bus_ls_free(files, n);
+        if (!n)
+            bus_pause_ms(100);
+    }
+    cr_assert_eq(bus_write(ON(1, "agents/bob/outbox/bob"), "after\n"), 0,
+                 "and the store takes local sends again");
     stop_all();
 }

@@ -1015,6 +1015,78 @@ BUS_TEST(consumed_messages_do_not_fill_the_store_for_good)
     message_unref(m);
 }
 
+BUS_TEST(the_outbox_history_of_consumed_messages_gives_way_to_new_sends)
+{
+    /* Sent copies stay in the sender's outbox (the newest BUS_OUTBOX_KEEP) after bob
+     * consumed them. When only they fill the store, they must not refuse every send
+     * from then on: the oldest consumed copies go, the pending ones stay listed. */
+    enum { MAX = 256 * 1024, BODY = 12000 };
+    start(0, 0, MAX);
+    agent("alice");
+    agent("bob");
+    agent("carol");
+    char *body = malloc(BODY + 1);
+    cr_assert_not_null(body);
+    memset(body, 'y', BODY);
+    body[BODY] = '\0';
+    struct bus_error err = {0};
+    int sent = 0, rc;
+    while ((rc = send_text("alice", "bob", body, &err)) == 0)
+        sent++;
+    cr_assert_eq(rc, -ENOSPC, "%s", err.reason);
+    cr_assert_gt(sent, 5);
+    struct msg_list in = inbox_of("bob");
+    cr_assert_eq(in.n, (size_t)sent);
+    for (size_t i = 0; i + 1 < in.n; i++) /* the newest stays pending */
+        cr_assert_eq(bus_ack(the_bus, id_of("bob"), in.m[i]->number, NULL, OWNER, &err), 0);
+    uint64_t pending_number = in.m[in.n - 1]->number;
+    msg_list_free(&in);
+    for (int i = 0; i < 3; i++) {
+        rc = send_text("carol", "bob", body, &err);
+        cr_assert_eq(rc, 0, "send %d after bob consumed: %s", i, err.reason);
+    }
+    struct bus_stats st;
+    bus_stats(the_bus, &st);
+    cr_assert_leq(st.store_bytes, MAX);
+    struct msg_list out = outbox_of("alice");
+    bool listed = false;
+    for (size_t i = 0; i < out.n; i++)
+        listed = listed || out.m[i]->number == pending_number;
+    cr_assert(listed, "the copy of the message still pending stays in alice's outbox");
+    cr_assert_lt(out.n, (size_t)sent, "consumed copies went");
+    msg_list_free(&out);
+    reopen();
+    cr_assert_eq(depth_of("bob"), 4);
+    free(body);
+}
+
+BUS_TEST(a_store_reopened_full_of_outbox_history_takes_sends_again)
+{
+    /* The same history, restarted before any send: nothing changes in the bus until a
+     * send is taken, so the first one must already make room. */
+    enum { MAX = 256 * 1024, BODY = 12000 };
+    start(0, 0, MAX);
+    agent("alice");
+    agent("bob");
+    char *body = malloc(BODY + 1);
+    cr_assert_not_null(body);
+    memset(body, 'y', BODY);
+    body[BODY] = '\0';
+    struct bus_error err = {0};
+    int rc;
+    while ((rc = send_text("alice", "bob", body, &err)) == 0)
+        ;
+    cr_assert_eq(rc, -ENOSPC, "%s", err.reason);
+    struct msg_list in = inbox_of("bob");
+    for (size_t i = 0; i < in.n; i++)
+        cr_assert_eq(bus_ack(the_bus, id_of("bob"), in.m[i]->number, NULL, OWNER, &err), 0);
+    msg_list_free(&in);
+    reopen();
+    cr_assert_eq(send_text("alice", "bob", body, &err), 0, "%s", err.reason);
+    cr_assert_eq(depth_of("bob"), 1);
+    free(body);
+}
+
 /* The snapshot's inode: each compaction writes a new file in its place. */
 static ino_t snapshot_ino(void)
 {

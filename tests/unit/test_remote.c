@@ -360,3 +360,49 @@ REMOTE_TEST(a_fetched_message_past_its_ttl_becomes_a_dead_letter_here)
     cr_assert(strstr(text.data, "\"expired\""), "%s", text.data);
     buf_free(&text);
 }
+
+REMOTE_TEST(messages_from_another_node_consumed_here_give_their_space_back)
+{
+    /* A store filled by messages from node b, then emptied by bob: the next ones from
+     * b, and local sends, are taken again (they waited behind ENOSPC for good). */
+    bus_close(the_bus);
+    the_bus = NULL;
+    cfg.store_max_bytes = 256 * 1024;
+    open_bus();
+    uint64_t bob = agent("bob");
+    agent("carol");
+    enum { BODY = 12000 };
+    struct buf env;
+    buf_init(&env);
+    struct bus_error err = {0};
+    int got = 0, rc = 0;
+    for (int i = 1; i <= 60 && rc >= 0; i++) {
+        buf_reset(&env);
+        buf_printf(&env, "{\"version\":1,\"msg_id\":\"MSG-20261207-120000-0badcafe-%020d\","
+                   "\"from\":\"alice\",\"to\":\"bob@a\",\"timestamp\":\"2026-12-07T12:00:00.000001Z\","
+                   "\"sequence\":%d,\"type\":\"text\",\"payload\":\"", i, i);
+        for (int k = 0; k < BODY; k++)
+            buf_puts(&env, "y");
+        buf_puts(&env, "\",\"requires_ack\":false,\"priority\":\"normal\"}\n");
+        cr_assert(buf_ok(&env));
+        rc = bus_remote_receive(the_bus, "bob", "b", env.data, env.len, 0, &err);
+        if (rc >= 0)
+            got++;
+    }
+    cr_assert_eq(rc, -ENOSPC, "%s", err.reason);
+    cr_assert_gt(got, 5);
+    for (int i = 0; i < got; i++) {
+        struct bus_message *msg = NULL;
+        bool draining;
+        cr_assert_eq(bus_next_peek(the_bus, bob, &msg, &draining), 0);
+        uint64_t number = msg->number;
+        message_unref(msg);
+        cr_assert_eq(bus_ack(the_bus, bob, number, NULL, OWNER, &err), 0, "%s", err.reason);
+    }
+    rc = bus_remote_receive(the_bus, "bob", "b", env.data, env.len, 0, &err);
+    cr_assert_eq(rc, 0, "the next message from b once bob consumed the rest: %s", err.reason);
+    buf_free(&env);
+    struct bus_stats st;
+    bus_stats(the_bus, &st);
+    cr_assert_leq(st.store_bytes, 256 * 1024);
+}
