@@ -173,15 +173,19 @@ static uint64_t messages_part(const struct bus *bus)
 	return bus->messages.bytes + 128 * (uint64_t)bus->messages.count;
 }
 
-/* Whether a snapshot now would at least halve the store. Its size is foreseen as the
- * last snapshot's, with the part its messages took replaced by what the messages held
- * now take: a store that only grew, a backlog filling up, would be rewritten whole for
- * nothing, again and again. */
-static bool compaction_pays(struct bus *bus, uint64_t journal, uint64_t snap)
+/* The size of a snapshot written now, foreseen as the last snapshot's (snap bytes)
+ * with the part its messages took replaced by what the messages held now take. */
+static uint64_t snapshot_foreseen(const struct bus *bus, uint64_t snap)
 {
 	uint64_t rest = snap > bus->compacted_part ? snap - bus->compacted_part : 0;
-	uint64_t foreseen = rest + messages_part(bus);
-	return journal + snap > 2 * foreseen;
+	return rest + messages_part(bus);
+}
+
+/* Whether a snapshot now would at least halve the store: a store that only grew, a
+ * backlog filling up, would be rewritten whole for nothing, again and again. */
+static bool compaction_pays(struct bus *bus, uint64_t journal, uint64_t snap)
+{
+	return journal + snap > 2 * snapshot_foreseen(bus, snap);
 }
 
 bool bus_space_for(struct bus *bus, uint64_t need)
@@ -198,8 +202,7 @@ bool bus_space_for(struct bus *bus, uint64_t need)
 	if (!grown && bus->version == bus->space_version)
 		return false;
 	bus->space_version = bus->version;
-	uint64_t rest = snap > bus->compacted_part ? snap - bus->compacted_part : 0;
-	if (grown || journal + snap > rest + messages_part(bus) + 4096) {
+	if (grown || journal + snap > snapshot_foreseen(bus, snap) + 4096) {
 		compact_locked(bus);
 		bus->compacted_at = store_journal_bytes(bus->store);
 		if (store_bytes(bus->store) + need <= max)
