@@ -1015,26 +1015,39 @@ BUS_TEST(consumed_messages_do_not_fill_the_store_for_good)
     message_unref(m);
 }
 
+enum { FULL_MAX = 256 * 1024, FULL_BODY = 12000 };
+
+/* A FULL_MAX store with alice, bob and carol, filled with alice's FULL_BODY-byte
+ * messages to bob until a send gets ENOSPC. Returns how many were taken; *body (the caller frees
+ * it) is the text they carried. */
+static int fill_store_alice_to_bob(char **body)
+{
+    start(0, 0, FULL_MAX);
+    agent("alice");
+    agent("bob");
+    agent("carol");
+    *body = malloc(FULL_BODY + 1);
+    cr_assert_not_null(*body);
+    memset(*body, 'y', FULL_BODY);
+    (*body)[FULL_BODY] = '\0';
+    struct bus_error err = {0};
+    int sent = 0, rc;
+    while ((rc = send_text("alice", "bob", *body, &err)) == 0)
+        sent++;
+    cr_assert_eq(rc, -ENOSPC, "%s", err.reason);
+    return sent;
+}
+
 BUS_TEST(the_outbox_history_of_consumed_messages_gives_way_to_new_sends)
 {
     /* Sent copies stay in the sender's outbox (the newest BUS_OUTBOX_KEEP) after bob
      * consumed them. When only they fill the store, they must not refuse every send
      * from then on: the oldest consumed copies go, the pending ones stay listed. */
-    enum { MAX = 256 * 1024, BODY = 12000 };
-    start(0, 0, MAX);
-    agent("alice");
-    agent("bob");
-    agent("carol");
-    char *body = malloc(BODY + 1);
-    cr_assert_not_null(body);
-    memset(body, 'y', BODY);
-    body[BODY] = '\0';
-    struct bus_error err = {0};
-    int sent = 0, rc;
-    while ((rc = send_text("alice", "bob", body, &err)) == 0)
-        sent++;
-    cr_assert_eq(rc, -ENOSPC, "%s", err.reason);
+    char *body;
+    int sent = fill_store_alice_to_bob(&body);
     cr_assert_gt(sent, 5);
+    struct bus_error err = {0};
+    int rc;
     struct msg_list in = inbox_of("bob");
     cr_assert_eq(in.n, (size_t)sent);
     for (size_t i = 0; i + 1 < in.n; i++) /* the newest stays pending */
@@ -1047,7 +1060,7 @@ BUS_TEST(the_outbox_history_of_consumed_messages_gives_way_to_new_sends)
     }
     struct bus_stats st;
     bus_stats(the_bus, &st);
-    cr_assert_leq(st.store_bytes, MAX);
+    cr_assert_leq(st.store_bytes, FULL_MAX);
     struct msg_list out = outbox_of("alice");
     bool listed = false;
     for (size_t i = 0; i < out.n; i++)
@@ -1064,19 +1077,9 @@ BUS_TEST(a_store_reopened_full_of_outbox_history_takes_sends_again)
 {
     /* The same history, restarted before any send: nothing changes in the bus until a
      * send is taken, so the first one must already make room. */
-    enum { MAX = 256 * 1024, BODY = 12000 };
-    start(0, 0, MAX);
-    agent("alice");
-    agent("bob");
-    char *body = malloc(BODY + 1);
-    cr_assert_not_null(body);
-    memset(body, 'y', BODY);
-    body[BODY] = '\0';
+    char *body;
+    fill_store_alice_to_bob(&body);
     struct bus_error err = {0};
-    int rc;
-    while ((rc = send_text("alice", "bob", body, &err)) == 0)
-        ;
-    cr_assert_eq(rc, -ENOSPC, "%s", err.reason);
     struct msg_list in = inbox_of("bob");
     for (size_t i = 0; i < in.n; i++)
         cr_assert_eq(bus_ack(the_bus, id_of("bob"), in.m[i]->number, NULL, OWNER, &err), 0);
