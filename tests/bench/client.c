@@ -545,11 +545,7 @@ static int cmd_wake(int argc, char **argv)
 	}
 	close(rp[1]);
 	close(sp[0]);
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	int statfd = open(path, O_RDONLY);
-	if (statfd < 0)
-		die("open", path, -1);
+	int statfd = proc_stat_open(pid);
 
 	char body[OUTBOX_BODY];
 	for (size_t k = 0; k < sizeof body - 1; k++)
@@ -706,12 +702,7 @@ static int cmd_startup(int argc, char **argv)
 	}
 	const char *path = argv[2], *result = argv[4];
 	long tmo = parse_count(argv[3], "TIMEOUT");
-	pid_t server = getpid();
-	char statpath[64];
-	snprintf(statpath, sizeof statpath, "/proc/%d/stat", (int)server);
-	int statfd = open(statpath, O_RDONLY | O_CLOEXEC);
-	if (statfd < 0)
-		die("open", statpath, -1);
+	int statfd = proc_stat_open(getpid());
 
 	double t0 = now();
 	pid_t a = fork();

@@ -1271,11 +1271,7 @@ static int cmd_wake(const struct sysops *sys, const char *target, long n)
 	}
 	close(rp[1]);
 	close(sp[0]);
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	int statfd = open(path, O_RDONLY);
-	if (statfd < 0)
-		die("open", path, -1);
+	int statfd = proc_stat_open(pid);
 	/* Connected after the fork (a client library's threads never cross one), once the
 	 * consumer made the queue (its first ready). */
 	struct conn *c = new_conn(target);

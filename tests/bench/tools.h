@@ -6,6 +6,7 @@
 #define BUSFS_BENCH_TOOLS_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +79,17 @@ static inline double pct(const double *sorted, long n, double p)
 	if (k >= n)
 		k = n - 1;
 	return sorted[k];
+}
+
+/* /proc/PID/stat of pid, opened for proc_state (dies when it cannot be). */
+static inline int proc_stat_open(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		die("open", path, -1);
+	return fd;
 }
 
 /* The state letter of a process from its /proc/PID/stat fd ('S': asleep, i.e.
